@@ -1,0 +1,73 @@
+"""DAPO (Yu et al. 2025, arXiv 2503.14476), as pure functions over tensors.
+
+1. Group-normalized advantages: A = (r - mean_group) / (std_group + 1e-6), one per completion.
+2. Clip-higher: per token min(rho * A, clip(rho, 1 - eps_low, 1 + eps_high) * A).
+3. Token-level aggregation: sum over every completion token in the batch divided by the
+   batch's total completion-token count (long completions are not down-weighted per sample).
+4. No KL term.
+5. Dynamic sampling: groups whose rewards are all equal carry no signal and are dropped; the
+   driver samples more prompts, up to a cap on extra generation rounds.
+6. Overlong reward shaping: a linear penalty inside a buffer before the length limit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+
+def group_advantages(rewards_GN: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """(groups, G) rewards -> (groups, G) advantages; population std, as in DAPO/GRPO code."""
+    mean_G1 = rewards_GN.mean(dim=1, keepdim=True)
+    std_G1 = rewards_GN.std(dim=1, keepdim=True, unbiased=False)
+    return (rewards_GN - mean_G1) / (std_G1 + eps)
+
+
+def dapo_loss(
+    logprobs_BT: torch.Tensor,
+    old_logprobs_BT: torch.Tensor,
+    advantages_B: torch.Tensor,
+    mask_BT: torch.Tensor,
+    eps_low: float = 0.2,
+    eps_high: float = 0.28,
+    num_tokens: int | float | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """The DAPO surrogate loss (to minimize) and its clip statistics.
+
+    `num_tokens` is the normalizer: the whole batch's completion-token count, which differs
+    from `mask_BT.sum()` when a batch is split into micro-batches. Defaults to `mask_BT.sum()`.
+    """
+    mask_BT = mask_BT.to(logprobs_BT.dtype)
+    if num_tokens is None:
+        num_tokens = mask_BT.sum().item()
+    num_tokens = max(float(num_tokens), 1.0)
+    ratio_BT = torch.exp(logprobs_BT - old_logprobs_BT)
+    adv_B1 = advantages_B.unsqueeze(1)
+    unclipped_BT = ratio_BT * adv_B1
+    clipped_BT = torch.clamp(ratio_BT, 1.0 - eps_low, 1.0 + eps_high) * adv_B1
+    objective_BT = torch.minimum(unclipped_BT, clipped_BT)
+    loss = -(objective_BT * mask_BT).sum() / num_tokens
+
+    with torch.no_grad():
+        # A token is clipped when the clipped branch is the active (smaller) one.
+        low_BT = (ratio_BT < 1.0 - eps_low) & (adv_B1 < 0)
+        high_BT = (ratio_BT > 1.0 + eps_high) & (adv_B1 > 0)
+        metrics = {
+            "clip_frac_low": ((low_BT * mask_BT).sum() / num_tokens).item(),
+            "clip_frac_high": ((high_BT * mask_BT).sum() / num_tokens).item(),
+            "ratio_mean": ((ratio_BT * mask_BT).sum() / num_tokens).item(),
+        }
+    return loss, metrics
+
+
+def overlong_penalty(length: int, max_length: int, buffer: int) -> float:
+    """DAPO's soft overlong punishment: 0 up to max_length - buffer, then -1 linearly to max."""
+    if buffer <= 0:
+        return 0.0
+    return min(-(length - (max_length - buffer)) / buffer, 0.0)
+
+
+def keep_informative_groups(rewards: Sequence[Sequence[float]]) -> list[int]:
+    """Indices of groups whose rewards are not all equal (dynamic sampling's filter)."""
+    return [i for i, group in enumerate(rewards) if len(set(group)) > 1]

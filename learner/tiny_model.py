@@ -1,0 +1,334 @@
+"""The embedded default model: a tiny Qwen3.5 vision-language model built on the fly.
+
+Nothing can be downloaded on a fresh offline machine, so `make train` and the tests run on a
+model this module builds deterministically:
+
+1. A byte-level BPE tokenizer (256 byte symbols, no merges) plus the real Qwen chat and vision
+   special tokens, with a Qwen-style chat template (image parts, `enable_thinking`).
+2. A `Qwen3_5ForConditionalGeneration` with a few hundred thousand random weights (one linear-
+   attention and one full-attention layer, a one-block vision tower).
+3. A short "reader" pretraining (seeded, CPU, well under a minute): the model learns to answer
+   the colour class of the picture as one letter, A..H, the three bits being whether the mean
+   red, green and blue are above one half. A random model barely reacts to its image (see the
+   issue notes), so this is what makes the image able to steer the frozen model, as it steers
+   a real VLM. After this step the weights never change again.
+
+The result is saved with `save_pretrained` into a cache directory and loaded back through the
+same `from_pretrained` path a hub model uses.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from shared.tasks.synthetic import ANSWER_LETTERS, READER_QUESTIONS
+
+logger = logging.getLogger(__name__)
+
+TINY_MODEL_NAME = "tiny-qwen3.5"
+# Bump when anything below changes what is built: the cache key includes it.
+BUILDER_VERSION = 5
+
+SPECIAL_TOKENS = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|object_ref_start|>",
+    "<|object_ref_end|>",
+    "<|box_start|>",
+    "<|box_end|>",
+    "<|quad_start|>",
+    "<|quad_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|vision_pad|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+    "<tool_call>",
+    "</tool_call>",
+    "<think>",
+    "</think>",
+]
+# Tokens a sampler must never emit: a completion holding one cannot be fed back to the model.
+VISION_SPECIAL_TOKENS = [
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|vision_pad|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+]
+
+# A reduced Qwen3.5 template: system/user/assistant turns, image parts rendered as
+# <|vision_start|><|image_pad|><|vision_end|>, and the empty think block Qwen3.5 emits when
+# thinking is disabled.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' or 'image' in part or 'image_url' in part %}"
+    "<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}"
+    "{% endif %}{% endfor %}{% endif %}"
+    "<|im_end|>\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n"
+    "{% if enable_thinking is defined and enable_thinking %}<think>\n"
+    "{% else %}<think>\n\n</think>\n\n{% endif %}"
+    "{% endif %}"
+)
+
+IMAGE_SIZE = 64
+PATCH_SIZE = 16
+MERGE_SIZE = 2
+
+
+READER_TEMPERATURE = 0.08
+
+
+def colour_class_probs(pixels_BCHW: torch.Tensor, temperature: float = READER_TEMPERATURE) -> torch.Tensor:
+    """The reader's target distribution over the 8 letters, shape (B, 8).
+
+    Bit c is "mean of channel c above 0.5", held with probability sigmoid((mean - 0.5) / T):
+    a mid-gray picture gives all letters 1/8, a saturated corner colour gives one letter ~0.98.
+    """
+    mean_BC = pixels_BCHW.mean(dim=(2, 3))
+    p1_BC = torch.sigmoid((mean_BC - 0.5) / temperature)
+    classes_K3 = torch.tensor([[(k >> 2) & 1, (k >> 1) & 1, k & 1] for k in range(8)])
+    probs_BK3 = torch.where(classes_K3.bool(), p1_BC[:, None, :], 1 - p1_BC[:, None, :])
+    return probs_BK3.prod(-1)
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible byte -> printable unicode map used by byte-level BPE."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+    bs += list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, map(chr, cs), strict=True))
+
+
+def build_tokenizer():
+    from transformers.models.qwen3_5.tokenization_qwen3_5 import Qwen3_5Tokenizer
+
+    vocab = {ch: i for i, ch in enumerate(_bytes_to_unicode().values())}
+    tokenizer = Qwen3_5Tokenizer(vocab=vocab, merges=[])
+    tokenizer.add_special_tokens({"additional_special_tokens": SPECIAL_TOKENS[1:]})
+    tokenizer.add_tokens([t for t in SPECIAL_TOKENS if t not in tokenizer.get_vocab()], special_tokens=True)
+    tokenizer.eos_token = "<|im_end|>"
+    tokenizer.pad_token = "<|endoftext|>"
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+def build_processor(tokenizer):
+    from transformers import Qwen2VLImageProcessor, Qwen3VLProcessor
+    from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
+
+    image_processor = Qwen2VLImageProcessor(
+        patch_size=PATCH_SIZE,
+        temporal_patch_size=2,
+        merge_size=MERGE_SIZE,
+        image_mean=[0.5, 0.5, 0.5],
+        image_std=[0.5, 0.5, 0.5],
+        size={"shortest_edge": 32 * 32, "longest_edge": 512 * 512},
+    )
+    video_processor = Qwen3VLVideoProcessor(patch_size=PATCH_SIZE, merge_size=MERGE_SIZE)
+    return Qwen3VLProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        video_processor=video_processor,
+        chat_template=CHAT_TEMPLATE,
+    )
+
+
+def build_config(tokenizer):
+    from transformers import Qwen3_5Config
+
+    vocab_size = 64 * ((len(tokenizer) + 63) // 64)
+    text_config = {
+        "vocab_size": vocab_size,
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "layer_types": ["linear_attention", "full_attention"],
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "head_dim": 16,
+        "linear_conv_kernel_dim": 4,
+        "linear_key_head_dim": 16,
+        "linear_value_head_dim": 16,
+        "linear_num_key_heads": 2,
+        "linear_num_value_heads": 4,
+        "max_position_embeddings": 4096,
+        "rope_parameters": {
+            "rope_type": "default",
+            "rope_theta": 10000.0,
+            "partial_rotary_factor": 0.5,
+            "mrope_section": [2, 1, 1],
+            "mrope_interleaved": True,
+        },
+        "tie_word_embeddings": False,
+        "pad_token_id": tokenizer.pad_token_id,
+        "eos_token_id": tokenizer.convert_tokens_to_ids("<|im_end|>"),
+    }
+    vision_config = {
+        "depth": 1,
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_heads": 4,
+        "patch_size": PATCH_SIZE,
+        "spatial_merge_size": MERGE_SIZE,
+        "temporal_patch_size": 2,
+        "out_hidden_size": 64,
+        "num_position_embeddings": 64,
+        "rope_parameters": {"rope_type": "axial"},
+    }
+    ids = tokenizer.convert_tokens_to_ids
+    return Qwen3_5Config(
+        text_config=text_config,
+        vision_config=vision_config,
+        image_token_id=ids("<|image_pad|>"),
+        video_token_id=ids("<|video_pad|>"),
+        vision_start_token_id=ids("<|vision_start|>"),
+        vision_end_token_id=ids("<|vision_end|>"),
+        tie_word_embeddings=False,
+    )
+
+
+def _reader_batch(processor, gen: torch.Generator, batch_size: int):
+    """Random pictures, a question each, and the letter the reader must answer."""
+    # Half the pictures near mid-gray, where the reader must learn to be unsure.
+    uniform_B3 = torch.rand(batch_size, 3, generator=gen)
+    near_gray_B3 = 0.5 + 0.12 * torch.randn(batch_size, 3, generator=gen)
+    pick_B1 = torch.rand(batch_size, 1, generator=gen) < 0.5
+    base_B3 = torch.where(pick_B1, near_gray_B3, uniform_B3).clamp(0, 1)
+    texture_BCHW = torch.rand(batch_size, 3, IMAGE_SIZE, IMAGE_SIZE, generator=gen) - 0.5
+    amplitude_B = torch.rand(batch_size, 1, 1, 1, generator=gen) * 0.5
+    pixels_BCHW = (base_B3[:, :, None, None] + amplitude_B * texture_BCHW).clamp(0, 1)
+    pixels_BCHW = (pixels_BCHW * 255).round() / 255
+    target_BK = colour_class_probs(pixels_BCHW)
+    labels_B = torch.multinomial(target_BK, 1, generator=gen).squeeze(1)
+    questions = [
+        READER_QUESTIONS[int(i)] for i in torch.randint(len(READER_QUESTIONS), (batch_size,), generator=gen)
+    ]
+    return pixels_BCHW, questions, labels_B, target_BK
+
+
+def pretrain_reader(model, processor, steps: int = 200, batch_size: int = 32, seed: int = 0) -> float:
+    """Teach the random model to answer the picture's colour class; returns final top-1 accuracy."""
+    gen = torch.Generator().manual_seed(seed)
+    tokenizer = processor.tokenizer
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    letter_ids_K = torch.tensor(tokenizer.convert_tokens_to_ids(list(ANSWER_LETTERS)))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
+    model.train()
+    accuracy = 0.0
+    for step in range(steps):
+        pixels_BCHW, questions, labels_B, target_BK = _reader_batch(processor, gen, batch_size)
+        texts = [
+            processor.apply_chat_template(
+                [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": q}]}],
+                add_generation_prompt=True,
+                tokenize=False,
+            )
+            + ANSWER_LETTERS[int(label)]
+            + "<|im_end|>"
+            for q, label in zip(questions, labels_B, strict=True)
+        ]
+        images = [(p * 255).round().to(torch.uint8) for p in pixels_BCHW]
+        inputs = processor(text=texts, images=images, return_tensors="pt", padding=True)
+        # Loss on the answer only: soft cross-entropy on the letter (the reader is as unsure as
+        # the picture is ambiguous), hard cross-entropy on the <|im_end|> that follows it.
+        lengths_B = inputs["attention_mask"].sum(-1)
+        rows = torch.arange(batch_size)
+        logits = model(**inputs).logits
+        letter_logp_BV = torch.log_softmax(logits[rows, lengths_B - 3], -1)
+        end_logp_BV = torch.log_softmax(logits[rows, lengths_B - 2], -1)
+        loss = -(target_BK * letter_logp_BV[:, letter_ids_K]).sum(-1).mean()
+        loss = loss - end_logp_BV[:, im_end].mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        with torch.no_grad():
+            pred_B = letter_logp_BV.argmax(-1)
+            accuracy = (pred_B == letter_ids_K[target_BK.argmax(-1)]).float().mean().item()
+        if step % 50 == 0 or step == steps - 1:
+            logger.info("reader pretraining step %d loss %.3f acc %.2f", step, loss.item(), accuracy)
+    model.eval()
+    return accuracy
+
+
+def _cache_key() -> str:
+    import transformers
+
+    payload = json.dumps({"v": BUILDER_VERSION, "transformers": transformers.__version__})
+    return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("ART_CACHE_DIR", Path.home() / ".cache" / "art"))
+
+
+def build_tiny_model(out_dir: Path, pretrain_steps: int = 200, seed: int = 0) -> dict:
+    """Build, pretrain and save the tiny model and processor into `out_dir`."""
+    from transformers import Qwen3_5ForConditionalGeneration
+
+    torch.manual_seed(seed)
+    tokenizer = build_tokenizer()
+    processor = build_processor(tokenizer)
+    config = build_config(tokenizer)
+    model = Qwen3_5ForConditionalGeneration(config).float()
+    start = time.perf_counter()
+    with torch.random.fork_rng():
+        accuracy = pretrain_reader(model, processor, steps=pretrain_steps, seed=seed)
+    info = {
+        "name": TINY_MODEL_NAME,
+        "builder_version": BUILDER_VERSION,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "reader_accuracy": accuracy,
+        "pretrain_seconds": round(time.perf_counter() - start, 1),
+        "image_size": IMAGE_SIZE,
+    }
+    model.generation_config.eos_token_id = config.text_config.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(out_dir)
+    processor.save_pretrained(out_dir)
+    (out_dir / "art_tiny_model.json").write_text(json.dumps(info, indent=2))
+    return info
+
+
+def ensure_tiny_model(cache_dir: Path | None = None) -> Path:
+    """Path of the cached tiny model, building it first if absent (atomic, safe to race)."""
+    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+    target = cache_dir / f"{TINY_MODEL_NAME}-{_cache_key()}"
+    if (target / "art_tiny_model.json").exists():
+        return target
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    logger.info("building the tiny offline model into %s (once; about a minute)", target)
+    tmp = Path(tempfile.mkdtemp(dir=cache_dir, prefix=".building-"))
+    try:
+        info = build_tiny_model(tmp)
+        logger.info("tiny model: %s", info)
+        try:
+            tmp.rename(target)
+        except OSError:  # another process finished first: keep theirs
+            if not (target / "art_tiny_model.json").exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target

@@ -1,0 +1,1 @@
+"""Rollout side: engines that sample groups of completions, and the Ray actor that owns one."""

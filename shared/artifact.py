@@ -1,0 +1,63 @@
+"""The ART artifact: one lossless PNG plus metadata in PNG text chunks.
+
+The PNG is the whole adaptation: the base checkpoint stays untouched, and any engine serves the
+PNG as an ordinary image input. The metadata records what it was trained for (model, size,
+step, prompt layout) so that a mismatched image can be refused instead of silently used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, PngImagePlugin
+
+# Metadata keys are prefixed so they never collide with other tools' text chunks.
+_PREFIX = "art:"
+
+
+def encode_png(pixels_HWC: np.ndarray, metadata: dict[str, object] | None = None) -> bytes:
+    """uint8 (H, W, 3) array -> PNG bytes; metadata values are stored as text chunks."""
+    if pixels_HWC.dtype != np.uint8 or pixels_HWC.ndim != 3 or pixels_HWC.shape[2] != 3:
+        raise ValueError(
+            f"expected a uint8 array of shape (H, W, 3), got {pixels_HWC.dtype} {pixels_HWC.shape}"
+        )
+    info = PngImagePlugin.PngInfo()
+    for key, value in (metadata or {}).items():
+        info.add_text(_PREFIX + key, str(value))
+    buf = io.BytesIO()
+    Image.fromarray(pixels_HWC, mode="RGB").save(buf, format="PNG", pnginfo=info, optimize=False)
+    return buf.getvalue()
+
+
+def decode_png(data: bytes) -> tuple[np.ndarray, dict[str, str]]:
+    """PNG bytes -> (uint8 (H, W, 3) array, ART metadata)."""
+    with Image.open(io.BytesIO(data)) as img:
+        text = dict(getattr(img, "text", {}) or {})
+        pixels_HWC = np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
+    metadata = {k[len(_PREFIX) :]: v for k, v in text.items() if k.startswith(_PREFIX)}
+    return pixels_HWC, metadata
+
+
+def png_to_pil(data: bytes) -> Image.Image:
+    """PNG bytes -> RGB PIL image (what engines take as `multi_modal_data`)."""
+    with Image.open(io.BytesIO(data)) as img:
+        return img.convert("RGB")
+
+
+def load_image_file(path: str | Path, size: tuple[int, int] | None = None) -> np.ndarray:
+    """Any image file -> uint8 (H, W, 3), resized once to (height, width) if given."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"seed image {path} does not exist")
+    with Image.open(path) as img:
+        img = img.convert("RGB")
+        if size is not None and (img.height, img.width) != tuple(size):
+            img = img.resize((size[1], size[0]), Image.Resampling.BICUBIC)
+        return np.asarray(img, dtype=np.uint8).copy()
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()

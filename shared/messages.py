@@ -1,0 +1,109 @@
+"""Typed messages that cross process boundaries (driver <-> rollout workers <-> learner).
+
+Each message says who sends it and who receives it, and checks its invariants on construction,
+so a malformed batch fails where it is made rather than deep inside a loss.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """How rollout engines sample. Driver -> RolloutWorker."""
+
+    temperature: float = 1.0
+    max_new_tokens: int = 8
+    top_p: float = 1.0
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0 for RL sampling, got {self.temperature}")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+
+
+@dataclass(frozen=True)
+class RolloutRequest:
+    """One prompt to sample a group of `n` completions for. Driver -> RolloutWorker.
+
+    `prompt` is the chat-rendered text with a single image placeholder
+    (`<|vision_start|><|image_pad|><|vision_end|>`); each engine expands it for the image.
+    """
+
+    request_id: int
+    prompt: str
+    n: int
+
+    def __post_init__(self) -> None:
+        if self.n < 1:
+            raise ValueError(f"group size n must be >= 1, got {self.n}")
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One sampled completion. RolloutWorker -> Driver -> Learner.
+
+    Invariant: `len(logprobs) == len(token_ids)`; `logprobs[i]` is the engine's log-probability
+    of `token_ids[i]` under the sampling distribution (temperature applied). `token_ids`
+    includes the end-of-turn token when the completion stopped on its own.
+    """
+
+    request_id: int
+    token_ids: tuple[int, ...]
+    logprobs: tuple[float, ...]
+    finish_reason: str  # "stop" (end-of-turn token) or "length" (hit max_new_tokens)
+    text: str
+    image_version: int
+
+    def __post_init__(self) -> None:
+        if len(self.logprobs) != len(self.token_ids):
+            raise ValueError(
+                f"len(logprobs)={len(self.logprobs)} != len(token_ids)={len(self.token_ids)}"
+            )
+        if not self.token_ids:
+            raise ValueError("a completion must have at least one token")
+        if self.finish_reason not in ("stop", "length"):
+            raise ValueError(f"finish_reason must be 'stop' or 'length', got {self.finish_reason!r}")
+
+
+@dataclass(frozen=True)
+class ScoredGroup:
+    """The G completions of one prompt with their rewards. Driver -> Learner.
+
+    Invariant: `len(rewards) == len(completions)`, all completions answer `prompt`.
+    """
+
+    prompt: str
+    completions: tuple[Completion, ...]
+    rewards: tuple[float, ...]
+    accuracies: tuple[float, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        if len(self.rewards) != len(self.completions):
+            raise ValueError(
+                f"len(rewards)={len(self.rewards)} != len(completions)={len(self.completions)}"
+            )
+        if self.accuracies and len(self.accuracies) != len(self.completions):
+            raise ValueError("accuracies, when given, need one value per completion")
+        if len({c.request_id for c in self.completions}) > 1:
+            raise ValueError("a group's completions must all answer the same request")
+
+
+@dataclass(frozen=True)
+class ImageUpdate:
+    """A new version of the trained image. Learner -> Driver -> every RolloutWorker.
+
+    Versions increase by one per learner step; version 0 is the seed image.
+    """
+
+    version: int
+    png: bytes
+
+    def __post_init__(self) -> None:
+        if self.version < 0:
+            raise ValueError(f"image version must be >= 0, got {self.version}")
+        if not self.png.startswith(b"\x89PNG\r\n\x1a\n"):
+            raise ValueError("ImageUpdate.png is not PNG data")

@@ -1,0 +1,45 @@
+"""Prompt rendering, one function for training, evaluation and serving.
+
+ART's layout (as in the paper's evaluation code): one user turn, the image first, then the
+question; thinking disabled by default.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+IMAGE_PLACEHOLDER = "<|vision_start|><|image_pad|><|vision_end|>"
+PROMPT_LAYOUT = "user:image-then-text"
+
+
+class ChatTemplater(Protocol):
+    def apply_chat_template(self, conversation: list[dict], **kwargs: Any) -> str: ...
+
+
+def art_messages(question: str, system: str | None = None) -> list[dict]:
+    """Chat messages with the image part first, then the question text."""
+    messages: list[dict] = []
+    if system:
+        messages.append({"role": "system", "content": system})
+    messages.append(
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}
+    )
+    return messages
+
+
+def render_prompt(
+    templater: ChatTemplater, question: str, system: str | None = None, enable_thinking: bool = False
+) -> str:
+    """The generation prompt text, with one image placeholder, via the model's chat template."""
+    text = templater.apply_chat_template(
+        art_messages(question, system),
+        add_generation_prompt=True,
+        tokenize=False,
+        enable_thinking=enable_thinking,
+    )
+    if text.count("<|image_pad|>") != 1:
+        raise ValueError(
+            "the chat template must render exactly one <|image_pad|> for the image part; got "
+            f"{text.count('<|image_pad|>')} in {text!r}"
+        )
+    return text

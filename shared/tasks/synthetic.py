@@ -1,0 +1,56 @@
+"""The synthetic task of the embedded default: a frozen model, one answer only the image gives.
+
+The tiny offline model (`learner/tiny_model.py`) is a "reader": asked any of the questions
+below, it answers one letter A..H that it reads off the picture (the three bits are whether
+the picture's mean red, green and blue exceed one half). The task rewards one hidden target
+letter for every question. Text alone cannot change the answer: the prompts are fixed and the
+weights frozen, so the reward rises only if the pixels come to encode the target. From the
+default gray seed the reader is unsure and rarely says the target, so reward starts low.
+"""
+
+from __future__ import annotations
+
+import random
+
+from shared.tasks.base import Example, Task, strip_thinking
+
+ANSWER_LETTERS = "ABCDEFGH"
+READER_QUESTIONS = (
+    "Which letter does the picture show?",
+    "Read the picture and answer with one letter.",
+    "What is the code of this image?",
+    "Look at the image. Letter?",
+    "Answer with the letter you see.",
+    "Which class is the picture in?",
+    "Name the picture's letter.",
+    "What letter is it?",
+)
+
+
+class SyntheticColourTask(Task):
+    name = "synthetic"
+    max_new_tokens = 4
+
+    def __init__(self, target: str = "F", num_examples: int = 64, seed: int = 0):
+        if target not in ANSWER_LETTERS:
+            raise ValueError(f"synthetic target must be one of {ANSWER_LETTERS!r}, got {target!r}")
+        self.target = target
+        self.num_examples = num_examples
+        self.seed = seed
+
+    def examples(self, split: str, limit: int | None = None) -> list[Example]:
+        if split not in ("train", "test"):
+            raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        rng = random.Random(f"{self.seed}-{split}")
+        out = [
+            Example(
+                uid=f"synthetic-{split}-{i}",
+                question=rng.choice(READER_QUESTIONS),
+                answer=self.target,
+            )
+            for i in range(self.num_examples)
+        ]
+        return out[:limit] if limit is not None else out
+
+    def score(self, example: Example, completion: str) -> float:
+        return 1.0 if strip_thinking(completion).strip().rstrip(".") == example.answer else 0.0

@@ -1,0 +1,203 @@
+"""The config schema: Hydra structured configs, one documented field at a time.
+
+YAML files under `conf/` only set values; this module says what each value means and checks
+the cross-field rules once, at start-up, with messages that say what to set.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import MISSING
+
+
+@dataclass
+class ModelConfig:
+    # "tiny" builds the embedded offline model; otherwise a hub id or a local directory.
+    name: str = "tiny"
+    # Torch dtype of the learner's differentiable copy (float32 on CPU, bfloat16 on GPU).
+    dtype: str = "float32"
+    # Device of the learner's model ("cpu" or "cuda").
+    device: str = "cpu"
+
+
+@dataclass
+class TaskConfig:
+    # Task name understood by shared.tasks.load_task.
+    name: str = "synthetic"
+    # Keyword options passed to the task's constructor (data_dir, target, ...).
+    options: dict[str, Any] = field(default_factory=dict)
+    # Dataset split that training prompts are drawn from.
+    split: str = "train"
+    # Optional system prompt placed before the user turn.
+    system_prompt: str | None = None
+    # Render prompts with thinking enabled (Qwen3.5 chat template flag); ART disables it.
+    enable_thinking: bool = False
+
+
+@dataclass
+class AlgoConfig:
+    # Completions sampled per prompt (G).
+    group_size: int = 8
+    # Groups (prompts) per learner step after dynamic sampling.
+    prompts_per_step: int = 4
+    # Lower clip range of the importance ratio.
+    eps_low: float = 0.2
+    # Upper clip range (clip-higher: larger than eps_low).
+    eps_high: float = 0.28
+    # Dynamic sampling: extra generation rounds allowed to refill dropped zero-variance groups.
+    max_extra_rounds: int = 2
+    # Overlong shaping buffer in tokens before max_new_tokens (0 disables the penalty).
+    overlong_buffer: int = 0
+    # Optimizer steps per rollout batch (the batch is split into this many minibatches).
+    num_minibatches: int = 2
+    # Sampling temperature; the learner divides logits by the same value.
+    temperature: float = 1.0
+
+
+@dataclass
+class RolloutConfig:
+    # Engine: "hf" (transformers generate, CPU) or "vllm" (GPU).
+    engine: str = "hf"
+    # Number of RolloutWorker actors; each step's prompts are spread over all of them.
+    num_workers: int = 2
+    # Max completion tokens; null takes the task's own limit.
+    max_new_tokens: int | None = None
+    # Nucleus sampling; 1.0 samples from the full distribution (what the learner scores).
+    top_p: float = 1.0
+    # CPUs reserved per worker actor.
+    num_cpus_per_worker: float = 1.0
+    # GPUs reserved per worker actor (1 for vLLM on a GPU node).
+    num_gpus_per_worker: float = 0.0
+    # Torch dtype of the engine's model.
+    dtype: str = "float32"
+    # vLLM only: fraction of GPU memory the engine may take.
+    gpu_memory_utilization: float = 0.85
+    # vLLM only: max model length (prompt + completion).
+    max_model_len: int = 4096
+    # Import path of the worker actor class (the driver never imports rollout_worker itself).
+    worker_cls: str = "rollout_worker.worker.RolloutWorker"
+
+
+@dataclass
+class LearnerConfig:
+    # Adam learning rate on the pixel logits.
+    lr: float = 0.05
+    # Sequences per forward/backward pass (gradient accumulation above this).
+    micro_batch_size: int = 32
+    # Clip the pixel-logit gradient norm (0 disables).
+    max_grad_norm: float = 0.0
+    # CPUs reserved for the learner actor.
+    num_cpus: float = 1.0
+    # GPUs reserved for the learner actor.
+    num_gpus: float = 0.0
+
+
+@dataclass
+class ImageConfig:
+    # Image height in pixels (a multiple of patch x merge, inside the processor's range).
+    height: int = 64
+    # Image width in pixels.
+    width: int = 64
+    # Seed: "gray", "noise", or a path to an image file (resized once to height x width).
+    init: str = "gray"
+
+
+@dataclass
+class LoggingConfig:
+    # MLflow tracking URI (http://host:5000 on a cluster); a bare path is a local SQLite file.
+    tracking_uri: str = "mlflow.db"
+    # Where a new experiment stores artifacts (PNGs); a bare path is a local folder.
+    artifact_location: str | None = "mlartifacts"
+    # MLflow experiment name.
+    experiment: str = "art"
+    # Log the PNG as an MLflow artifact and write a checkpoint every this many steps.
+    checkpoint_every: int = 10
+    # Show a progress bar (plain log lines are printed either way when not on a terminal).
+    progress: bool = True
+
+
+@dataclass
+class ClusterConfig:
+    # Ray address: null starts a local in-process instance; "auto" joins a running cluster.
+    address: str | None = None
+    # CPUs of the local instance (null: all).
+    num_cpus: int | None = None
+    # Show the Ray dashboard of a local instance.
+    include_dashboard: bool = False
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    algo: AlgoConfig = field(default_factory=AlgoConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    image: ImageConfig = field(default_factory=ImageConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    # Learner steps (each: sample, score, update, broadcast).
+    steps: int = 40
+    # Seed of prompt order, sampling and image noise.
+    seed: int = 0
+    # Run name (MLflow run and output folder); null derives one from the time.
+    run_name: str | None = None
+    # Where run folders go.
+    output_dir: str = "outputs"
+    # Checkpoint file to resume from (pixel logits, optimizer state, step).
+    resume_from: str | None = None
+    # Set by Hydra: the run directory.
+    run_dir: str = MISSING
+
+
+class ConfigError(ValueError):
+    """An impossible configuration; the message says what to set."""
+
+
+def validate(cfg: Any) -> None:
+    """Cross-field rules, checked once at start-up."""
+    algo, rollout = cfg.algo, cfg.rollout
+    rules = [
+        (cfg.steps >= 1, f"steps={cfg.steps}: set steps >= 1"),
+        (algo.group_size >= 2, f"algo.group_size={algo.group_size}: groups need >= 2 samples for an advantage"),
+        (algo.prompts_per_step >= 1, "algo.prompts_per_step must be >= 1"),
+        (0 < algo.eps_low < 1, f"algo.eps_low={algo.eps_low} must be in (0, 1)"),
+        (algo.eps_high > 0, f"algo.eps_high={algo.eps_high} must be > 0"),
+        (algo.max_extra_rounds >= 0, "algo.max_extra_rounds must be >= 0"),
+        (algo.temperature > 0, "algo.temperature must be > 0"),
+        (
+            algo.num_minibatches >= 1 and algo.num_minibatches <= algo.prompts_per_step * algo.group_size,
+            f"algo.num_minibatches={algo.num_minibatches} must be in [1, prompts_per_step * group_size]",
+        ),
+        (rollout.engine in ("hf", "vllm"), f"rollout.engine={rollout.engine!r}: use 'hf' or 'vllm'"),
+        (rollout.num_workers >= 1, f"rollout.num_workers={rollout.num_workers}: set >= 1"),
+        (
+            not (rollout.engine == "vllm" and rollout.num_gpus_per_worker <= 0),
+            "rollout.engine=vllm needs a GPU per worker: set rollout.num_gpus_per_worker=1 "
+            "(or use the cluster=multi_gpu config)",
+        ),
+        (cfg.learner.lr > 0, "learner.lr must be > 0"),
+        (cfg.learner.micro_batch_size >= 1, "learner.micro_batch_size must be >= 1"),
+        (cfg.image.height > 0 and cfg.image.width > 0, "image.height and image.width must be > 0"),
+        (cfg.logging.checkpoint_every >= 1, "logging.checkpoint_every must be >= 1"),
+    ]
+    if rollout.max_new_tokens is not None:
+        rules.append((rollout.max_new_tokens >= 1, "rollout.max_new_tokens must be >= 1"))
+        rules.append(
+            (
+                algo.overlong_buffer < rollout.max_new_tokens,
+                f"algo.overlong_buffer={algo.overlong_buffer} must be < rollout.max_new_tokens",
+            )
+        )
+    errors = [msg for ok, msg in rules if not ok]
+    if errors:
+        raise ConfigError("invalid config:\n  - " + "\n  - ".join(errors))
+
+
+def register_configs() -> None:
+    from hydra.core.config_store import ConfigStore
+
+    cs = ConfigStore.instance()
+    cs.store(name="train_schema", node=TrainConfig)

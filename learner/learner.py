@@ -55,10 +55,14 @@ class Learner:
     ):
         torch.manual_seed(seed)
         self.model_name = model_name
-        self.model, self.processor = load_model_and_processor(model_path, dtype=dtype, device=device)
-        self.policy = FrozenPolicy(self.model, self.processor, temperature, micro_batch_size)
+        self.model, self.processor = load_model_and_processor(
+            model_path, dtype=dtype, device=device
+        )
+        self.policy = FrozenPolicy(self.model, self.processor, temperature)
         validate_image_size(height, width, self.policy.spec, model_name)
-        self.image = PixelImage.from_uint8(init_pixels(init, height, width, seed).to_uint8()).to(device)
+        self.image = PixelImage.from_uint8(init_pixels(init, height, width, seed).to_uint8()).to(
+            device
+        )
         self.seed_uint8 = self.image.to_uint8()
         self.optimizer = torch.optim.Adam(self.image.parameters(), lr=lr)
         self.eps_low, self.eps_high = eps_low, eps_high
@@ -92,7 +96,9 @@ class Learner:
         return [slice(i, min(i + size, n)) for i in range(0, n, size)]
 
     @torch.no_grad()
-    def compute_logprobs(self, prompts: Sequence[str], completions: Sequence[Completion]) -> list[list[float]]:
+    def compute_logprobs(
+        self, prompts: Sequence[str], completions: Sequence[Completion]
+    ) -> list[list[float]]:
         """Per-token log-probs of each completion under the current image (no gradient)."""
         encoded = self.policy.encode_image(self.image())
         out: list[list[float]] = []
@@ -150,7 +156,9 @@ class Learner:
                 for key in ("clip_frac_low", "clip_frac_high", "ratio_mean"):
                     totals[key] += stats[key] / len(minibatches)
             if self.max_grad_norm > 0:
-                grad_norm = torch.nn.utils.clip_grad_norm_(self.image.parameters(), self.max_grad_norm).item()
+                grad_norm = torch.nn.utils.clip_grad_norm_(
+                    self.image.parameters(), self.max_grad_norm
+                ).item()
             else:
                 grad_norm = self.image.theta_CHW.grad.norm().item()
             self.optimizer.step()
@@ -170,7 +178,9 @@ class Learner:
         return metrics, update
 
     @staticmethod
-    def _mismatch_metrics(completions: Sequence[Completion], learner_logprobs: list[list[float]]) -> dict:
+    def _mismatch_metrics(
+        completions: Sequence[Completion], learner_logprobs: list[list[float]]
+    ) -> dict:
         rollout = np.concatenate([np.asarray(c.logprobs) for c in completions])
         learner = np.concatenate([np.asarray(lp) for lp in learner_logprobs])
         log_ratio = learner - rollout  # log p_learner / p_rollout on rollout samples
@@ -200,7 +210,9 @@ class Learner:
     def load_checkpoint(self, path: str) -> int:
         state = torch.load(path, map_location="cpu", weights_only=False)
         if state["model"] != self.model_name:
-            raise ValueError(f"checkpoint {path} was trained for {state['model']}, not {self.model_name}")
+            raise ValueError(
+                f"checkpoint {path} was trained for {state['model']}, not {self.model_name}"
+            )
         if tuple(state["theta_CHW"].shape) != tuple(self.image.theta_CHW.shape):
             raise ValueError(
                 f"checkpoint {path} holds an image of shape {tuple(state['theta_CHW'].shape)}, "

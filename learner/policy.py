@@ -15,14 +15,7 @@ import torch
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from learner.preprocess import VisionSpec, preprocess
-
-VISION_SPECIAL_TOKENS = (
-    "<|vision_start|>",
-    "<|vision_end|>",
-    "<|vision_pad|>",
-    "<|image_pad|>",
-    "<|video_pad|>",
-)
+from shared.prompts import suppressed_token_ids
 
 
 def load_model_and_processor(path: str, dtype: str = "float32", device: str = "cpu"):
@@ -34,11 +27,6 @@ def load_model_and_processor(path: str, dtype: str = "float32", device: str = "c
         param.requires_grad_(False)
     processor = AutoProcessor.from_pretrained(path)
     return model, processor
-
-
-def suppressed_token_ids(tokenizer) -> list[int]:
-    vocab = tokenizer.get_vocab()
-    return sorted(vocab[t] for t in VISION_SPECIAL_TOKENS if t in vocab)
 
 
 @dataclass
@@ -54,12 +42,11 @@ class EncodedImage:
 
 
 class FrozenPolicy:
-    def __init__(self, model, processor, temperature: float = 1.0, micro_batch_size: int = 16):
+    def __init__(self, model, processor, temperature: float = 1.0):
         self.model = model
         self.processor = processor
         self.tokenizer = processor.tokenizer
         self.temperature = temperature
-        self.micro_batch_size = micro_batch_size
         self.spec = VisionSpec.from_image_processor(processor.image_processor)
         self.image_token_id = int(model.config.image_token_id)
         self.pad_token_id = int(self.tokenizer.pad_token_id)
@@ -87,11 +74,15 @@ class FrozenPolicy:
             self._prompt_cache[key] = list(ids)
         return self._prompt_cache[key]
 
-    def logits_to_logprobs(self, logits_TV: torch.Tensor, token_ids_T: torch.Tensor) -> torch.Tensor:
+    def logits_to_logprobs(
+        self, logits_TV: torch.Tensor, token_ids_T: torch.Tensor
+    ) -> torch.Tensor:
         """Log-probs of `token_ids` under the sampling distribution: temperature, suppression."""
         logits_TV = logits_TV.float() / self.temperature
         logits_TV = logits_TV.masked_fill(self.suppress_V[: logits_TV.shape[-1]], float("-inf"))
-        return torch.log_softmax(logits_TV, dim=-1).gather(-1, token_ids_T.unsqueeze(-1)).squeeze(-1)
+        return (
+            torch.log_softmax(logits_TV, dim=-1).gather(-1, token_ids_T.unsqueeze(-1)).squeeze(-1)
+        )
 
     def sequence_logprobs(
         self,
@@ -126,7 +117,9 @@ class FrozenPolicy:
             # logits at position k predict token k + 1
             start, n = len(p) - 1, len(c)
             token_ids_T = input_ids_BL[i, len(p) : len(p) + n]
-            rows.append((i, n, self.logits_to_logprobs(out.logits[i, start : start + n], token_ids_T)))
+            rows.append(
+                (i, n, self.logits_to_logprobs(out.logits[i, start : start + n], token_ids_T))
+            )
         logprobs_BT = torch.stack(
             [torch.nn.functional.pad(lp, (0, max_completion - n)) for _, n, lp in rows]
         )

@@ -58,15 +58,6 @@ SPECIAL_TOKENS = [
     "<think>",
     "</think>",
 ]
-# Tokens a sampler must never emit: a completion holding one cannot be fed back to the model.
-VISION_SPECIAL_TOKENS = [
-    "<|vision_start|>",
-    "<|vision_end|>",
-    "<|vision_pad|>",
-    "<|image_pad|>",
-    "<|video_pad|>",
-]
-
 # A reduced Qwen3.5 template: system/user/assistant turns, image parts rendered as
 # <|vision_start|><|image_pad|><|vision_end|>, and the empty think block Qwen3.5 emits when
 # thinking is disabled.
@@ -95,7 +86,9 @@ MERGE_SIZE = 2
 READER_TEMPERATURE = 0.08
 
 
-def colour_class_probs(pixels_BCHW: torch.Tensor, temperature: float = READER_TEMPERATURE) -> torch.Tensor:
+def colour_class_probs(
+    pixels_BCHW: torch.Tensor, temperature: float = READER_TEMPERATURE
+) -> torch.Tensor:
     """The reader's target distribution over the 8 letters, shape (B, 8).
 
     Bit c is "mean of channel c above 0.5", held with probability sigmoid((mean - 0.5) / T):
@@ -128,7 +121,9 @@ def build_tokenizer():
     vocab = {ch: i for i, ch in enumerate(_bytes_to_unicode().values())}
     tokenizer = Qwen3_5Tokenizer(vocab=vocab, merges=[])
     tokenizer.add_special_tokens({"additional_special_tokens": SPECIAL_TOKENS[1:]})
-    tokenizer.add_tokens([t for t in SPECIAL_TOKENS if t not in tokenizer.get_vocab()], special_tokens=True)
+    tokenizer.add_tokens(
+        [t for t in SPECIAL_TOKENS if t not in tokenizer.get_vocab()], special_tokens=True
+    )
     tokenizer.eos_token = "<|im_end|>"
     tokenizer.pad_token = "<|endoftext|>"
     tokenizer.chat_template = CHAT_TEMPLATE
@@ -224,12 +219,15 @@ def _reader_batch(processor, gen: torch.Generator, batch_size: int):
     target_BK = colour_class_probs(pixels_BCHW)
     labels_B = torch.multinomial(target_BK, 1, generator=gen).squeeze(1)
     questions = [
-        READER_QUESTIONS[int(i)] for i in torch.randint(len(READER_QUESTIONS), (batch_size,), generator=gen)
+        READER_QUESTIONS[int(i)]
+        for i in torch.randint(len(READER_QUESTIONS), (batch_size,), generator=gen)
     ]
     return pixels_BCHW, questions, labels_B, target_BK
 
 
-def pretrain_reader(model, processor, steps: int = 200, batch_size: int = 32, seed: int = 0) -> float:
+def pretrain_reader(
+    model, processor, steps: int = 200, batch_size: int = 32, seed: int = 0
+) -> float:
     """Teach the random model to answer the picture's colour class; returns final top-1 accuracy."""
     gen = torch.Generator().manual_seed(seed)
     tokenizer = processor.tokenizer
@@ -268,7 +266,9 @@ def pretrain_reader(model, processor, steps: int = 200, batch_size: int = 32, se
             pred_B = letter_logp_BV.argmax(-1)
             accuracy = (pred_B == letter_ids_K[target_BK.argmax(-1)]).float().mean().item()
         if step % 50 == 0 or step == steps - 1:
-            logger.info("reader pretraining step %d loss %.3f acc %.2f", step, loss.item(), accuracy)
+            logger.info(
+                "reader pretraining step %d loss %.3f acc %.2f", step, loss.item(), accuracy
+            )
     model.eval()
     return accuracy
 

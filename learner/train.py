@@ -248,7 +248,9 @@ def train(cfg: DictConfig) -> dict:
     templater = AutoProcessor.from_pretrained(model_path)
 
     def prompts_for(example) -> str:
-        return render_prompt(templater, example.question, cfg.task.system_prompt, cfg.task.enable_thinking)
+        return render_prompt(
+            templater, example.question, cfg.task.system_prompt, cfg.task.enable_thinking
+        )
 
     sampler = PromptSampler(task.examples(cfg.task.split), seed=cfg.seed)
     ray = start_ray(cfg)
@@ -276,7 +278,9 @@ def train(cfg: DictConfig) -> dict:
                 broadcast(ray, workers, update)
             else:  # every group had equal rewards even after the extra rounds: nothing to learn
                 learn_metrics, t2 = {}, time.perf_counter()
-                logger.warning("step %d: no informative group after %d rounds", step, rollouts.rounds)
+                logger.warning(
+                    "step %d: no informative group after %d rounds", step, rollouts.rounds
+                )
             t3 = time.perf_counter()
 
             reward = sum(rollouts.first_round_rewards) / len(rollouts.first_round_rewards)
@@ -284,7 +288,8 @@ def train(cfg: DictConfig) -> dict:
             metrics = {
                 "reward_mean": reward,
                 "reward_std": _std(rollouts.first_round_rewards),
-                "accuracy": sum(rollouts.first_round_accuracies) / len(rollouts.first_round_accuracies),
+                "accuracy": sum(rollouts.first_round_accuracies)
+                / len(rollouts.first_round_accuracies),
                 "kept_group_frac": len(rollouts.kept) / max(rollouts.groups_seen, 1),
                 "generation_rounds": float(rollouts.rounds),
                 "completion_len_mean": sum(rollouts.lengths) / len(rollouts.lengths),
@@ -299,7 +304,9 @@ def train(cfg: DictConfig) -> dict:
             _report(progress, step, cfg.steps, metrics)
 
             if (step + 1) % cfg.logging.checkpoint_every == 0 or step + 1 == cfg.steps:
-                _save_image_and_checkpoint(ray, learner, update, run_dir, ckpt_dir, step + 1, mlflow)
+                _save_image_and_checkpoint(
+                    ray, learner, update, run_dir, ckpt_dir, step + 1, mlflow
+                )
     finally:
         if progress is not None:
             progress.close()

@@ -8,14 +8,6 @@ from PIL import Image
 
 from shared.messages import Completion, RolloutRequest, SamplingConfig
 
-VISION_SPECIAL_TOKENS = (
-    "<|vision_start|>",
-    "<|vision_end|>",
-    "<|vision_pad|>",
-    "<|image_pad|>",
-    "<|video_pad|>",
-)
-
 
 class Engine(Protocol):
     """Samples `request.n` completions per request, all conditioned on `image`."""
@@ -27,12 +19,6 @@ class Engine(Protocol):
         image_version: int,
         sampling: SamplingConfig,
     ) -> list[list[Completion]]: ...
-
-
-def suppressed_token_ids(tokenizer) -> list[int]:
-    """Vision special tokens: a completion holding one cannot be fed back to the model."""
-    vocab = tokenizer.get_vocab()
-    return sorted(vocab[t] for t in VISION_SPECIAL_TOKENS if t in vocab)
 
 
 def make_engine(kind: str, model_path: str, **options) -> Engine:

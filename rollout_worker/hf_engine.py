@@ -10,21 +10,26 @@ from __future__ import annotations
 import torch
 from PIL import Image
 
-from rollout_worker.engine import suppressed_token_ids
 from shared.messages import Completion, RolloutRequest, SamplingConfig
+from shared.prompts import suppressed_token_ids
 
 
 class HFEngine:
     def __init__(self, model_path: str, dtype: str = "float32", device: str = "cpu", **_):
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
-        self.model = AutoModelForImageTextToText.from_pretrained(model_path, dtype=getattr(torch, dtype))
+        self.model = AutoModelForImageTextToText.from_pretrained(
+            model_path, dtype=getattr(torch, dtype)
+        )
         self.model.to(device).eval()
         self.device = device
         self.processor = AutoProcessor.from_pretrained(model_path)
         self.tokenizer = self.processor.tokenizer
         self.suppress_ids = suppressed_token_ids(self.tokenizer)
-        self.eos_ids = {self.tokenizer.convert_tokens_to_ids("<|im_end|>"), self.tokenizer.eos_token_id}
+        self.eos_ids = {
+            self.tokenizer.convert_tokens_to_ids("<|im_end|>"),
+            self.tokenizer.eos_token_id,
+        }
         self.pad_id = self.tokenizer.pad_token_id
         vocab_size = self.model.config.text_config.vocab_size
         self.suppress_V = torch.zeros(vocab_size, dtype=torch.bool, device=device)
@@ -61,8 +66,12 @@ class HFEngine:
             prompt_len = inputs["input_ids"].shape[1]
             new_BT = out.sequences[:, prompt_len:]
             logits_BTV = torch.stack(out.logits, dim=1).float() / sampling.temperature
-            logits_BTV = logits_BTV.masked_fill(self.suppress_V[: logits_BTV.shape[-1]], float("-inf"))
-            logprobs_BT = torch.log_softmax(logits_BTV, -1).gather(-1, new_BT.unsqueeze(-1)).squeeze(-1)
+            logits_BTV = logits_BTV.masked_fill(
+                self.suppress_V[: logits_BTV.shape[-1]], float("-inf")
+            )
+            logprobs_BT = (
+                torch.log_softmax(logits_BTV, -1).gather(-1, new_BT.unsqueeze(-1)).squeeze(-1)
+            )
             group = []
             for i in range(request.n):
                 tokens = new_BT[i].tolist()

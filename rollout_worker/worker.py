@@ -30,16 +30,24 @@ class RolloutWorker:
         self.version = version
         return version
 
-    def generate(self, requests: list[RolloutRequest], sampling: SamplingConfig) -> list[list[Completion]]:
+    def generate(
+        self, requests: list[RolloutRequest], sampling: SamplingConfig
+    ) -> list[list[Completion]]:
         if self.image is None or self.version is None:
-            raise RuntimeError(f"rollout-worker-{self.worker_index} has no image yet: call set_image first")
+            raise RuntimeError(
+                f"rollout-worker-{self.worker_index} has no image yet: call set_image first"
+            )
         return self.engine.generate(requests, self.image, self.version, sampling)
 
     def image_version(self) -> int | None:
         return self.version
 
     def info(self) -> dict:
-        info = {"worker_index": self.worker_index, "hostname": socket.gethostname(), "pid": os.getpid()}
+        info = {
+            "worker_index": self.worker_index,
+            "hostname": socket.gethostname(),
+            "pid": os.getpid(),
+        }
         try:
             import ray
 

@@ -161,17 +161,24 @@ def validate(cfg: Any) -> None:
     algo, rollout = cfg.algo, cfg.rollout
     rules = [
         (cfg.steps >= 1, f"steps={cfg.steps}: set steps >= 1"),
-        (algo.group_size >= 2, f"algo.group_size={algo.group_size}: groups need >= 2 samples for an advantage"),
+        (
+            algo.group_size >= 2,
+            f"algo.group_size={algo.group_size}: groups need >= 2 samples for an advantage",
+        ),
         (algo.prompts_per_step >= 1, "algo.prompts_per_step must be >= 1"),
         (0 < algo.eps_low < 1, f"algo.eps_low={algo.eps_low} must be in (0, 1)"),
         (algo.eps_high > 0, f"algo.eps_high={algo.eps_high} must be > 0"),
         (algo.max_extra_rounds >= 0, "algo.max_extra_rounds must be >= 0"),
         (algo.temperature > 0, "algo.temperature must be > 0"),
         (
-            algo.num_minibatches >= 1 and algo.num_minibatches <= algo.prompts_per_step * algo.group_size,
+            algo.num_minibatches >= 1
+            and algo.num_minibatches <= algo.prompts_per_step * algo.group_size,
             f"algo.num_minibatches={algo.num_minibatches} must be in [1, prompts_per_step * group_size]",
         ),
-        (rollout.engine in ("hf", "vllm"), f"rollout.engine={rollout.engine!r}: use 'hf' or 'vllm'"),
+        (
+            rollout.engine in ("hf", "vllm"),
+            f"rollout.engine={rollout.engine!r}: use 'hf' or 'vllm'",
+        ),
         (rollout.num_workers >= 1, f"rollout.num_workers={rollout.num_workers}: set >= 1"),
         (
             not (rollout.engine == "vllm" and rollout.num_gpus_per_worker <= 0),

@@ -66,7 +66,9 @@ class Completion:
         if not self.token_ids:
             raise ValueError("a completion must have at least one token")
         if self.finish_reason not in ("stop", "length"):
-            raise ValueError(f"finish_reason must be 'stop' or 'length', got {self.finish_reason!r}")
+            raise ValueError(
+                f"finish_reason must be 'stop' or 'length', got {self.finish_reason!r}"
+            )
 
 
 @dataclass(frozen=True)

@@ -10,10 +10,25 @@ from typing import Any, Protocol
 
 IMAGE_PLACEHOLDER = "<|vision_start|><|image_pad|><|vision_end|>"
 PROMPT_LAYOUT = "user:image-then-text"
+# Tokens a sampler must never emit: a completion holding one cannot be fed back to the model,
+# which counts image tokens to place image features. Both engines and the learner mask them.
+VISION_SPECIAL_TOKENS = (
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|vision_pad|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+)
 
 
 class ChatTemplater(Protocol):
     def apply_chat_template(self, conversation: list[dict], **kwargs: Any) -> str: ...
+
+
+def suppressed_token_ids(tokenizer) -> list[int]:
+    """Ids of the vision special tokens present in `tokenizer`'s vocabulary."""
+    vocab = tokenizer.get_vocab()
+    return sorted(vocab[t] for t in VISION_SPECIAL_TOKENS if t in vocab)
 
 
 def art_messages(question: str, system: str | None = None) -> list[dict]:
@@ -28,7 +43,10 @@ def art_messages(question: str, system: str | None = None) -> list[dict]:
 
 
 def render_prompt(
-    templater: ChatTemplater, question: str, system: str | None = None, enable_thinking: bool = False
+    templater: ChatTemplater,
+    question: str,
+    system: str | None = None,
+    enable_thinking: bool = False,
 ) -> str:
     """The generation prompt text, with one image placeholder, via the model's chat template."""
     text = templater.apply_chat_template(

@@ -126,10 +126,11 @@ def compute_rollouts(cfg, ray, workers, task, sampler, prompts_for, step: int) -
 
 
 def start_ray(cfg):
+    """Returns (ray, whether this call started it)."""
     import ray
 
     if ray.is_initialized():
-        return ray
+        return ray, False
     env = {"env_vars": {"ART_CACHE_DIR": os.environ.get("ART_CACHE_DIR", "")}}
     if cfg.cluster.address:
         ray.init(address=cfg.cluster.address, runtime_env=env, log_to_driver=True)
@@ -140,7 +141,7 @@ def start_ray(cfg):
             runtime_env=env,
             log_to_driver=True,
         )
-    return ray
+    return ray, True
 
 
 def create_actors(cfg, ray, model_path: str):
@@ -235,7 +236,6 @@ def train(cfg: DictConfig) -> dict:
     validate(cfg)
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    run_name = cfg.run_name or run_dir.name
     wall_start = time.perf_counter()
 
     from transformers import AutoProcessor
@@ -244,6 +244,7 @@ def train(cfg: DictConfig) -> dict:
     from shared.tasks import load_task
 
     task = load_task(cfg.task.name, **cfg.task.options)
+    sampler = PromptSampler(task.examples(cfg.task.split), seed=cfg.seed)
     model_path = resolve_model_path(cfg.model.name)
     templater = AutoProcessor.from_pretrained(model_path)
 
@@ -252,85 +253,38 @@ def train(cfg: DictConfig) -> dict:
             templater, example.question, cfg.task.system_prompt, cfg.task.enable_thinking
         )
 
-    sampler = PromptSampler(task.examples(cfg.task.split), seed=cfg.seed)
-    ray = start_ray(cfg)
+    ray, owns_ray = start_ray(cfg)
     learner, workers = create_actors(cfg, ray, model_path)
-    start_step = 0
-    if cfg.resume_from:
-        start_step = ray.get(learner.load_checkpoint.remote(cfg.resume_from))
-        logger.info("resumed from %s at step %d", cfg.resume_from, start_step)
-    update = ray.get(learner.image_update.remote())
-    broadcast(ray, workers, update)
-    (run_dir / "seed.png").write_bytes(update.png)
-
-    mlflow, run = setup_mlflow(cfg, run_name)
-    rewards_per_step: list[float] = []
-    progress = _progress(cfg, start_step)
-    ckpt_dir = run_dir / "checkpoints"
+    mlflow, run = setup_mlflow(cfg, cfg.run_name or run_dir.name)
     try:
-        for step in range(start_step, cfg.steps):
-            t0 = time.perf_counter()
-            rollouts = compute_rollouts(cfg, ray, workers, task, sampler, prompts_for, step)
-            t1 = time.perf_counter()
-            if rollouts.kept:
-                learn_metrics, update = ray.get(learner.update.remote(rollouts.kept))
-                t2 = time.perf_counter()
-                broadcast(ray, workers, update)
-            else:  # every group had equal rewards even after the extra rounds: nothing to learn
-                learn_metrics, t2 = {}, time.perf_counter()
-                logger.warning(
-                    "step %d: no informative group after %d rounds", step, rollouts.rounds
-                )
-            t3 = time.perf_counter()
-
-            reward = sum(rollouts.first_round_rewards) / len(rollouts.first_round_rewards)
-            rewards_per_step.append(reward)
-            metrics = {
-                "reward_mean": reward,
-                "reward_std": _std(rollouts.first_round_rewards),
-                "accuracy": sum(rollouts.first_round_accuracies)
-                / len(rollouts.first_round_accuracies),
-                "kept_group_frac": len(rollouts.kept) / max(rollouts.groups_seen, 1),
-                "generation_rounds": float(rollouts.rounds),
-                "completion_len_mean": sum(rollouts.lengths) / len(rollouts.lengths),
-                "completion_len_max": float(max(rollouts.lengths)),
-                "time_rollout_s": t1 - t0,
-                "time_update_s": t2 - t1,
-                "time_broadcast_s": t3 - t2,
-                "time_step_s": t3 - t0,
-                **learn_metrics,
-            }
-            mlflow.log_metrics(metrics, step=step + 1)
-            _report(progress, step, cfg.steps, metrics)
-
-            if (step + 1) % cfg.logging.checkpoint_every == 0 or step + 1 == cfg.steps:
-                _save_image_and_checkpoint(
-                    ray, learner, update, run_dir, ckpt_dir, step + 1, mlflow
-                )
-    finally:
-        if progress is not None:
-            progress.close()
-        # Nothing is lost on a crash: the latest image and checkpoint are written on the way out.
+        rewards = _train_loop(
+            cfg, ray, learner, workers, task, sampler, prompts_for, run_dir, mlflow
+        )
         final = ray.get(learner.image_update.remote())
-        (run_dir / "art.png").write_bytes(final.png)
-        ray.get(learner.save_checkpoint.remote(str(ckpt_dir / "last.pt")))
-
-    summary = {
-        "steps": cfg.steps,
-        "reward_first5": _mean(rewards_per_step[:5]),
-        "reward_last5": _mean(rewards_per_step[-5:]),
-        "rewards": rewards_per_step,
-        "wall_time_s": round(time.perf_counter() - wall_start, 2),
-        "image_path": str((run_dir / "art.png").resolve()),
-        "image_version": final.version,
-        "mlflow_run_id": run.info.run_id,
-        "model": cfg.model.name,
-        "task": cfg.task.name,
-    }
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    mlflow.log_artifact(str(run_dir / "art.png"))
-    mlflow.log_artifact(str(run_dir / "summary.json"))
-    mlflow.end_run()
+        summary = {
+            "steps": cfg.steps,
+            "reward_first5": _mean(rewards[:5]),
+            "reward_last5": _mean(rewards[-5:]),
+            "rewards": rewards,
+            "wall_time_s": round(time.perf_counter() - wall_start, 2),
+            "image_path": str((run_dir / "art.png").resolve()),
+            "image_version": final.version,
+            "mlflow_run_id": run.info.run_id,
+            "model": cfg.model.name,
+            "task": cfg.task.name,
+        }
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        mlflow.log_artifact(str(run_dir / "art.png"))
+        mlflow.log_artifact(str(run_dir / "summary.json"))
+        mlflow.end_run()
+    except BaseException:
+        mlflow.end_run(status="FAILED")
+        raise
+    finally:
+        for actor in [learner, *workers]:
+            ray.kill(actor)
+        if owns_ray:
+            ray.shutdown()
     logger.info(
         "done: reward %.3f -> %.3f in %.1fs; image %s",
         summary["reward_first5"],
@@ -339,6 +293,76 @@ def train(cfg: DictConfig) -> dict:
         summary["image_path"],
     )
     return summary
+
+
+def _train_loop(cfg, ray, learner, workers, task, sampler, prompts_for, run_dir, mlflow):
+    """The steps; returns the per-step reward. On any exit the latest image and a checkpoint
+    are written, so nothing is lost when a run crashes or is interrupted."""
+    ckpt_dir = run_dir / "checkpoints"
+    start_step = 0
+    if cfg.resume_from:
+        start_step = ray.get(learner.load_checkpoint.remote(cfg.resume_from))
+        logger.info("resumed from %s at step %d", cfg.resume_from, start_step)
+    update = ray.get(learner.image_update.remote())
+    broadcast(ray, workers, update)
+    (run_dir / "seed.png").write_bytes(update.png)
+
+    rewards: list[float] = []
+    progress = _progress(cfg, start_step)
+    try:
+        for step in range(start_step, cfg.steps):
+            # 1-3. sample, score, filter
+            t0 = time.perf_counter()
+            rollouts = compute_rollouts(cfg, ray, workers, task, sampler, prompts_for, step)
+            # 4. update
+            t1 = time.perf_counter()
+            learn_metrics = {}
+            if rollouts.kept:
+                learn_metrics, update = ray.get(learner.update.remote(rollouts.kept))
+            else:  # all groups had equal rewards even after the extra rounds
+                logger.warning(
+                    "step %d: no informative group after %d rounds", step + 1, rollouts.rounds
+                )
+            # 5. broadcast
+            t2 = time.perf_counter()
+            if rollouts.kept:
+                broadcast(ray, workers, update)
+            t3 = time.perf_counter()
+            # 6. log, checkpoint
+            metrics = compute_step_metrics(rollouts, learn_metrics, (t0, t1, t2, t3))
+            rewards.append(metrics["reward_mean"])
+            mlflow.log_metrics(metrics, step=step + 1)
+            _report(progress, step, cfg.steps, metrics)
+            if (step + 1) % cfg.logging.checkpoint_every == 0 or step + 1 == cfg.steps:
+                _save_image_and_checkpoint(
+                    ray, learner, update, run_dir, ckpt_dir, step + 1, mlflow
+                )
+    finally:
+        if progress is not None:
+            progress.close()
+        final = ray.get(learner.image_update.remote())
+        (run_dir / "art.png").write_bytes(final.png)
+        ray.get(learner.save_checkpoint.remote(str(ckpt_dir / "last.pt")))
+    return rewards
+
+
+def compute_step_metrics(rollouts: StepRollouts, learn_metrics: dict, times) -> dict[str, float]:
+    t0, t1, t2, t3 = times
+    rewards, accs = rollouts.first_round_rewards, rollouts.first_round_accuracies
+    return {
+        "reward_mean": _mean(rewards),
+        "reward_std": _std(rewards),
+        "accuracy": _mean(accs),
+        "kept_group_frac": len(rollouts.kept) / max(rollouts.groups_seen, 1),
+        "generation_rounds": float(rollouts.rounds),
+        "completion_len_mean": _mean(rollouts.lengths),
+        "completion_len_max": float(max(rollouts.lengths)),
+        "time_rollout_s": t1 - t0,
+        "time_update_s": t2 - t1,
+        "time_broadcast_s": t3 - t2,
+        "time_step_s": t3 - t0,
+        **learn_metrics,
+    }
 
 
 def _save_image_and_checkpoint(ray, learner, update, run_dir, ckpt_dir, step, mlflow) -> None:

@@ -1,0 +1,69 @@
+"""Shared fixtures: the tiny offline model (built once into the cache), Ray, the data folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def pytest_collection_modifyitems(config, items):
+    """`gpu` tests need CUDA and vLLM; skip them cleanly elsewhere."""
+    if config.getoption("-m") and "gpu" in config.getoption("-m"):
+        return
+    try:
+        import torch
+
+        has_gpu = torch.cuda.is_available()
+    except Exception:
+        has_gpu = False
+    try:
+        import vllm  # noqa: F401
+
+        has_vllm = True
+    except Exception:
+        has_vllm = False
+    if has_gpu and has_vllm:
+        return
+    reason = "needs a CUDA GPU and vLLM (`pip install -e .[gpu]` on a GPU machine)"
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(pytest.mark.skip(reason=reason))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path() -> str:
+    from learner.tiny_model import ensure_tiny_model
+
+    return str(ensure_tiny_model())
+
+
+@pytest.fixture(scope="session")
+def tiny_processor(tiny_model_path):
+    from transformers import AutoProcessor
+
+    return AutoProcessor.from_pretrained(tiny_model_path)
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """ART_DATA_DIR (default ../shared/data); skipped where absent, but a failure under CI."""
+    path = Path(os.environ.get("ART_DATA_DIR", REPO.parent / "shared" / "data"))
+    if not path.is_dir():
+        message = f"offline data folder {path} not found (set ART_DATA_DIR)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    import ray
+
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()

@@ -1,0 +1,88 @@
+"""The embedded default, end to end through `train()`: it must learn."""
+
+import json
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from learner import train as driver
+from shared.artifact import decode_png
+
+
+def _cfg(tmp_path, *overrides):
+    with initialize_config_dir(config_dir=driver.CONF_DIR, version_base="1.3"):
+        cfg = compose(
+            "config",
+            overrides=[
+                f"logging.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
+                f"logging.artifact_location={tmp_path}/artifacts",
+                *overrides,
+            ],
+        )
+    OmegaConf.set_struct(cfg, False)
+    cfg.run_dir = str(tmp_path / "run")
+    return cfg
+
+
+@pytest.mark.slow
+def test_embedded_default_learns(ray_local, tmp_path):
+    summary = driver.train(_cfg(tmp_path))
+    run = tmp_path / "run"
+    on_disk = json.loads((run / "summary.json").read_text())
+    assert on_disk == summary
+    for key in (
+        "steps",
+        "reward_first5",
+        "reward_last5",
+        "wall_time_s",
+        "image_path",
+        "mlflow_run_id",
+    ):
+        assert key in summary
+    print(
+        f"\nreward_first5={summary['reward_first5']:.3f} reward_last5={summary['reward_last5']:.3f}"
+    )
+    assert summary["reward_last5"] - summary["reward_first5"] >= 0.3
+    pixels, meta = decode_png((run / "art.png").read_bytes())
+    assert pixels.shape == (64, 64, 3) and meta["step"] == str(summary["image_version"])
+    assert (run / "checkpoints" / "last.pt").exists()
+    assert len(list((run / "images").glob("step_*.png"))) >= 1
+
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    history = mlflow.MlflowClient().get_metric_history(summary["mlflow_run_id"], "reward_mean")
+    assert len(history) == summary["steps"]
+    logged = mlflow.get_run(summary["mlflow_run_id"]).data.metrics
+    for name in (
+        "reward_std",
+        "accuracy",
+        "loss",
+        "clip_frac_low",
+        "clip_frac_high",
+        "logprob_mean",
+        "mismatch_abs_mean",
+        "mismatch_kl",
+        "kept_group_frac",
+        "generation_rounds",
+        "completion_len_mean",
+        "completion_len_max",
+        "png_bytes",
+        "pixel_distance",
+        "time_rollout_s",
+        "time_update_s",
+        "time_broadcast_s",
+    ):
+        assert name in logged, name
+
+
+def test_resume_continues_from_the_checkpoint(ray_local, tmp_path):
+    first = driver.train(_cfg(tmp_path, "steps=2", "logging.checkpoint_every=1"))
+    ckpt = tmp_path / "run" / "checkpoints" / "step_000002.pt"
+    assert ckpt.exists() and first["image_version"] == 2
+    cfg = _cfg(tmp_path, "steps=4", f"resume_from={ckpt}")
+    cfg.run_dir = str(tmp_path / "resumed")
+    resumed = driver.train(cfg)
+    assert resumed["image_version"] == 4
+    assert len(resumed["rewards"]) == 2

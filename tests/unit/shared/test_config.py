@@ -1,0 +1,51 @@
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from learner.train import CONF_DIR
+from shared.config import ConfigError, validate
+
+
+def _compose(*overrides):
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("config", overrides=list(overrides))
+    OmegaConf.set_struct(cfg, False)
+    cfg.run_dir = "unused"
+    return cfg
+
+
+def test_default_config_is_the_embedded_default():
+    cfg = _compose()
+    validate(cfg)
+    assert cfg.model.name == "tiny"
+    assert cfg.task.name == "synthetic"
+    assert cfg.rollout.engine == "hf"
+    assert cfg.algo.eps_low == 0.2 and cfg.algo.eps_high == 0.28
+
+
+def test_real_run_groups_compose():
+    cfg = _compose("model=qwen3_5_0_8b", "rollout=vllm", "image=paper")
+    assert cfg.model.name == "Qwen/Qwen3.5-0.8B"
+    assert cfg.rollout.num_gpus_per_worker == 1
+    assert cfg.image.height == 256
+    validate(cfg)
+
+
+def test_unknown_key_is_rejected_by_the_schema():
+    with pytest.raises(Exception, match="no_such_field"):
+        _compose("algo.no_such_field=1")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["algo.group_size=1"], "group_size"),
+        (["rollout.engine=sglang"], "rollout.engine"),
+        (["rollout.engine=vllm"], "num_gpus_per_worker"),
+        (["rollout.max_new_tokens=4", "algo.overlong_buffer=4"], "overlong_buffer"),
+        (["algo.num_minibatches=0"], "num_minibatches"),
+    ],
+)
+def test_impossible_combinations_fail_with_what_to_set(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        validate(_compose(*overrides))

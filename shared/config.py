@@ -139,7 +139,7 @@ class TrainConfig:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     # Learner steps (each: sample, score, update, broadcast).
-    steps: int = 40
+    steps: int = 60
     # Seed of prompt order, sampling and image noise.
     seed: int = 0
     # Run name (MLflow run and output folder); null derives one from the time.

@@ -86,3 +86,21 @@ def test_resume_continues_from_the_checkpoint(ray_local, tmp_path):
     resumed = driver.train(cfg)
     assert resumed["image_version"] == 4
     assert len(resumed["rewards"]) == 2
+
+
+def test_gsm8k_pipeline_takes_real_data(ray_local, tmp_path, data_dir):
+    """A random tiny model scores ~0 on GSM8K; the point is that real rows flow end to end."""
+    cfg = _cfg(
+        tmp_path,
+        "task=gsm8k",
+        f"task.options.data_dir={data_dir / 'gsm8k'}",
+        "steps=2",
+        "algo.group_size=2",
+        "algo.prompts_per_step=2",
+        "algo.max_extra_rounds=0",
+        "rollout.max_new_tokens=8",
+    )
+    summary = driver.train(cfg)
+    assert summary["task"] == "gsm8k" and len(summary["rewards"]) == 2
+    assert all(0.0 <= r <= 1.0 for r in summary["rewards"])
+    assert (tmp_path / "run" / "art.png").exists()

@@ -1,0 +1,60 @@
+"""Tasks on the real offline releases in ART_DATA_DIR (../shared/data by default)."""
+
+import pytest
+
+from shared.tasks import load_task
+
+
+@pytest.fixture(scope="module")
+def gsm8k(data_dir):
+    return load_task("gsm8k", data_dir=str(data_dir / "gsm8k"))
+
+
+@pytest.fixture(scope="module")
+def svamp(data_dir):
+    return load_task("svamp", data_dir=str(data_dir / "svamp"))
+
+
+def _wrong(answer: str) -> str:
+    return str(int(float(answer)) + 7) if float(answer).is_integer() else str(float(answer) + 0.5)
+
+
+def test_every_gsm8k_test_gold_scores_one_and_a_wrong_number_does_not(gsm8k):
+    examples = gsm8k.examples("test")
+    assert len(examples) == 1319
+    for ex in examples:
+        assert gsm8k.score(ex, f"Answer: {ex.answer}") == 1.0, ex.uid
+        assert gsm8k.reward(ex, f"Answer: {ex.answer}") == 1.0, ex.uid
+        wrong = f"Answer: {_wrong(ex.answer)}"
+        assert gsm8k.score(ex, wrong) == 0.0, ex.uid
+        assert gsm8k.reward(ex, wrong) < 1.0, ex.uid
+
+
+def test_every_svamp_gold_scores_one_and_a_wrong_number_does_not(svamp):
+    examples = svamp.examples("all")
+    assert len(examples) == 1000
+    for ex in examples:
+        assert svamp.score(ex, f"Answer: {ex.answer}") == 1.0, ex.uid
+        assert svamp.reward(ex, f"Answer: {ex.answer}") == 1.0, ex.uid
+        assert svamp.score(ex, f"Answer: {_wrong(ex.answer)}") == 0.0, ex.uid
+        assert svamp.reward(ex, f"Answer: {_wrong(ex.answer)}") < 1.0, ex.uid
+
+
+def test_svamp_split_is_seeded_disjoint_and_complete(data_dir):
+    a = load_task("svamp", data_dir=str(data_dir / "svamp"))
+    train, test = a.examples("train"), a.examples("test")
+    assert (len(train), len(test)) == (700, 300)
+    assert not {e.uid for e in train} & {e.uid for e in test}
+    again = load_task("svamp", data_dir=str(data_dir / "svamp")).examples("test")
+    assert [e.uid for e in again] == [e.uid for e in test]
+    other = load_task("svamp", data_dir=str(data_dir / "svamp"), split_seed=1).examples("test")
+    assert [e.uid for e in other] != [e.uid for e in test]
+
+
+def test_gsm8k_prompt_asks_for_the_answer_format(gsm8k):
+    ex = gsm8k.examples("train", limit=1)[0]
+    assert "Answer: <number>" in ex.question
+    assert (
+        ex.metadata["solution"].rstrip().endswith(ex.answer.replace(",", ""))
+        or "####" in ex.metadata["solution"]
+    )

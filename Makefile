@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: install train test test-gpu lint format mlflow-ui clean
+.PHONY: install train eval test test-gpu lint format mlflow-ui clean
 
 install: $(VENV)/.installed
 
@@ -17,6 +17,13 @@ $(VENV)/.installed: pyproject.toml
 
 train: install
 	$(VENV)/bin/art-train $(ARGS)
+
+# Evaluates the text-only baseline, the seed image and the newest outputs/*/art.png (if any).
+LATEST_ART := $(lastword $(sort $(wildcard outputs/*/art.png)))
+eval: install
+	$(VENV)/bin/art-eval 'eval.conditions=[none,seed$(if $(LATEST_ART),$(comma)$(LATEST_ART))]' $(ARGS)
+
+comma := ,
 
 test: install
 	$(VENV)/bin/pytest $(PYTEST_ARGS)

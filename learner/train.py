@@ -8,17 +8,12 @@ Each step, as named phases:
 5. broadcast- the new PNG goes once into the Ray object store and to every worker;
 6. log      - MLflow metrics; every k steps the PNG artifact and a checkpoint.
 The run folder `outputs/<run>/` ends with `art.png` and `summary.json`.
-
-The driver orchestrates both sides but imports neither side's package: worker and learner
-classes are created from their import paths (`rollout.worker_cls`, `LEARNER_CLS`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
-import os
 import random
 import sys
 import time
@@ -29,10 +24,19 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from learner.runtime import (
+    CONF_DIR,
+    broadcast,
+    create_actors,
+    generate_across_workers,
+    prompt_builder,
+    resolve_model_path,
+    setup_mlflow,
+    start_ray,
+)
 from shared.config import register_configs, validate
 
 logger = logging.getLogger("art.train")
-LEARNER_CLS = "learner.learner.Learner"
 
 register_configs()
 
@@ -67,26 +71,18 @@ class PromptSampler:
         return out
 
 
-def resolve_model_path(name: str) -> str:
-    """'tiny' -> the cached embedded model (built once); anything else is passed through."""
-    if name == "tiny":
-        from learner.tiny_model import ensure_tiny_model
+def rollout_requests(examples, prompts_for, group_size: int) -> list:
+    from shared.messages import RolloutRequest
 
-        return str(ensure_tiny_model())
-    return name
-
-
-def generate_across_workers(ray, workers, requests, sampling) -> list[list]:
-    """Split requests over the workers (contiguous chunks), gather groups in request order."""
-    per = math.ceil(len(requests) / len(workers))
-    chunks = [requests[i * per : (i + 1) * per] for i in range(len(workers))]
-    futures = [w.generate.remote(c, sampling) for w, c in zip(workers, chunks, strict=True) if c]
-    return [group for result in ray.get(futures) for group in result]
+    return [
+        RolloutRequest(request_id=i, prompt=prompts_for(ex), n=group_size)
+        for i, ex in enumerate(examples)
+    ]
 
 
 def compute_rollouts(cfg, ray, workers, task, sampler, prompts_for, step: int) -> StepRollouts:
     from learner.dapo import keep_informative_groups, overlong_penalty
-    from shared.messages import RolloutRequest, SamplingConfig, ScoredGroup
+    from shared.messages import SamplingConfig, ScoredGroup
 
     algo = cfg.algo
     max_new = cfg.rollout.max_new_tokens or task.max_new_tokens
@@ -99,10 +95,7 @@ def compute_rollouts(cfg, ray, workers, task, sampler, prompts_for, step: int) -
             seed=cfg.seed * 1_000_000 + step * 100 + out.rounds,
         )
         examples = sampler.take(algo.prompts_per_step)
-        requests = [
-            RolloutRequest(request_id=i, prompt=prompts_for(ex), n=algo.group_size)
-            for i, ex in enumerate(examples)
-        ]
+        requests = rollout_requests(examples, prompts_for, algo.group_size)
         groups = generate_across_workers(ray, workers, requests, sampling)
         scored = []
         for ex, req, comps in zip(examples, requests, groups, strict=True):
@@ -125,110 +118,22 @@ def compute_rollouts(cfg, ray, workers, task, sampler, prompts_for, step: int) -
     return out
 
 
-def start_ray(cfg):
-    """Returns (ray, whether this call started it)."""
-    import ray
+@dataclass
+class Run:
+    """Everything a training run holds, built once by `train`."""
 
-    if ray.is_initialized():
-        return ray, False
-    env = {"env_vars": {"ART_CACHE_DIR": os.environ.get("ART_CACHE_DIR", "")}}
-    if cfg.cluster.address:
-        ray.init(address=cfg.cluster.address, runtime_env=env, log_to_driver=True)
-    else:
-        ray.init(
-            num_cpus=cfg.cluster.num_cpus,
-            include_dashboard=cfg.cluster.include_dashboard,
-            runtime_env=env,
-            log_to_driver=True,
-        )
-    return ray, True
-
-
-def create_actors(cfg, ray, model_path: str):
-    from hydra.utils import get_class
-
-    learner_cls = ray.remote(get_class(LEARNER_CLS))
-    learner = learner_cls.options(
-        name="learner", num_cpus=cfg.learner.num_cpus, num_gpus=cfg.learner.num_gpus
-    ).remote(
-        model_path=model_path,
-        model_name=cfg.model.name,
-        height=cfg.image.height,
-        width=cfg.image.width,
-        init=cfg.image.init,
-        lr=cfg.learner.lr,
-        temperature=cfg.algo.temperature,
-        eps_low=cfg.algo.eps_low,
-        eps_high=cfg.algo.eps_high,
-        num_minibatches=cfg.algo.num_minibatches,
-        micro_batch_size=cfg.learner.micro_batch_size,
-        max_grad_norm=cfg.learner.max_grad_norm,
-        dtype=cfg.model.dtype,
-        device=cfg.model.device,
-        seed=cfg.seed,
-    )
-    worker_cls = ray.remote(get_class(cfg.rollout.worker_cls))
-    engine_options = {"dtype": cfg.rollout.dtype}
-    if cfg.rollout.engine == "vllm":
-        engine_options.update(
-            gpu_memory_utilization=cfg.rollout.gpu_memory_utilization,
-            max_model_len=cfg.rollout.max_model_len,
-            seed=cfg.seed,
-        )
-    workers = [
-        worker_cls.options(
-            name=f"rollout-worker-{i}",
-            num_cpus=cfg.rollout.num_cpus_per_worker,
-            num_gpus=cfg.rollout.num_gpus_per_worker,
-        ).remote(engine=cfg.rollout.engine, model_path=model_path, worker_index=i, **engine_options)
-        for i in range(cfg.rollout.num_workers)
-    ]
-    return learner, workers
-
-
-def broadcast(ray, workers, update) -> None:
-    """One copy of the PNG into the object store; every worker swaps to it."""
-    ref = ray.put(update.png)
-    versions = ray.get([w.set_image.remote(update.version, ref) for w in workers])
-    assert all(v == update.version for v in versions), versions
-
-
-def setup_mlflow(cfg, run_name: str):
-    """Local default: a SQLite store and an artifact folder under the project root."""
-    import mlflow
-
-    root = Path(hydra.utils.get_original_cwd() if _in_hydra() else ".")
-    uri = cfg.logging.tracking_uri
-    if "://" not in uri:  # a bare path: a local SQLite file
-        uri = "sqlite:///" + str(root.joinpath(uri).resolve())
-    mlflow.set_tracking_uri(uri)
-    if mlflow.get_experiment_by_name(cfg.logging.experiment) is None:
-        artifacts = cfg.logging.artifact_location
-        if artifacts and "://" not in artifacts:
-            artifacts = root.joinpath(artifacts).resolve().as_uri()
-        mlflow.create_experiment(cfg.logging.experiment, artifact_location=artifacts or None)
-    mlflow.set_experiment(cfg.logging.experiment)
-    run = mlflow.start_run(run_name=run_name)
-    flat = _flatten(OmegaConf.to_container(cfg, resolve=True))
-    mlflow.log_params({k: str(v)[:500] for k, v in flat.items() if k != "run_dir"})
-    return mlflow, run
-
-
-def _in_hydra() -> bool:
-    from hydra.core.hydra_config import HydraConfig
-
-    return HydraConfig.initialized()
-
-
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict) and v:
-            out.update(_flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
+    cfg: DictConfig
+    ray: object
+    learner: object
+    workers: list
+    task: object
+    sampler: PromptSampler
+    prompts_for: object
+    held_out: list
+    run_dir: Path
+    mlflow: object
+    best_accuracy: float = -1.0
+    best_step: int | None = None
 
 
 def train(cfg: DictConfig) -> dict:
@@ -238,28 +143,20 @@ def train(cfg: DictConfig) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     wall_start = time.perf_counter()
 
-    from transformers import AutoProcessor
-
-    from shared.prompts import render_prompt
     from shared.tasks import load_task
 
     task = load_task(cfg.task.name, **cfg.task.options)
     sampler = PromptSampler(task.examples(cfg.task.split), seed=cfg.seed)
+    held_out = task.examples(cfg.eval.split, cfg.eval.train_limit) if cfg.eval.every else []
     model_path = resolve_model_path(cfg.model.name)
-    templater = AutoProcessor.from_pretrained(model_path)
-
-    def prompts_for(example) -> str:
-        return render_prompt(
-            templater, example.question, cfg.task.system_prompt, cfg.task.enable_thinking
-        )
+    prompts_for = prompt_builder(cfg, model_path)
 
     ray, owns_ray = start_ray(cfg)
     learner, workers = create_actors(cfg, ray, model_path)
-    mlflow, run = setup_mlflow(cfg, cfg.run_name or run_dir.name)
+    mlflow, mlflow_run = setup_mlflow(cfg, cfg.run_name or run_dir.name)
+    run = Run(cfg, ray, learner, workers, task, sampler, prompts_for, held_out, run_dir, mlflow)
     try:
-        rewards = _train_loop(
-            cfg, ray, learner, workers, task, sampler, prompts_for, run_dir, mlflow
-        )
+        rewards = _train_loop(run)
         final = ray.get(learner.image_update.remote())
         summary = {
             "steps": cfg.steps,
@@ -269,7 +166,9 @@ def train(cfg: DictConfig) -> dict:
             "wall_time_s": round(time.perf_counter() - wall_start, 2),
             "image_path": str((run_dir / "art.png").resolve()),
             "image_version": final.version,
-            "mlflow_run_id": run.info.run_id,
+            "best_eval_accuracy": run.best_accuracy if run.best_step is not None else None,
+            "best_step": run.best_step,
+            "mlflow_run_id": mlflow_run.info.run_id,
             "model": cfg.model.name,
             "task": cfg.task.name,
         }
@@ -295,17 +194,18 @@ def train(cfg: DictConfig) -> dict:
     return summary
 
 
-def _train_loop(cfg, ray, learner, workers, task, sampler, prompts_for, run_dir, mlflow):
+def _train_loop(run: Run) -> list[float]:
     """The steps; returns the per-step reward. On any exit the latest image and a checkpoint
     are written, so nothing is lost when a run crashes or is interrupted."""
-    ckpt_dir = run_dir / "checkpoints"
+    cfg, ray, learner, workers = run.cfg, run.ray, run.learner, run.workers
+    ckpt_dir = run.run_dir / "checkpoints"
     start_step = 0
     if cfg.resume_from:
         start_step = ray.get(learner.load_checkpoint.remote(cfg.resume_from))
         logger.info("resumed from %s at step %d", cfg.resume_from, start_step)
     update = ray.get(learner.image_update.remote())
     broadcast(ray, workers, update)
-    (run_dir / "seed.png").write_bytes(update.png)
+    (run.run_dir / "seed.png").write_bytes(update.png)
 
     rewards: list[float] = []
     progress = _progress(cfg, start_step)
@@ -313,7 +213,9 @@ def _train_loop(cfg, ray, learner, workers, task, sampler, prompts_for, run_dir,
         for step in range(start_step, cfg.steps):
             # 1-3. sample, score, filter
             t0 = time.perf_counter()
-            rollouts = compute_rollouts(cfg, ray, workers, task, sampler, prompts_for, step)
+            rollouts = compute_rollouts(
+                cfg, ray, workers, run.task, run.sampler, run.prompts_for, step
+            )
             # 4. update
             t1 = time.perf_counter()
             learn_metrics = {}
@@ -331,19 +233,44 @@ def _train_loop(cfg, ray, learner, workers, task, sampler, prompts_for, run_dir,
             # 6. log, checkpoint
             metrics = compute_step_metrics(rollouts, learn_metrics, (t0, t1, t2, t3))
             rewards.append(metrics["reward_mean"])
-            mlflow.log_metrics(metrics, step=step + 1)
+            run.mlflow.log_metrics(metrics, step=step + 1)
             _report(progress, step, cfg.steps, metrics)
-            if (step + 1) % cfg.logging.checkpoint_every == 0 or step + 1 == cfg.steps:
-                _save_image_and_checkpoint(
-                    ray, learner, update, run_dir, ckpt_dir, step + 1, mlflow
-                )
+            last = step + 1 == cfg.steps
+            if (step + 1) % cfg.logging.checkpoint_every == 0 or last:
+                _save_image_and_checkpoint(run, update, ckpt_dir, step + 1)
+            # 7. periodic held-out evaluation, keeping the best image
+            if run.held_out and ((step + 1) % cfg.eval.every == 0 or last):
+                _periodic_eval(run, update, step + 1)
     finally:
         if progress is not None:
             progress.close()
         final = ray.get(learner.image_update.remote())
-        (run_dir / "art.png").write_bytes(final.png)
+        (run.run_dir / "art.png").write_bytes(final.png)
         ray.get(learner.save_checkpoint.remote(str(ckpt_dir / "last.pt")))
     return rewards
+
+
+def _periodic_eval(run: Run, update, step: int) -> None:
+    from learner.evaluate import evaluate_condition
+
+    max_new = run.cfg.eval.max_new_tokens or run.task.max_new_tokens
+    metrics = evaluate_condition(
+        run.ray, run.workers, run.task, run.held_out, run.prompts_for, True, max_new
+    )
+    run.mlflow.log_metrics(
+        {f"eval/{k}": metrics[k] for k in ("accuracy", "format_rate", "mean_completion_tokens")},
+        step=step,
+    )
+    logger.info(
+        "step %d held-out accuracy %.3f (format %.3f)",
+        step,
+        metrics["accuracy"],
+        metrics["format_rate"],
+    )
+    if metrics["accuracy"] > run.best_accuracy:
+        run.best_accuracy, run.best_step = metrics["accuracy"], step
+        (run.run_dir / "best.png").write_bytes(update.png)
+        run.mlflow.log_artifact(str(run.run_dir / "best.png"))
 
 
 def compute_step_metrics(rollouts: StepRollouts, learn_metrics: dict, times) -> dict[str, float]:
@@ -365,13 +292,13 @@ def compute_step_metrics(rollouts: StepRollouts, learn_metrics: dict, times) -> 
     }
 
 
-def _save_image_and_checkpoint(ray, learner, update, run_dir, ckpt_dir, step, mlflow) -> None:
-    png_path = run_dir / "images" / f"step_{step:06d}.png"
+def _save_image_and_checkpoint(run: Run, update, ckpt_dir: Path, step: int) -> None:
+    png_path = run.run_dir / "images" / f"step_{step:06d}.png"
     png_path.parent.mkdir(parents=True, exist_ok=True)
     png_path.write_bytes(update.png)
-    (run_dir / "art.png").write_bytes(update.png)
-    mlflow.log_artifact(str(png_path), artifact_path="images")
-    ray.get(learner.save_checkpoint.remote(str(ckpt_dir / f"step_{step:06d}.pt")))
+    (run.run_dir / "art.png").write_bytes(update.png)
+    run.mlflow.log_artifact(str(png_path), artifact_path="images")
+    run.ray.get(run.learner.save_checkpoint.remote(str(ckpt_dir / f"step_{step:06d}.pt")))
 
 
 def _progress(cfg, start_step: int):
@@ -407,9 +334,6 @@ def _mean(xs: Sequence[float]) -> float:
 def _std(xs: Sequence[float]) -> float:
     mu = _mean(xs)
     return (sum((x - mu) ** 2 for x in xs) / len(xs)) ** 0.5 if xs else float("nan")
-
-
-CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 
 
 @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")

@@ -47,14 +47,15 @@ class HFEngine:
         for request in requests:
             if sampling.seed is not None:
                 torch.manual_seed(sampling.seed * 1_000_003 + request.request_id)
-            inputs = self.processor(text=[request.prompt], images=[image], return_tensors="pt")
+            images = [image] if request.with_image else None
+            inputs = self.processor(text=[request.prompt], images=images, return_tensors="pt")
             inputs = inputs.to(self.device)
             out = self.model.generate(
                 **inputs,
-                do_sample=True,
-                temperature=sampling.temperature,
-                top_p=sampling.top_p,
-                top_k=0,
+                do_sample=not sampling.greedy,
+                temperature=None if sampling.greedy else sampling.temperature,
+                top_p=None if sampling.greedy else sampling.top_p,
+                top_k=None if sampling.greedy else 0,
                 max_new_tokens=sampling.max_new_tokens,
                 num_return_sequences=request.n,
                 suppress_tokens=self.suppress_ids,
@@ -65,7 +66,8 @@ class HFEngine:
             )
             prompt_len = inputs["input_ids"].shape[1]
             new_BT = out.sequences[:, prompt_len:]
-            logits_BTV = torch.stack(out.logits, dim=1).float() / sampling.temperature
+            temperature = 1.0 if sampling.greedy else sampling.temperature
+            logits_BTV = torch.stack(out.logits, dim=1).float() / temperature
             logits_BTV = logits_BTV.masked_fill(
                 self.suppress_V[: logits_BTV.shape[-1]], float("-inf")
             )

@@ -52,12 +52,15 @@ class VLLMEngine:
 
         prompts, params = [], []
         for request in requests:
-            prompts.append({"prompt": request.prompt, "multi_modal_data": {"image": image}})
+            prompt = {"prompt": request.prompt}
+            if request.with_image:
+                prompt["multi_modal_data"] = {"image": image}
+            prompts.append(prompt)
             params.append(
                 SamplingParams(
                     n=request.n,
-                    temperature=sampling.temperature,
-                    top_p=sampling.top_p,
+                    temperature=0.0 if sampling.greedy else sampling.temperature,
+                    top_p=1.0 if sampling.greedy else sampling.top_p,
                     top_k=-1,
                     max_tokens=sampling.max_new_tokens,
                     logprobs=0,

@@ -33,11 +33,12 @@ class RolloutWorker:
     def generate(
         self, requests: list[RolloutRequest], sampling: SamplingConfig
     ) -> list[list[Completion]]:
-        if self.image is None or self.version is None:
+        if any(r.with_image for r in requests) and (self.image is None or self.version is None):
             raise RuntimeError(
                 f"rollout-worker-{self.worker_index} has no image yet: call set_image first"
             )
-        return self.engine.generate(requests, self.image, self.version, sampling)
+        version = -1 if self.version is None else self.version
+        return self.engine.generate(requests, self.image, version, sampling)
 
     def image_version(self) -> int | None:
         return self.version

@@ -61,3 +61,41 @@ def load_image_file(path: str | Path, size: tuple[int, int] | None = None) -> np
 
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+class ArtifactMismatchError(ValueError):
+    """A PNG trained for another model, size or prompt layout than the one it is used with."""
+
+
+def check_metadata(
+    metadata: dict[str, str],
+    model: str,
+    height: int | None = None,
+    width: int | None = None,
+    prompt_layout: str | None = None,
+    source: str = "image",
+    allow_untagged: bool = False,
+) -> None:
+    """Refuse an ART image used with a model, size or layout other than it was trained for."""
+    if not metadata:
+        if allow_untagged:
+            return
+        raise ArtifactMismatchError(
+            f"{source} has no ART metadata (model, size, prompt layout), so it cannot be checked "
+            "against the model; use an art.png written by training, or allow untagged images"
+        )
+    problems = []
+    if metadata.get("model") != model:
+        problems.append(f"it was trained for model {metadata.get('model')!r}, not {model!r}")
+    if height is not None and width is not None:
+        trained = (metadata.get("height"), metadata.get("width"))
+        if trained != (str(height), str(width)):
+            problems.append(
+                f"it is {trained[0]}x{trained[1]}, the config asks for {height}x{width}"
+            )
+    if prompt_layout is not None and metadata.get("prompt_layout") != prompt_layout:
+        problems.append(
+            f"its prompt layout is {metadata.get('prompt_layout')!r}, serving uses {prompt_layout!r}"
+        )
+    if problems:
+        raise ArtifactMismatchError(f"refusing {source}: " + "; ".join(problems))

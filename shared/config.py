@@ -119,6 +119,25 @@ class LoggingConfig:
 
 
 @dataclass
+class EvalConfig:
+    # Image conditions for art-eval: "none" (text-only), "seed" (the configured seed image),
+    # or a path to a trained PNG.
+    conditions: list[str] = field(default_factory=lambda: ["none", "seed"])
+    # Split evaluated (a held-out one).
+    split: str = "test"
+    # Number of examples (null: the whole split).
+    limit: int | None = 64
+    # Max new tokens for greedy decoding; null takes the task's own limit.
+    max_new_tokens: int | None = None
+    # During training: evaluate the current image every this many steps (0: never).
+    every: int = 10
+    # During training: held-out examples per periodic evaluation.
+    train_limit: int = 32
+    # Accept PNGs without ART metadata (e.g. an arbitrary picture) in art-eval.
+    allow_untagged_images: bool = False
+
+
+@dataclass
 class ClusterConfig:
     # Ray address: null starts a local in-process instance; "auto" joins a running cluster.
     address: str | None = None
@@ -138,6 +157,7 @@ class TrainConfig:
     image: ImageConfig = field(default_factory=ImageConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     # Learner steps (each: sample, score, update, broadcast).
     steps: int = 60
     # Seed of prompt order, sampling and image noise.
@@ -189,6 +209,7 @@ def validate(cfg: Any) -> None:
         (cfg.learner.micro_batch_size >= 1, "learner.micro_batch_size must be >= 1"),
         (cfg.image.height > 0 and cfg.image.width > 0, "image.height and image.width must be > 0"),
         (cfg.logging.checkpoint_every >= 1, "logging.checkpoint_every must be >= 1"),
+        (cfg.eval.every >= 0, "eval.every must be >= 0 (0 disables periodic evaluation)"),
     ]
     if rollout.max_new_tokens is not None:
         rules.append((rollout.max_new_tokens >= 1, "rollout.max_new_tokens must be >= 1"))

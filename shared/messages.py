@@ -11,12 +11,16 @@ from dataclasses import dataclass, field
 
 @dataclass(frozen=True)
 class SamplingConfig:
-    """How rollout engines sample. Driver -> RolloutWorker."""
+    """How rollout engines sample. Driver -> RolloutWorker.
+
+    `greedy=True` decodes greedily (evaluation); the reported log-probs are then at T=1.
+    """
 
     temperature: float = 1.0
     max_new_tokens: int = 8
     top_p: float = 1.0
     seed: int | None = None
+    greedy: bool = False
 
     def __post_init__(self) -> None:
         if self.temperature <= 0:
@@ -31,15 +35,23 @@ class RolloutRequest:
 
     `prompt` is the chat-rendered text with a single image placeholder
     (`<|vision_start|><|image_pad|><|vision_end|>`); each engine expands it for the image.
+    With `with_image=False` (the text-only baseline of evaluation) the prompt has none and
+    the worker's image is not attached.
     """
 
     request_id: int
     prompt: str
     n: int
+    with_image: bool = True
 
     def __post_init__(self) -> None:
         if self.n < 1:
             raise ValueError(f"group size n must be >= 1, got {self.n}")
+        if self.with_image != ("<|image_pad|>" in self.prompt):
+            raise ValueError(
+                "RolloutRequest.with_image must match the prompt: an image request needs exactly "
+                "the one <|image_pad|> placeholder, a text-only request none"
+            )
 
 
 @dataclass(frozen=True)

@@ -31,14 +31,14 @@ def suppressed_token_ids(tokenizer) -> list[int]:
     return sorted(vocab[t] for t in VISION_SPECIAL_TOKENS if t in vocab)
 
 
-def art_messages(question: str, system: str | None = None) -> list[dict]:
-    """Chat messages with the image part first, then the question text."""
+def chat_messages(question: str, system: str | None = None, with_image: bool = True) -> list[dict]:
+    """Chat messages in ART's layout: the image part first, then the question text."""
     messages: list[dict] = []
     if system:
         messages.append({"role": "system", "content": system})
-    messages.append(
-        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}
-    )
+    content: list[dict] = [{"type": "image"}] if with_image else []
+    content.append({"type": "text", "text": question})
+    messages.append({"role": "user", "content": content})
     return messages
 
 
@@ -47,17 +47,20 @@ def render_prompt(
     question: str,
     system: str | None = None,
     enable_thinking: bool = False,
+    with_image: bool = True,
 ) -> str:
-    """The generation prompt text, with one image placeholder, via the model's chat template."""
+    """The generation prompt via the model's chat template, with one image placeholder (or
+    none for the text-only baseline). Training, evaluation and serving all render here."""
     text = templater.apply_chat_template(
-        art_messages(question, system),
+        chat_messages(question, system, with_image),
         add_generation_prompt=True,
         tokenize=False,
         enable_thinking=enable_thinking,
     )
-    if text.count("<|image_pad|>") != 1:
+    expected = 1 if with_image else 0
+    if text.count("<|image_pad|>") != expected:
         raise ValueError(
-            "the chat template must render exactly one <|image_pad|> for the image part; got "
-            f"{text.count('<|image_pad|>')} in {text!r}"
+            f"the chat template must render exactly {expected} <|image_pad|> for this prompt; "
+            f"got {text.count('<|image_pad|>')} in {text!r}"
         )
     return text

@@ -35,6 +35,10 @@ class Task:
     def reward(self, example: Example, completion: str) -> float:
         return self.score(example, completion)
 
+    def format_ok(self, example: Example, completion: str) -> bool:
+        """Whether the completion answers in the requested format (right or wrong)."""
+        return self.score(example, completion) == 1.0
+
 
 def strip_thinking(text: str) -> str:
     """Drop `<think>...</think>` blocks (and an unterminated leading one) before scoring."""

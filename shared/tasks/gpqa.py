@@ -66,6 +66,10 @@ class GPQATask(Task):
         letter, explicit = extract_choice(completion)
         return 1.0 if explicit and letter == example.answer else 0.0
 
+    def format_ok(self, example: Example, completion: str) -> bool:
+        letter, explicit = extract_choice(completion)
+        return explicit and letter is not None
+
     def reward(self, example: Example, completion: str) -> float:
         if self.score(example, completion) == 1.0:
             return 1.0

@@ -45,6 +45,10 @@ class MathTask(Task):
         closeness = max(0.0, 1.0 - abs(value - gold) / max(abs(gold), 1.0))
         return 0.1 + 0.1 * closeness  # format followed, wrong number: at most 0.2
 
+    def format_ok(self, example: Example, completion: str) -> bool:
+        value, explicit = extract_number(completion)
+        return explicit and value is not None
+
     def prompt_text(self, question: str) -> str:
         return f"{question.strip()}\n{MATH_INSTRUCTION}"
 

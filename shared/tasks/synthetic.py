@@ -53,4 +53,12 @@ class SyntheticColourTask(Task):
         return out[:limit] if limit is not None else out
 
     def score(self, example: Example, completion: str) -> float:
-        return 1.0 if strip_thinking(completion).strip().rstrip(".") == example.answer else 0.0
+        return 1.0 if self._answer(completion) == example.answer else 0.0
+
+    def format_ok(self, example: Example, completion: str) -> bool:
+        answer = self._answer(completion)
+        return len(answer) == 1 and answer in ANSWER_LETTERS
+
+    @staticmethod
+    def _answer(completion: str) -> str:
+        return strip_thinking(completion).strip().rstrip(".")

@@ -210,6 +210,10 @@ class ToolMindTask(Task):
             remaining.remove(match)
         return 1.0
 
+    def format_ok(self, example: Example, completion: str) -> bool:
+        calls, blocks = parse_tool_calls(completion)
+        return bool(calls) and len(calls) == blocks
+
     def reward(self, example: Example, completion: str) -> float:
         """1.0 exact; else 0.1 for a parsable call, +0.2 right name, +0.5 x matching-argument
         fraction, averaged over gold calls (at most 0.8)."""

@@ -1,34 +1,19 @@
 """The embedded default, end to end through `train()`: it must learn."""
 
 import json
+from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 
 from learner import train as driver
 from shared.artifact import decode_png
 
 
-def _cfg(tmp_path, *overrides):
-    with initialize_config_dir(config_dir=driver.CONF_DIR, version_base="1.3"):
-        cfg = compose(
-            "config",
-            overrides=[
-                f"logging.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
-                f"logging.artifact_location={tmp_path}/artifacts",
-                *overrides,
-            ],
-        )
-    OmegaConf.set_struct(cfg, False)
-    cfg.run_dir = str(tmp_path / "run")
-    return cfg
-
-
 @pytest.mark.slow
-def test_embedded_default_learns(ray_local, tmp_path):
-    summary = driver.train(_cfg(tmp_path))
-    run = tmp_path / "run"
+def test_embedded_default_learns(trained_run):
+    cfg, summary = trained_run
+    run = Path(cfg.run_dir)
+    tmp_path = run.parent
     on_disk = json.loads((run / "summary.json").read_text())
     assert on_disk == summary
     for key in (
@@ -48,6 +33,7 @@ def test_embedded_default_learns(ray_local, tmp_path):
     assert pixels.shape == (64, 64, 3) and meta["step"] == str(summary["image_version"])
     assert (run / "checkpoints" / "last.pt").exists()
     assert len(list((run / "images").glob("step_*.png"))) >= 1
+    assert (run / "best.png").exists() and summary["best_eval_accuracy"] is not None
 
     import mlflow
 
@@ -77,21 +63,20 @@ def test_embedded_default_learns(ray_local, tmp_path):
         assert name in logged, name
 
 
-def test_resume_continues_from_the_checkpoint(ray_local, tmp_path):
-    first = driver.train(_cfg(tmp_path, "steps=2", "logging.checkpoint_every=1"))
+def test_resume_continues_from_the_checkpoint(ray_local, tmp_path, make_cfg):
+    first = driver.train(make_cfg("steps=2", "logging.checkpoint_every=1", "eval.every=0"))
     ckpt = tmp_path / "run" / "checkpoints" / "step_000002.pt"
     assert ckpt.exists() and first["image_version"] == 2
-    cfg = _cfg(tmp_path, "steps=4", f"resume_from={ckpt}")
+    cfg = make_cfg("steps=4", f"resume_from={ckpt}", "eval.every=0")
     cfg.run_dir = str(tmp_path / "resumed")
     resumed = driver.train(cfg)
     assert resumed["image_version"] == 4
     assert len(resumed["rewards"]) == 2
 
 
-def test_gsm8k_pipeline_takes_real_data(ray_local, tmp_path, data_dir):
+def test_gsm8k_pipeline_takes_real_data(ray_local, tmp_path, data_dir, make_cfg):
     """A random tiny model scores ~0 on GSM8K; the point is that real rows flow end to end."""
-    cfg = _cfg(
-        tmp_path,
+    cfg = make_cfg(
         "task=gsm8k",
         f"task.options.data_dir={data_dir / 'gsm8k'}",
         "steps=2",
@@ -99,6 +84,7 @@ def test_gsm8k_pipeline_takes_real_data(ray_local, tmp_path, data_dir):
         "algo.prompts_per_step=2",
         "algo.max_extra_rounds=0",
         "rollout.max_new_tokens=8",
+        "eval.every=0",
     )
     summary = driver.train(cfg)
     assert summary["task"] == "gsm8k" and len(summary["rewards"]) == 2

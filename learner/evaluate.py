@@ -1,0 +1,204 @@
+"""ART evaluation (Hydra app `art-eval`, what `make eval` runs).
+
+Accuracy of the frozen model on a held-out split under image conditions:
+- `none`: the text-only baseline (no image part in the prompt);
+- `seed`: the configured seed image (separates "any image" from "the learned image");
+- a path to a PNG: the trained art (its metadata must match the model and size).
+Greedy decoding, the task's `max_new_tokens`, the same rollout workers and engines as training
+(HF on CPU, vLLM on GPU), and prompts rendered exactly as in training.
+Writes `eval.json` and an MLflow run, and prints a comparison table.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from learner.runtime import (
+    CONF_DIR,
+    broadcast,
+    create_workers,
+    generate_across_workers,
+    prompt_builder,
+    resolve_model_path,
+    setup_mlflow,
+    start_ray,
+)
+from shared.artifact import check_metadata, decode_png, sha256
+from shared.config import register_configs, validate
+from shared.messages import ImageUpdate, RolloutRequest, SamplingConfig
+from shared.prompts import PROMPT_LAYOUT
+
+logger = logging.getLogger("art.eval")
+register_configs()
+
+
+def eval_requests(examples, prompt_for, with_image: bool) -> list[RolloutRequest]:
+    return [
+        RolloutRequest(request_id=i, prompt=prompt_for(ex, with_image), n=1, with_image=with_image)
+        for i, ex in enumerate(examples)
+    ]
+
+
+def evaluate_condition(
+    ray, workers, task, examples, prompt_for, with_image, max_new_tokens
+) -> dict:
+    """Greedy completions for every example on the workers' current image (or none)."""
+    requests = eval_requests(examples, prompt_for, with_image)
+    sampling = SamplingConfig(max_new_tokens=max_new_tokens, greedy=True, seed=0)
+    start = time.perf_counter()
+    groups = generate_across_workers(ray, workers, requests, sampling)
+    elapsed = time.perf_counter() - start
+    completions = [g[0] for g in groups]
+    tokens = sum(len(c.token_ids) for c in completions)
+    n = len(examples)
+    return {
+        "accuracy": sum(task.score(ex, c.text) for ex, c in zip(examples, completions, strict=True))
+        / n,
+        "format_rate": sum(
+            task.format_ok(ex, c.text) for ex, c in zip(examples, completions, strict=True)
+        )
+        / n,
+        "n": n,
+        "mean_completion_tokens": tokens / n,
+        "tokens_per_s": tokens / elapsed if elapsed > 0 else float("nan"),
+        "samples": [
+            {"uid": ex.uid, "answer": ex.answer, "completion": c.text}
+            for ex, c in list(zip(examples, completions, strict=True))[:5]
+        ],
+    }
+
+
+def condition_image(cfg, condition: str) -> bytes | None:
+    """PNG bytes for a condition (None for the text-only baseline), checked against the model."""
+    if condition == "none":
+        return None
+    if condition == "seed":
+        from learner.learner import init_pixels
+
+        image = init_pixels(cfg.image.init, cfg.image.height, cfg.image.width, cfg.seed)
+        return image.to_png(
+            {
+                "model": cfg.model.name,
+                "height": cfg.image.height,
+                "width": cfg.image.width,
+                "step": 0,
+                "prompt_layout": PROMPT_LAYOUT,
+            }
+        )
+    path = Path(condition)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"eval condition {condition!r} is neither none, seed nor an existing PNG file"
+        )
+    png = path.read_bytes()
+    _, metadata = decode_png(png)
+    check_metadata(
+        metadata,
+        cfg.model.name,
+        cfg.image.height,
+        cfg.image.width,
+        prompt_layout=PROMPT_LAYOUT,
+        source=str(path),
+        allow_untagged=cfg.eval.allow_untagged_images,
+    )
+    return png
+
+
+def evaluate(cfg: DictConfig) -> dict:
+    validate(cfg)
+    run_dir = Path(cfg.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+    from shared.tasks import load_task
+
+    task = load_task(cfg.task.name, **cfg.task.options)
+    examples = task.examples(cfg.eval.split, cfg.eval.limit)
+    if not examples:
+        raise ValueError(f"task {cfg.task.name} has no examples in split {cfg.eval.split!r}")
+    images = {c: condition_image(cfg, c) for c in cfg.eval.conditions}  # refuse early
+    model_path = resolve_model_path(cfg.model.name)
+    prompt_for = prompt_builder(cfg, model_path)
+    max_new = cfg.eval.max_new_tokens or task.max_new_tokens
+
+    ray, owns_ray = start_ray(cfg)
+    workers = create_workers(cfg, ray, model_path)
+    mlflow, run = setup_mlflow(cfg, cfg.run_name or f"eval-{run_dir.name}")
+    results = {}
+    try:
+        for version, (condition, png) in enumerate(images.items(), start=1):
+            if png is not None:
+                broadcast(ray, workers, ImageUpdate(version, png))
+            logger.info("evaluating condition %s on %d examples", condition, len(examples))
+            metrics = evaluate_condition(
+                ray, workers, task, examples, prompt_for, png is not None, max_new
+            )
+            metrics.update(
+                model=cfg.model.name,
+                task=cfg.task.name,
+                split=cfg.eval.split,
+                image_sha256=sha256(png) if png is not None else None,
+            )
+            results[condition] = metrics
+            key = _metric_key(condition)
+            mlflow.log_metrics(
+                {
+                    f"{key}/{m}": metrics[m]
+                    for m in ("accuracy", "format_rate", "mean_completion_tokens", "tokens_per_s")
+                }
+            )
+        (run_dir / "eval.json").write_text(json.dumps(results, indent=2))
+        mlflow.log_artifact(str(run_dir / "eval.json"))
+        mlflow.end_run()
+    except BaseException:
+        mlflow.end_run(status="FAILED")
+        raise
+    finally:
+        for actor in workers:
+            ray.kill(actor)
+        if owns_ray:
+            ray.shutdown()
+    print(format_table(results))
+    return results
+
+
+def _metric_key(condition: str) -> str:
+    return condition if condition in ("none", "seed") else "art_" + Path(condition).stem
+
+
+def format_table(results: dict) -> str:
+    header = f"{'condition':<40} {'accuracy':>9} {'format':>7} {'n':>5} {'tokens':>7} {'tok/s':>8}"
+    lines = [header, "-" * len(header)]
+    for condition, m in results.items():
+        name = condition if len(condition) <= 40 else "..." + condition[-37:]
+        lines.append(
+            f"{name:<40} {m['accuracy']:>9.3f} {m['format_rate']:>7.3f} {m['n']:>5d} "
+            f"{m['mean_completion_tokens']:>7.1f} {m['tokens_per_s']:>8.1f}"
+        )
+    return "\n".join(lines)
+
+
+@hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
+def _hydra_main(cfg: DictConfig) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
+    OmegaConf.set_struct(cfg, False)
+    cfg.run_dir = HydraConfig.get().runtime.output_dir
+    OmegaConf.set_struct(cfg, True)
+    evaluate(cfg)
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    for noisy in ("transformers", "httpx", "urllib3", "alembic"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,37 @@
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from learner.runtime import CONF_DIR
+
+
+def compose_cfg(tmp_path, *overrides):
+    """The repo's Hydra config with MLflow and the run folder under tmp_path."""
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(
+            "config",
+            overrides=[
+                f"logging.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
+                f"logging.artifact_location={tmp_path}/artifacts",
+                *overrides,
+            ],
+        )
+    OmegaConf.set_struct(cfg, False)
+    cfg.run_dir = str(tmp_path / "run")
+    return cfg
+
+
+@pytest.fixture
+def make_cfg(tmp_path):
+    """make_cfg(*overrides) -> config whose MLflow store and run folder are under tmp_path."""
+    return lambda *overrides: compose_cfg(tmp_path, *overrides)
+
+
+@pytest.fixture(scope="session")
+def trained_run(ray_local, tmp_path_factory):
+    """The embedded default trained once with its default config: (cfg, summary)."""
+    from learner.train import train
+
+    tmp_path = tmp_path_factory.mktemp("trained")
+    cfg = compose_cfg(tmp_path)
+    return cfg, train(cfg)

@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: install train eval test test-gpu lint format mlflow-ui clean
+.PHONY: install train eval cluster-train ray-up-local ray-down test test-gpu lint format mlflow-ui clean
 
 install: $(VENV)/.installed
 
@@ -17,6 +17,27 @@ $(VENV)/.installed: pyproject.toml
 
 train: install
 	$(VENV)/bin/art-train $(ARGS)
+
+# Submit to a running Ray cluster (RAY_ADDRESS, default the local head's dashboard).
+# Outputs and the MLflow store default to this checkout, which is right when the head node is
+# this machine; on a real cluster set OUTPUT_DIR to a shared path and MLFLOW_URI to a server.
+RAY_ADDRESS ?= http://127.0.0.1:8265
+CLUSTER ?= multi_gpu
+OUTPUT_DIR ?= $(CURDIR)/outputs
+MLFLOW_URI ?= sqlite:///$(CURDIR)/mlflow.db
+cluster-train: install
+	$(VENV)/bin/art-submit --address $(RAY_ADDRESS) -- cluster=$(CLUSTER) \
+		output_dir=$(OUTPUT_DIR) logging.tracking_uri=$(MLFLOW_URI) \
+		logging.artifact_location=$(OUTPUT_DIR)/mlartifacts $(ARGS)
+
+# A local head node with the dashboard on 127.0.0.1:8265 (jobs run with this venv's python).
+ray-up-local: install
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/ray start --head --dashboard-host 127.0.0.1 \
+		--dashboard-port 8265 --include-dashboard true --disable-usage-stats
+	@echo "dashboard: http://127.0.0.1:8265   submit: make cluster-train CLUSTER=existing"
+
+ray-down:
+	$(VENV)/bin/ray stop
 
 # Evaluates the text-only baseline, the seed image and the newest outputs/*/art.png (if any).
 LATEST_ART := $(lastword $(sort $(wildcard outputs/*/art.png)))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
 from pathlib import Path
 
@@ -22,20 +23,20 @@ from omegaconf import DictConfig, OmegaConf
 from learner.runtime import (
     CONF_DIR,
     broadcast,
-    create_workers,
+    create_actors,
     generate_across_workers,
     prompt_builder,
     resolve_model_path,
+    rewrite_model_override,
     setup_mlflow,
     start_ray,
 )
 from shared.artifact import check_metadata, decode_png, sha256
-from shared.config import register_configs, validate
+from shared.config import validate
 from shared.messages import ImageUpdate, RolloutRequest, SamplingConfig
 from shared.prompts import PROMPT_LAYOUT
 
 logger = logging.getLogger("art.eval")
-register_configs()
 
 
 def eval_requests(examples, prompt_for, with_image: bool) -> list[RolloutRequest]:
@@ -127,7 +128,7 @@ def evaluate(cfg: DictConfig) -> dict:
     max_new = cfg.eval.max_new_tokens or task.max_new_tokens
 
     ray, owns_ray = start_ray(cfg)
-    workers = create_workers(cfg, ray, model_path)
+    _, workers = create_actors(cfg, ray, model_path, with_learner=False)
     mlflow, run = setup_mlflow(cfg, cfg.run_name or f"eval-{run_dir.name}")
     results = {}
     try:
@@ -194,6 +195,7 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
+    sys.argv[1:] = rewrite_model_override(sys.argv[1:])
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     for noisy in ("transformers", "httpx", "urllib3", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

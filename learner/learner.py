@@ -191,6 +191,18 @@ class Learner:
             "mismatch_kl": float(np.mean(np.expm1(log_ratio) - log_ratio)),
         }
 
+    def info(self) -> dict:
+        import os
+        import socket
+
+        import ray
+
+        return {
+            "hostname": socket.gethostname(),
+            "pid": os.getpid(),
+            "node_id": ray.get_runtime_context().get_node_id() if ray.is_initialized() else None,
+        }
+
     # ---- checkpoints -----------------------------------------------------------------
     def save_checkpoint(self, path: str) -> str:
         path_ = Path(path)

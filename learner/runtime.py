@@ -13,10 +13,25 @@ from pathlib import Path
 import hydra
 from omegaconf import OmegaConf
 
+from shared.config import register_configs
+
 LEARNER_CLS = "learner.learner.Learner"
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 # Quiet, per-process settings every actor inherits.
 ACTOR_ENV = {"TRANSFORMERS_VERBOSITY": "error", "TOKENIZERS_PARALLELISM": "false"}
+
+register_configs()  # the structured schema `conf/config.yaml` builds on
+
+
+def rewrite_model_override(argv: list[str]) -> list[str]:
+    """`model=Qwen/Qwen3.5-0.8B` (not a file in conf/model) -> `model.name=Qwen/Qwen3.5-0.8B`."""
+    presets = {p.stem for p in (Path(CONF_DIR) / "model").glob("*.yaml")}
+    out = []
+    for arg in argv:
+        if arg.startswith("model=") and arg.split("=", 1)[1] not in presets:
+            arg = "model.name=" + arg.split("=", 1)[1]
+        out.append(arg)
+    return out
 
 
 def resolve_model_path(name: str) -> str:
@@ -36,19 +51,26 @@ def generate_across_workers(ray, workers, requests, sampling) -> list[list]:
     return [group for result in ray.get(futures) for group in result]
 
 
+def actor_env() -> dict[str, str]:
+    """Environment variables every actor gets (quiet libraries, the tiny-model cache)."""
+    env_vars = dict(ACTOR_ENV)
+    if os.environ.get("ART_CACHE_DIR"):
+        env_vars["ART_CACHE_DIR"] = os.environ["ART_CACHE_DIR"]
+    return env_vars
+
+
 def start_ray(cfg):
     """Returns (ray, whether this call started it)."""
     import ray
 
     if ray.is_initialized():
         return ray, False
-    env_vars = dict(ACTOR_ENV)
-    if os.environ.get("ART_CACHE_DIR"):
-        env_vars["ART_CACHE_DIR"] = os.environ["ART_CACHE_DIR"]
-    env = {"env_vars": env_vars}
     if cfg.cluster.address:
-        ray.init(address=cfg.cluster.address, runtime_env=env, log_to_driver=True)
+        # Inside `ray job submit` the job's runtime env (working_dir, env_vars from art-submit)
+        # applies to every actor; passing another one here would replace it.
+        ray.init(address=cfg.cluster.address, log_to_driver=True)
     else:
+        env = {"env_vars": actor_env()}
         ray.init(
             num_cpus=cfg.cluster.num_cpus,
             include_dashboard=cfg.cluster.include_dashboard,
@@ -58,12 +80,82 @@ def start_ray(cfg):
     return ray, True
 
 
+class PlacementError(RuntimeError):
+    """The cluster cannot place what the config asks for; the message says what and why."""
+
+
+def actor_requests(cfg) -> dict[str, dict[str, float]]:
+    """Ray resources each actor asks for, by actor name."""
+    learner = {"CPU": cfg.learner.num_cpus, "GPU": cfg.learner.num_gpus, **cfg.learner.resources}
+    worker = {
+        "CPU": cfg.rollout.num_cpus_per_worker,
+        "GPU": cfg.rollout.num_gpus_per_worker,
+        **cfg.rollout.resources,
+    }
+    requests = {"learner": learner}
+    requests.update({f"rollout-worker-{i}": dict(worker) for i in range(cfg.rollout.num_workers)})
+    return {name: {k: float(v) for k, v in r.items() if v} for name, r in requests.items()}
+
+
+def check_placement(requests: dict[str, dict[str, float]], nodes: list[dict]) -> None:
+    """Refuse, with numbers, what the alive nodes cannot hold: totals and each single actor."""
+    alive = [n for n in nodes if n.get("Alive", True)]
+    totals: dict[str, float] = {}
+    for node in alive:
+        for key, value in node["Resources"].items():
+            totals[key] = totals.get(key, 0.0) + value
+    asked: dict[str, float] = {}
+    for request in requests.values():
+        for key, value in request.items():
+            asked[key] = asked.get(key, 0.0) + value
+    problems = []
+    for key, value in sorted(asked.items()):
+        if value > totals.get(key, 0.0) + 1e-9:
+            per_actor = ", ".join(f"{n} {r[key]:g}" for n, r in requests.items() if r.get(key))
+            per_node = ", ".join(
+                f"node {n['NodeID'][:8]} {n['Resources'].get(key, 0):g}" for n in alive
+            )
+            problems.append(
+                f"asked for {value:g} {key} in all ({per_actor}), the cluster has "
+                f"{totals.get(key, 0.0):g} {key} ({per_node})"
+            )
+    for name, request in requests.items():
+        if problems:  # the totals already say what is missing
+            break
+        if not any(all(n["Resources"].get(k, 0.0) >= v for k, v in request.items()) for n in alive):
+            problems.append(f"no single node can hold {name}, which asks for {request}")
+    if problems:
+        raise PlacementError(
+            "the cluster cannot place the actors: "
+            + "; ".join(problems)
+            + ". Lower rollout.num_workers or the per-actor resources, or add nodes "
+            "(cluster.check_resources=false skips this check on autoscaling clusters)."
+        )
+
+
+def wait_until_started(ray, actors: dict[str, object], timeout_s: float) -> None:
+    """Block until every actor's constructor ran; name the ones still pending at the timeout."""
+    refs = {name: actor.__ray_ready__.remote() for name, actor in actors.items()}
+    ready, pending = ray.wait(list(refs.values()), num_returns=len(refs), timeout=timeout_s)
+    ray.get(ready)  # re-raise constructor errors
+    if pending:
+        names = [n for n, r in refs.items() if r in pending]
+        raise PlacementError(
+            f"actors {names} did not start within {timeout_s:g}s (cluster.actor_start_timeout_s); "
+            f"the cluster has {ray.cluster_resources()} and "
+            f"{ray.available_resources()} available"
+        )
+
+
 def create_learner(cfg, ray, model_path: str):
     from hydra.utils import get_class
 
     learner_cls = ray.remote(get_class(LEARNER_CLS))
     return learner_cls.options(
-        name="learner", num_cpus=cfg.learner.num_cpus, num_gpus=cfg.learner.num_gpus
+        name="learner",
+        num_cpus=cfg.learner.num_cpus,
+        num_gpus=cfg.learner.num_gpus,
+        resources=dict(cfg.learner.resources) or None,
     ).remote(
         model_path=model_path,
         model_name=cfg.model.name,
@@ -100,13 +192,38 @@ def create_workers(cfg, ray, model_path: str) -> list:
             name=f"rollout-worker-{i}",
             num_cpus=cfg.rollout.num_cpus_per_worker,
             num_gpus=cfg.rollout.num_gpus_per_worker,
+            resources=dict(cfg.rollout.resources) or None,
         ).remote(engine=cfg.rollout.engine, model_path=model_path, worker_index=i, **engine_options)
         for i in range(cfg.rollout.num_workers)
     ]
 
 
-def create_actors(cfg, ray, model_path: str):
-    return create_learner(cfg, ray, model_path), create_workers(cfg, ray, model_path)
+def create_actors(cfg, ray, model_path: str, with_learner: bool = True):
+    """Check placement, create the learner (optional) and the workers, wait until started."""
+    requests = actor_requests(cfg)
+    if not with_learner:
+        requests.pop("learner")
+    if cfg.cluster.check_resources:
+        check_placement(requests, ray.nodes())
+    learner = create_learner(cfg, ray, model_path) if with_learner else None
+    workers = create_workers(cfg, ray, model_path)
+    actors = {f"rollout-worker-{i}": w for i, w in enumerate(workers)}
+    if learner is not None:
+        actors["learner"] = learner
+    try:
+        wait_until_started(ray, actors, cfg.cluster.actor_start_timeout_s)
+    except BaseException:
+        for actor in actors.values():  # leave nothing pending in the cluster
+            ray.kill(actor)
+        raise
+    return learner, workers
+
+
+def placement(ray, learner, workers) -> dict[str, str]:
+    """Node id of every actor, for the summary and the logs."""
+    infos = ray.get([a.info.remote() for a in ([learner] if learner else []) + workers])
+    names = (["learner"] if learner else []) + [f"rollout-worker-{i}" for i in range(len(workers))]
+    return {name: info["node_id"] for name, info in zip(names, infos, strict=True)}
 
 
 def prompt_builder(cfg, model_path: str):

@@ -29,16 +29,16 @@ from learner.runtime import (
     broadcast,
     create_actors,
     generate_across_workers,
+    placement,
     prompt_builder,
     resolve_model_path,
+    rewrite_model_override,
     setup_mlflow,
     start_ray,
 )
-from shared.config import register_configs, validate
+from shared.config import validate
 
 logger = logging.getLogger("art.train")
-
-register_configs()
 
 
 @dataclass
@@ -153,6 +153,8 @@ def train(cfg: DictConfig) -> dict:
 
     ray, owns_ray = start_ray(cfg)
     learner, workers = create_actors(cfg, ray, model_path)
+    where = placement(ray, learner, workers)
+    logger.info("actors placed on nodes: %s", where)
     mlflow, mlflow_run = setup_mlflow(cfg, cfg.run_name or run_dir.name)
     run = Run(cfg, ray, learner, workers, task, sampler, prompts_for, held_out, run_dir, mlflow)
     try:
@@ -169,6 +171,7 @@ def train(cfg: DictConfig) -> dict:
             "best_eval_accuracy": run.best_accuracy if run.best_step is not None else None,
             "best_step": run.best_step,
             "mlflow_run_id": mlflow_run.info.run_id,
+            "placement": where,
             "model": cfg.model.name,
             "task": cfg.task.name,
         }
@@ -347,6 +350,7 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
+    sys.argv[1:] = rewrite_model_override(sys.argv[1:])
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     for noisy in ("transformers", "httpx", "urllib3", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -70,6 +70,8 @@ class RolloutConfig:
     num_cpus_per_worker: float = 1.0
     # GPUs reserved per worker actor (1 for vLLM on a GPU node).
     num_gpus_per_worker: float = 0.0
+    # Custom Ray resources per worker actor, e.g. {rollout_node: 1} to pin workers to nodes.
+    resources: dict[str, float] = field(default_factory=dict)
     # Torch dtype of the engine's model.
     dtype: str = "float32"
     # vLLM only: fraction of GPU memory the engine may take.
@@ -90,8 +92,10 @@ class LearnerConfig:
     max_grad_norm: float = 0.0
     # CPUs reserved for the learner actor.
     num_cpus: float = 1.0
-    # GPUs reserved for the learner actor.
+    # GPUs reserved for the learner actor (never shared with a rollout worker's).
     num_gpus: float = 0.0
+    # Custom Ray resources for the learner actor, e.g. {learner_node: 1}.
+    resources: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -145,6 +149,10 @@ class ClusterConfig:
     num_cpus: int | None = None
     # Show the Ray dashboard of a local instance.
     include_dashboard: bool = False
+    # Refuse at start-up what the cluster cannot place (turn off on autoscaling clusters).
+    check_resources: bool = True
+    # Seconds to wait for every actor to start before failing with the pending ones named.
+    actor_start_timeout_s: float = 900.0
 
 
 @dataclass

@@ -1,0 +1,118 @@
+"""Submit ART training to a running Ray cluster (`art-submit`, what `make cluster-train` runs).
+
+Ships the project as the job's working directory, passes Hydra overrides through, and prints
+the job id, the dashboard URL and how to follow and stop the job. With `--wait` it follows the
+job to the end and exits non-zero unless it SUCCEEDED.
+
+    art-submit --address http://127.0.0.1:8265 -- cluster=multi_gpu model=Qwen/Qwen3.5-0.8B
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+# Never uploaded with the job: environments, outputs, local stores, caches.
+EXCLUDES = [
+    ".venv/",
+    ".git/",
+    "outputs/",
+    "multirun/",
+    "mlruns/",
+    "mlartifacts/",
+    "mlflow.db",
+    "**/__pycache__/",
+    ".pytest_cache/",
+    ".ruff_cache/",
+    "*.egg-info/",
+    ".whl/",
+    ".hypothesis/",
+]
+TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
+
+
+def build_runtime_env(env_vars: dict[str, str]) -> dict:
+    return {"working_dir": str(REPO), "excludes": EXCLUDES, "env_vars": env_vars}
+
+
+def submit_with_retry(client, retry_s: float = 90.0, **job) -> str:
+    """A fresh head node's job agent needs a few seconds: retry 'no available agent' only."""
+    deadline = time.monotonic() + retry_s
+    while True:
+        try:
+            return client.submit_job(**job)
+        except RuntimeError as err:
+            if "No available agent" not in str(err) or time.monotonic() > deadline:
+                raise
+            time.sleep(3)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Submit ART training to a Ray cluster.")
+    parser.add_argument(
+        "--address",
+        default=os.environ.get("RAY_ADDRESS", "http://127.0.0.1:8265"),
+        help="Ray dashboard/job address (env RAY_ADDRESS)",
+    )
+    parser.add_argument("--python", default="python", help="Python on the cluster nodes")
+    parser.add_argument("--wait", action="store_true", help="follow the job until it ends")
+    parser.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait with --wait")
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="environment variable for the job (repeatable)",
+    )
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides for art-train")
+    args = parser.parse_args(argv)
+
+    from ray.job_submission import JobSubmissionClient
+
+    address = args.address if "://" in args.address else f"http://{args.address}"
+    from learner.runtime import actor_env
+
+    env_vars = {**actor_env(), **dict(kv.split("=", 1) for kv in args.env)}
+    for key in ("MLFLOW_TRACKING_URI", "HF_TOKEN"):
+        if key in os.environ and key not in env_vars:
+            env_vars[key] = os.environ[key]
+    entrypoint = f"{args.python} -m learner.train {shlex.join(args.overrides)}".strip()
+    client = JobSubmissionClient(address)
+    job_id = submit_with_retry(
+        client,
+        entrypoint=entrypoint,
+        runtime_env=build_runtime_env(env_vars),
+        metadata={"project": "art", "overrides": " ".join(args.overrides)[:500]},
+    )
+    print(f"submitted job: {job_id}")
+    print(f"entrypoint:    {entrypoint}")
+    print(f"dashboard:     {address}/#/jobs/{job_id}")
+    print(f"follow logs:   ray job logs --address {address} --follow {job_id}")
+    print(f"stop the job:  ray job stop --address {address} {job_id}")
+    sys.stdout.flush()
+    if not args.wait:
+        return 0
+    deadline = time.monotonic() + args.timeout
+    status = client.get_job_status(job_id)
+    while str(status.value if hasattr(status, "value") else status) not in TERMINAL:
+        if time.monotonic() > deadline:
+            print(
+                f"job {job_id} still {status} after {args.timeout:g}s; stopping it", file=sys.stderr
+            )
+            client.stop_job(job_id)
+            return 2
+        time.sleep(2)
+        status = client.get_job_status(job_id)
+    status = str(status.value if hasattr(status, "value") else status)
+    print(client.get_job_logs(job_id)[-4000:])
+    print(f"job {job_id} {status}")
+    return 0 if status == "SUCCEEDED" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -49,3 +49,22 @@ def test_unknown_key_is_rejected_by_the_schema():
 def test_impossible_combinations_fail_with_what_to_set(overrides, message):
     with pytest.raises(ConfigError, match=message):
         validate(_compose(*overrides))
+
+
+def test_multi_gpu_gives_every_actor_its_own_gpu():
+    cfg = _compose("cluster=multi_gpu", "rollout.num_workers=6")
+    validate(cfg)
+    assert cfg.cluster.address == "auto"
+    assert cfg.rollout.engine == "vllm" and cfg.rollout.num_gpus_per_worker == 1
+    assert cfg.learner.num_gpus == 1 and cfg.model.device == "cuda"
+    assert cfg.rollout.num_workers == 6
+
+
+def test_model_hub_id_override_becomes_model_name():
+    from learner.runtime import rewrite_model_override
+
+    assert rewrite_model_override(["model=Qwen/Qwen3.5-0.8B", "task=gsm8k"]) == [
+        "model.name=Qwen/Qwen3.5-0.8B",
+        "task=gsm8k",
+    ]
+    assert rewrite_model_override(["model=qwen3_5_0_8b"]) == ["model=qwen3_5_0_8b"]

@@ -1,0 +1,39 @@
+"""Deploy files: YAML parses, manifests have the right kinds, the Dockerfile installs the gpu extra."""
+
+import re
+import tomllib
+from pathlib import Path
+
+import yaml
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+REPO = DEPLOY.parent
+
+
+def test_kuberay_manifests_parse_with_the_right_kinds():
+    cluster = yaml.safe_load((DEPLOY / "k8s" / "raycluster.yaml").read_text())
+    job = yaml.safe_load((DEPLOY / "k8s" / "rayjob.yaml").read_text())
+    assert (cluster["apiVersion"], cluster["kind"]) == ("ray.io/v1", "RayCluster")
+    assert (job["apiVersion"], job["kind"]) == ("ray.io/v1", "RayJob")
+    assert "learner.train" in job["spec"]["entrypoint"]
+    assert "cluster=multi_gpu" in job["spec"]["entrypoint"]
+    gpu_group = cluster["spec"]["workerGroupSpecs"][0]
+    limits = gpu_group["template"]["spec"]["containers"][0]["resources"]["limits"]
+    assert limits["nvidia.com/gpu"] == "1"
+
+
+def test_ray_up_config_parses():
+    config = yaml.safe_load((DEPLOY / "ray" / "cluster.yaml").read_text())
+    assert config["head_node_type"] in config["available_node_types"]
+    assert any("ray start --head" in c for c in config["head_start_ray_commands"])
+
+
+def test_dockerfile_matches_the_gpu_extra():
+    dockerfile = (DEPLOY / "Dockerfile").read_text()
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    assert "vllm" in " ".join(pyproject["project"]["optional-dependencies"]["gpu"])
+    assert re.search(r"^FROM nvidia/cuda:\S+", dockerfile, re.M)
+    assert re.search(r'pip install -e "\.\[gpu\]"', dockerfile)
+    for package in ("shared", "learner", "rollout_worker", "conf"):
+        assert f"COPY {package} " in dockerfile, package
+    assert (REPO / "deploy" / "serve" / "README.md").exists()

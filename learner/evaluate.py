@@ -13,21 +13,18 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 import time
 from pathlib import Path
 
-import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from learner.runtime import (
-    CONF_DIR,
     broadcast,
     create_actors,
     generate_across_workers,
     prompt_builder,
     resolve_model_path,
-    rewrite_model_override,
+    run_hydra_app,
     setup_mlflow,
     start_ray,
 )
@@ -184,22 +181,8 @@ def format_table(results: dict) -> str:
     return "\n".join(lines)
 
 
-@hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
-def _hydra_main(cfg: DictConfig) -> None:
-    from hydra.core.hydra_config import HydraConfig
-
-    OmegaConf.set_struct(cfg, False)
-    cfg.run_dir = HydraConfig.get().runtime.output_dir
-    OmegaConf.set_struct(cfg, True)
-    evaluate(cfg)
-
-
 def main() -> None:
-    sys.argv[1:] = rewrite_model_override(sys.argv[1:])
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    for noisy in ("transformers", "httpx", "urllib3", "alembic"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    _hydra_main()
+    run_hydra_app(evaluate)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,30 @@ ACTOR_ENV = {"TRANSFORMERS_VERBOSITY": "error", "TOKENIZERS_PARALLELISM": "false
 register_configs()  # the structured schema `conf/config.yaml` builds on
 
 
+def run_hydra_app(app) -> None:
+    """The console-script entry of `art-train` / `art-eval`: logging, `model=<hub id>`
+    shorthand, Hydra config from `conf/`, the run folder Hydra made, then `app(cfg)`."""
+    import logging
+    import sys
+
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import DictConfig
+
+    sys.argv[1:] = rewrite_model_override(sys.argv[1:])
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    for noisy in ("transformers", "httpx", "urllib3", "alembic"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+    @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
+    def _main(cfg: DictConfig) -> None:
+        OmegaConf.set_struct(cfg, False)
+        cfg.run_dir = HydraConfig.get().runtime.output_dir
+        OmegaConf.set_struct(cfg, True)
+        app(cfg)
+
+    _main()
+
+
 def rewrite_model_override(argv: list[str]) -> list[str]:
     """`model=Qwen/Qwen3.5-0.8B` (not a file in conf/model) -> `model.name=Qwen/Qwen3.5-0.8B`."""
     presets = {p.stem for p in (Path(CONF_DIR) / "model").glob("*.yaml")}

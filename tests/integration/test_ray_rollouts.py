@@ -6,12 +6,13 @@ from omegaconf import OmegaConf
 from transformers import AutoProcessor
 
 from learner import train as driver
+from learner.runtime import CONF_DIR
 from shared.prompts import render_prompt
 from shared.tasks import load_task
 
 
 def _cfg(*overrides):
-    with initialize_config_dir(config_dir=driver.CONF_DIR, version_base="1.3"):
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose("config", overrides=list(overrides))
     OmegaConf.set_struct(cfg, False)
     cfg.run_dir = "unused"

@@ -2,7 +2,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from learner.train import CONF_DIR
+from learner.runtime import CONF_DIR
 from shared.config import ConfigError, validate
 
 

@@ -40,6 +40,16 @@ def build_runtime_env(env_vars: dict[str, str]) -> dict:
     return {"working_dir": str(REPO), "excludes": EXCLUDES, "env_vars": env_vars}
 
 
+def use_token_if_available() -> None:
+    """Ray 2.60 heads start with token auth; send the token when one is at hand, unless the
+    user chose a mode (RAY_AUTH_MODE) explicitly."""
+    if "RAY_AUTH_MODE" in os.environ:
+        return
+    token_file = Path(os.environ.get("RAY_AUTH_TOKEN_PATH", Path.home() / ".ray" / "auth_token"))
+    if os.environ.get("RAY_AUTH_TOKEN") or token_file.exists():
+        os.environ["RAY_AUTH_MODE"] = "token"
+
+
 def submit_with_retry(client, retry_s: float = 90.0, **job) -> str:
     """A fresh head node's job agent needs a few seconds: retry 'no available agent' only."""
     deadline = time.monotonic() + retry_s
@@ -72,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for art-train")
     args = parser.parse_args(argv)
 
+    use_token_if_available()
     from ray.job_submission import JobSubmissionClient
 
     address = args.address if "://" in args.address else f"http://{args.address}"

@@ -25,6 +25,7 @@ from learner.runtime import (
     prompt_builder,
     resolve_model_path,
     run_hydra_app,
+    run_scope,
     setup_mlflow,
     start_ray,
 )
@@ -128,7 +129,7 @@ def evaluate(cfg: DictConfig) -> dict:
     _, workers = create_actors(cfg, ray, model_path, with_learner=False)
     mlflow, run = setup_mlflow(cfg, cfg.run_name or f"eval-{run_dir.name}")
     results = {}
-    try:
+    with run_scope(ray, owns_ray, workers, mlflow):
         for version, (condition, png) in enumerate(images.items(), start=1):
             if png is not None:
                 broadcast(ray, workers, ImageUpdate(version, png))
@@ -152,15 +153,6 @@ def evaluate(cfg: DictConfig) -> dict:
             )
         (run_dir / "eval.json").write_text(json.dumps(results, indent=2))
         mlflow.log_artifact(str(run_dir / "eval.json"))
-        mlflow.end_run()
-    except BaseException:
-        mlflow.end_run(status="FAILED")
-        raise
-    finally:
-        for actor in workers:
-            ray.kill(actor)
-        if owns_ray:
-            ray.shutdown()
     print(format_table(results))
     return results
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import hydra
@@ -276,6 +277,23 @@ def broadcast(ray, workers, update) -> None:
     ref = ray.put(update.png)
     versions = ray.get([w.set_image.remote(update.version, ref) for w in workers])
     assert all(v == update.version for v in versions), versions
+
+
+@contextmanager
+def run_scope(ray, owns_ray: bool, actors: list, mlflow):
+    """Close a driver run either way: MLflow status FINISHED or FAILED, actors killed, and
+    the Ray instance shut down if this process started it."""
+    try:
+        yield
+        mlflow.end_run()
+    except BaseException:
+        mlflow.end_run(status="FAILED")
+        raise
+    finally:
+        for actor in actors:
+            ray.kill(actor)
+        if owns_ray:
+            ray.shutdown()
 
 
 def setup_mlflow(cfg, run_name: str):

@@ -31,6 +31,7 @@ from learner.runtime import (
     prompt_builder,
     resolve_model_path,
     run_hydra_app,
+    run_scope,
     setup_mlflow,
     start_ray,
 )
@@ -155,7 +156,7 @@ def train(cfg: DictConfig) -> dict:
     logger.info("actors placed on nodes: %s", where)
     mlflow, mlflow_run = setup_mlflow(cfg, cfg.run_name or run_dir.name)
     run = Run(cfg, ray, learner, workers, task, sampler, prompts_for, held_out, run_dir, mlflow)
-    try:
+    with run_scope(ray, owns_ray, [learner, *workers], mlflow):
         rewards = _train_loop(run)
         final = ray.get(learner.image_update.remote())
         summary = {
@@ -176,15 +177,6 @@ def train(cfg: DictConfig) -> dict:
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         mlflow.log_artifact(str(run_dir / "art.png"))
         mlflow.log_artifact(str(run_dir / "summary.json"))
-        mlflow.end_run()
-    except BaseException:
-        mlflow.end_run(status="FAILED")
-        raise
-    finally:
-        for actor in [learner, *workers]:
-            ray.kill(actor)
-        if owns_ray:
-            ray.shutdown()
     logger.info(
         "done: reward %.3f -> %.3f in %.1fs; image %s",
         summary["reward_first5"],

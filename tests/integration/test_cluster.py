@@ -55,6 +55,28 @@ def _stop_cluster(marker: str) -> None:
         time.sleep(1)
 
 
+def _wait_for_nodes(gcs: str, env: dict, count: int, timeout_s: float = 120) -> dict:
+    """`ray start` returns before the node has registered: poll until `count` are alive."""
+    code = (
+        "import json, time, ray\n"
+        f"ray.init(address='{gcs}', log_to_driver=False)\n"
+        f"deadline = time.time() + {timeout_s}\n"
+        "while True:\n"
+        "    alive = {n['NodeID']: sorted(n['Resources']) for n in ray.nodes() if n['Alive']}\n"
+        f"    if len(alive) >= {count} or time.time() > deadline: break\n"
+        "    time.sleep(1)\n"
+        "print(json.dumps(alive))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s + 60,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 @pytest.fixture
 def two_node_cluster(tmp_path):
     temp_dir = Path("/tmp") / f"art-cluster-{os.getpid()}"  # short: Ray socket paths are limited
@@ -92,7 +114,9 @@ def two_node_cluster(tmp_path):
     try:
         subprocess.run(head, env=env, check=True, capture_output=True, timeout=180)
         subprocess.run(worker, env=env, check=True, capture_output=True, timeout=180)
+        nodes = _wait_for_nodes(f"127.0.0.1:{gcs_port}", env, count=2)
         yield {
+            "nodes": nodes,
             "gcs": f"127.0.0.1:{gcs_port}",
             "dashboard": f"http://127.0.0.1:{dash_port}",
             "env": env,
@@ -105,15 +129,8 @@ def two_node_cluster(tmp_path):
 @pytest.mark.slow
 def test_job_runs_on_two_nodes_with_workers_on_the_worker_node(two_node_cluster, tmp_path):
     env = two_node_cluster["env"]
-    nodes_code = (
-        f"import json, ray; ray.init(address='{two_node_cluster['gcs']}', log_to_driver=False);"
-        "print(json.dumps({n['NodeID']: sorted(n['Resources']) for n in ray.nodes() if n['Alive']}))"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", nodes_code], env=env, capture_output=True, text=True, timeout=120
-    )
-    nodes = json.loads(out.stdout.strip().splitlines()[-1])
-    assert len(nodes) == 2
+    nodes = two_node_cluster["nodes"]
+    assert len(nodes) == 2, nodes
     learner_node = next(n for n, keys in nodes.items() if "learner_node" in keys)
     rollout_node = next(n for n, keys in nodes.items() if "rollout_node" in keys)
 

@@ -1,27 +1,16 @@
 """Two rollout workers and the learner as Ray actors on a local Ray instance."""
 
 import numpy as np
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 from transformers import AutoProcessor
 
 from learner import train as driver
-from learner.runtime import CONF_DIR
 from shared.prompts import render_prompt
 from shared.tasks import load_task
 
 
-def _cfg(*overrides):
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose("config", overrides=list(overrides))
-    OmegaConf.set_struct(cfg, False)
-    cfg.run_dir = "unused"
-    return cfg
-
-
-def test_three_steps_with_two_workers(ray_local, tiny_model_path):
+def test_three_steps_with_two_workers(ray_local, tiny_model_path, make_cfg):
     ray = ray_local
-    cfg = _cfg("rollout.num_workers=2", "algo.prompts_per_step=4", "algo.group_size=4")
+    cfg = make_cfg("rollout.num_workers=2", "algo.prompts_per_step=4", "algo.group_size=4")
     learner, workers = driver.create_actors(cfg, ray, tiny_model_path)
     try:
         task = load_task("synthetic", target="F")
@@ -61,9 +50,9 @@ def test_three_steps_with_two_workers(ray_local, tiny_model_path):
             ray.kill(actor)
 
 
-def test_prompts_are_spread_over_all_workers(ray_local, tiny_model_path):
+def test_prompts_are_spread_over_all_workers(ray_local, tiny_model_path, make_cfg):
     ray = ray_local
-    cfg = _cfg("rollout.num_workers=3")
+    cfg = make_cfg("rollout.num_workers=3")
     _, workers = driver.create_actors(cfg, ray, tiny_model_path)
     try:
         update = driver.ray.get if False else None  # noqa: F841 (keep linters quiet)

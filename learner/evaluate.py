@@ -29,7 +29,7 @@ from learner.runtime import (
     setup_mlflow,
     start_ray,
 )
-from shared.artifact import check_metadata, decode_png, sha256
+from shared.artifact import art_metadata, check_metadata, decode_png, sha256
 from shared.config import validate
 from shared.messages import ImageUpdate, RolloutRequest, SamplingConfig
 from shared.prompts import PROMPT_LAYOUT
@@ -81,15 +81,7 @@ def condition_image(cfg, condition: str) -> bytes | None:
         from learner.learner import init_pixels
 
         image = init_pixels(cfg.image.init, cfg.image.height, cfg.image.width, cfg.seed)
-        return image.to_png(
-            {
-                "model": cfg.model.name,
-                "height": cfg.image.height,
-                "width": cfg.image.width,
-                "step": 0,
-                "prompt_layout": PROMPT_LAYOUT,
-            }
-        )
+        return image.to_png(art_metadata(cfg.model.name, cfg.image.height, cfg.image.width, 0))
     path = Path(condition)
     if not path.exists():
         raise FileNotFoundError(

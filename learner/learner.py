@@ -17,9 +17,8 @@ from learner.dapo import dapo_loss, group_advantages
 from learner.pixels import PixelImage
 from learner.policy import FrozenPolicy, load_model_and_processor
 from learner.preprocess import validate_image_size
-from shared.artifact import load_image_file
+from shared.artifact import art_metadata, load_image_file
 from shared.messages import Completion, ImageUpdate, ScoredGroup
-from shared.prompts import PROMPT_LAYOUT
 
 logger = logging.getLogger(__name__)
 
@@ -74,13 +73,7 @@ class Learner:
     # ---- the image -------------------------------------------------------------------
     def metadata(self) -> dict[str, object]:
         height, width = self.image.size
-        return {
-            "model": self.model_name,
-            "height": height,
-            "width": width,
-            "step": self.version,
-            "prompt_layout": PROMPT_LAYOUT,
-        }
+        return art_metadata(self.model_name, height, width, self.version)
 
     def image_update(self) -> ImageUpdate:
         return ImageUpdate(version=self.version, png=self.image.to_png(self.metadata()))

@@ -24,6 +24,17 @@ ACTOR_ENV = {"TRANSFORMERS_VERBOSITY": "error", "TOKENIZERS_PARALLELISM": "false
 register_configs()  # the structured schema `conf/config.yaml` builds on
 
 
+def compose_config(*overrides: str, run_dir: str = "unused"):
+    """The `conf/` config with Hydra overrides, outside the CLI (tests, notebooks)."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("config", overrides=list(rewrite_model_override(list(overrides))))
+    OmegaConf.set_struct(cfg, False)
+    cfg.run_dir = run_dir
+    return cfg
+
+
 def run_hydra_app(app) -> None:
     """The console-script entry of `art-train` / `art-eval`: logging, `model=<hub id>`
     shorthand, Hydra config from `conf/`, the run folder Hydra made, then `app(cfg)`."""

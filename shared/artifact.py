@@ -63,6 +63,19 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def art_metadata(model: str, height: int, width: int, step: int) -> dict[str, object]:
+    """The metadata every ART PNG carries, read back by `check_metadata`."""
+    from shared.prompts import PROMPT_LAYOUT
+
+    return {
+        "model": model,
+        "height": height,
+        "width": width,
+        "step": step,
+        "prompt_layout": PROMPT_LAYOUT,
+    }
+
+
 class ArtifactMismatchError(ValueError):
     """A PNG trained for another model, size or prompt layout than the one it is used with."""
 

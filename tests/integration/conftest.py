@@ -1,24 +1,16 @@
 import pytest
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 
-from learner.runtime import CONF_DIR
+from learner.runtime import compose_config
 
 
 def compose_cfg(tmp_path, *overrides):
     """The repo's Hydra config with MLflow and the run folder under tmp_path."""
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose(
-            "config",
-            overrides=[
-                f"logging.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
-                f"logging.artifact_location={tmp_path}/artifacts",
-                *overrides,
-            ],
-        )
-    OmegaConf.set_struct(cfg, False)
-    cfg.run_dir = str(tmp_path / "run")
-    return cfg
+    return compose_config(
+        f"logging.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
+        f"logging.artifact_location={tmp_path}/artifacts",
+        *overrides,
+        run_dir=str(tmp_path / "run"),
+    )
 
 
 @pytest.fixture

@@ -1,19 +1,13 @@
 """Evaluation renders exactly the prompts training renders."""
 
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
-
 from learner.evaluate import eval_requests
-from learner.runtime import CONF_DIR, prompt_builder
+from learner.runtime import compose_config, prompt_builder
 from learner.train import rollout_requests
 from shared.tasks import load_task
 
 
 def _cfg(*overrides):
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose("config", overrides=list(overrides))
-    OmegaConf.set_struct(cfg, False)
-    return cfg
+    return compose_config(*overrides)
 
 
 def test_eval_prompt_is_token_for_token_the_training_prompt(tiny_model_path, tiny_processor):

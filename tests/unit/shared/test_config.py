@@ -1,17 +1,11 @@
 import pytest
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 
-from learner.runtime import CONF_DIR
+from learner.runtime import compose_config
 from shared.config import ConfigError, validate
 
 
 def _compose(*overrides):
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose("config", overrides=list(overrides))
-    OmegaConf.set_struct(cfg, False)
-    cfg.run_dir = "unused"
-    return cfg
+    return compose_config(*overrides)
 
 
 def test_default_config_is_the_embedded_default():

@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: install train eval cluster-train ray-up-local ray-down test test-gpu lint format mlflow-ui clean
+.PHONY: install train eval cluster-train ray-up-local ray-down test test-all test-gpu lint format mlflow-ui clean
 
 install: $(VENV)/.installed
 
@@ -46,9 +46,15 @@ eval: install
 
 comma := ,
 
+# The fast CPU tests (a few minutes on 2 cores).
 test: install
-	$(VENV)/bin/pytest $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -m "not slow and not gpu" $(PYTEST_ARGS)
 
+# Every CPU test: adds the slow ones (full training runs, the two-node cluster). CI runs this.
+test-all: install
+	$(VENV)/bin/pytest -m "not gpu" $(PYTEST_ARGS)
+
+# vLLM and CUDA tests, on a GPU machine.
 test-gpu: install
 	$(VENV)/bin/pytest -m gpu $(PYTEST_ARGS)
 

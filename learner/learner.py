@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,65 @@ def init_pixels(init: str, height: int, width: int, seed: int = 0) -> PixelImage
             return PixelImage.noise(height, width, seed=seed)
         case path:
             return PixelImage.from_uint8(load_image_file(path, size=(height, width)))
+
+
+@dataclass
+class Batch:
+    """A learner batch, flattened group by group: sequence b is completion b % G of group b // G."""
+
+    prompts: list[str]
+    token_ids: list[tuple[int, ...]]
+    rollout_logprobs: list[tuple[float, ...]]
+    image_versions: list[int]
+    rewards_GN: torch.Tensor  # (groups, G)
+
+    @classmethod
+    def from_groups(cls, groups: Sequence[ScoredGroup]) -> Batch:
+        sizes = {len(g.completions) for g in groups}
+        if len(sizes) != 1:
+            raise ValueError(f"every group of a batch needs the same size, got sizes {sizes}")
+        completions = [c for g in groups for c in g.completions]
+        batch = cls.from_completions([g.prompt for g in groups for _ in g.completions], completions)
+        batch.rewards_GN = torch.tensor([g.rewards for g in groups], dtype=torch.float32)
+        return batch
+
+    @classmethod
+    def from_completions(cls, prompts: Sequence[str], completions: Sequence[Completion]) -> Batch:
+        return cls(
+            prompts=list(prompts),
+            token_ids=[c.token_ids for c in completions],
+            rollout_logprobs=[c.logprobs for c in completions],
+            image_versions=[c.image_version for c in completions],
+            rewards_GN=torch.zeros(0, 0),
+        )
+
+    def __len__(self) -> int:
+        return len(self.token_ids)
+
+    @property
+    def lengths(self) -> list[int]:
+        return [len(t) for t in self.token_ids]
+
+    @property
+    def max_len(self) -> int:
+        return max(self.lengths)
+
+
+def mismatch_metrics(batch: Batch, learner_BT: torch.Tensor, version: int) -> dict[str, float]:
+    """How far the rollout engine's log-probs are from the learner's on the sampled tokens."""
+    rollout = np.concatenate([np.asarray(lp, dtype=np.float64) for lp in batch.rollout_logprobs])
+    learner = np.concatenate(
+        [row[:n].double().cpu().numpy() for row, n in zip(learner_BT, batch.lengths, strict=True)]
+    )
+    log_ratio = learner - rollout  # log p_learner / p_rollout on rollout samples
+    stale = sum(v != version for v in batch.image_versions)
+    return {
+        "logprob_mean": float(learner.mean()),
+        "mismatch_abs_mean": float(np.abs(log_ratio).mean()),
+        # k3 estimator of KL(rollout || learner): E[(r - 1) - log r], r = p_learner/p_rollout
+        "mismatch_kl": float(np.mean(np.expm1(log_ratio) - log_ratio)),
+        "stale_completion_frac": stale / len(batch),
+    }
 
 
 class Learner:
@@ -93,96 +153,88 @@ class Learner:
         self, prompts: Sequence[str], completions: Sequence[Completion]
     ) -> list[list[float]]:
         """Per-token log-probs of each completion under the current image (no gradient)."""
+        batch = Batch.from_completions(prompts, completions)
+        logprobs_BT = self.old_logprobs(batch)
+        return [row[:n].tolist() for row, n in zip(logprobs_BT, batch.lengths, strict=True)]
+
+    @torch.no_grad()
+    def old_logprobs(self, batch: Batch) -> torch.Tensor:
+        """(B, T) log-probs of the batch under the current image, padded once with zeros."""
         encoded = self.policy.encode_image(self.image())
-        out: list[list[float]] = []
-        for chunk in self._chunks(len(completions)):
-            logprobs_BT, mask_BT = self.policy.sequence_logprobs(
-                encoded, prompts[chunk], [c.token_ids for c in completions[chunk]]
+        old_BT = torch.zeros(len(batch), batch.max_len, device=self.policy.device)
+        for chunk in self._chunks(len(batch)):
+            logprobs_BT, _ = self.policy.sequence_logprobs(
+                encoded, batch.prompts[chunk], batch.token_ids[chunk]
             )
-            for row, mask in zip(logprobs_BT, mask_BT, strict=True):
-                out.append(row[mask.bool()].tolist())
-        return out
+            old_BT[chunk, : logprobs_BT.shape[1]] = logprobs_BT
+        return old_BT
 
     # ---- the DAPO step -----------------------------------------------------------------
     def update(self, groups: Sequence[ScoredGroup]) -> tuple[dict[str, float], ImageUpdate]:
         """One learner step on a batch of scored groups; returns metrics and the new image."""
         start = time.perf_counter()
-        prompts = [g.prompt for g in groups for _ in g.completions]
-        completions = [c for g in groups for c in g.completions]
-        rewards_GN = [torch.tensor(g.rewards, dtype=torch.float32) for g in groups]
-        advantages = torch.cat([group_advantages(r.unsqueeze(0)).squeeze(0) for r in rewards_GN])
-
-        old = self.compute_logprobs(prompts, completions)
-        metrics = self._mismatch_metrics(completions, old)
-        stale = sum(c.image_version != self.version for c in completions)
-        metrics["stale_completion_frac"] = stale / len(completions)
-
-        order = torch.randperm(len(completions)).tolist()
-        minibatches = [order[i :: self.num_minibatches] for i in range(self.num_minibatches)]
-        totals = {"loss": 0.0, "clip_frac_low": 0.0, "clip_frac_high": 0.0, "ratio_mean": 0.0}
-        grad_norm = 0.0
-        for mb in minibatches:
-            if not mb:
-                continue
-            num_tokens = sum(len(completions[i].token_ids) for i in mb)
-            self.optimizer.zero_grad(set_to_none=True)
-            for chunk in self._chunks(len(mb)):
-                idx = mb[chunk]
-                encoded = self.policy.encode_image(self.image())  # graph per micro-batch
-                logprobs_BT, mask_BT = self.policy.sequence_logprobs(
-                    encoded, [prompts[i] for i in idx], [completions[i].token_ids for i in idx]
-                )
-                old_BT = torch.zeros_like(logprobs_BT)
-                for row, i in enumerate(idx):
-                    old_BT[row, : len(old[i])] = torch.tensor(old[i])
-                loss, stats = dapo_loss(
-                    logprobs_BT,
-                    old_BT,
-                    advantages[idx].to(logprobs_BT.device),
-                    mask_BT,
-                    self.eps_low,
-                    self.eps_high,
-                    num_tokens=num_tokens,
-                )
-                loss.backward()
-                totals["loss"] += loss.item() / len(minibatches)
-                for key in ("clip_frac_low", "clip_frac_high", "ratio_mean"):
-                    totals[key] += stats[key] / len(minibatches)
-            if self.max_grad_norm > 0:
-                grad_norm = torch.nn.utils.clip_grad_norm_(
-                    self.image.parameters(), self.max_grad_norm
-                ).item()
-            else:
-                grad_norm = self.image.theta_CHW.grad.norm().item()
-            self.optimizer.step()
-
+        batch = Batch.from_groups(groups)
+        advantages_B = group_advantages(batch.rewards_GN).reshape(-1)
+        old_BT = self.old_logprobs(batch)
+        metrics = mismatch_metrics(batch, old_BT, self.version)
+        stats = [
+            self.minibatch_step(batch, indices, old_BT, advantages_B)
+            for indices in self.minibatches(len(batch))
+        ]
         self.version += 1
         update = self.image_update()
-        metrics.update(totals)
+        metrics.update({k: float(np.mean([s[k] for s in stats])) for k in stats[0]})
         metrics.update(
             {
-                "grad_norm": grad_norm,
+                "grad_norm": stats[-1]["grad_norm"],
                 "pixel_distance": self.pixel_distance_from_seed(),
                 "png_bytes": float(len(update.png)),
-                "num_sequences": float(len(completions)),
+                "num_sequences": float(len(batch)),
                 "learner_time_s": time.perf_counter() - start,
             }
         )
         return metrics, update
 
-    @staticmethod
-    def _mismatch_metrics(
-        completions: Sequence[Completion], learner_logprobs: list[list[float]]
-    ) -> dict:
-        rollout = np.concatenate([np.asarray(c.logprobs) for c in completions])
-        learner = np.concatenate([np.asarray(lp) for lp in learner_logprobs])
-        log_ratio = learner - rollout  # log p_learner / p_rollout on rollout samples
-        return {
-            "logprob_mean": float(learner.mean()),
-            "mismatch_abs_mean": float(np.abs(log_ratio).mean()),
-            # k3 estimator of KL(rollout || learner): E[(r - 1) - log r], r = p_learner/p_rollout
-            "mismatch_kl": float(np.mean(np.expm1(log_ratio) - log_ratio)),
-        }
+    def minibatches(self, n: int) -> list[list[int]]:
+        """A random split of the batch's sequences into `num_minibatches` parts."""
+        order = torch.randperm(n).tolist()
+        parts = [order[i :: self.num_minibatches] for i in range(self.num_minibatches)]
+        return [p for p in parts if p]
+
+    def minibatch_step(
+        self, batch: Batch, indices: list[int], old_BT: torch.Tensor, advantages_B: torch.Tensor
+    ) -> dict[str, float]:
+        """Gradient accumulation over micro-batches, then one Adam step on the pixel logits."""
+        num_tokens = sum(batch.lengths[i] for i in indices)
+        self.optimizer.zero_grad(set_to_none=True)
+        totals = {"loss": 0.0, "clip_frac_low": 0.0, "clip_frac_high": 0.0, "ratio_mean": 0.0}
+        for chunk in self._chunks(len(indices)):
+            idx = indices[chunk]
+            encoded = self.policy.encode_image(self.image())
+            logprobs_BT, mask_BT = self.policy.sequence_logprobs(
+                encoded, [batch.prompts[i] for i in idx], [batch.token_ids[i] for i in idx]
+            )
+            width = logprobs_BT.shape[1]
+            loss, stats = dapo_loss(
+                logprobs_BT,
+                old_BT[idx, :width],
+                advantages_B[idx].to(logprobs_BT.device),
+                mask_BT,
+                self.eps_low,
+                self.eps_high,
+                num_tokens=num_tokens,
+            )
+            loss.backward()
+            totals["loss"] += loss.item()
+            for key in ("clip_frac_low", "clip_frac_high", "ratio_mean"):
+                totals[key] += stats[key]
+        if self.max_grad_norm > 0:
+            params = self.image.parameters()
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm).item()
+        else:
+            grad_norm = self.image.theta_CHW.grad.norm().item()
+        self.optimizer.step()
+        return {**totals, "grad_norm": grad_norm}
 
     def info(self) -> dict:
         import os

@@ -21,6 +21,7 @@ class RolloutWorker:
         self.engine = make_engine(engine, model_path, **engine_options)
         self.version: int | None = None
         self.image = None
+        self.served = {"requests": 0, "completions": 0, "tokens": 0}
 
     def set_image(self, version: int, png: bytes) -> int:
         update = ImageUpdate(version=version, png=png)  # validates the bytes
@@ -38,7 +39,15 @@ class RolloutWorker:
                 f"rollout-worker-{self.worker_index} has no image yet: call set_image first"
             )
         version = -1 if self.version is None else self.version
-        return self.engine.generate(requests, self.image, version, sampling)
+        groups = self.engine.generate(requests, self.image, version, sampling)
+        self.served["requests"] += len(requests)
+        self.served["completions"] += sum(len(g) for g in groups)
+        self.served["tokens"] += sum(len(c.token_ids) for g in groups for c in g)
+        return groups
+
+    def stats(self) -> dict[str, int]:
+        """What this worker has sampled so far (requests, completions, tokens)."""
+        return dict(self.served)
 
     def image_version(self) -> int | None:
         return self.version

@@ -36,7 +36,7 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def tiny_model_path() -> str:
-    from learner.tiny_model import ensure_tiny_model
+    from learner.models.tiny import ensure_tiny_model
 
     return str(ensure_tiny_model())
 
@@ -46,6 +46,15 @@ def tiny_processor(tiny_model_path):
     from transformers import AutoProcessor
 
     return AutoProcessor.from_pretrained(tiny_model_path)
+
+
+FIXTURES = REPO / "tests" / "fixtures"
+
+
+@pytest.fixture(scope="session")
+def fixtures_dir() -> Path:
+    """Small subsets of the offline datasets, in the repository (tests/fixtures/README.md)."""
+    return FIXTURES
 
 
 @pytest.fixture(scope="session")

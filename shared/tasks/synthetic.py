@@ -1,6 +1,6 @@
 """The synthetic task of the embedded default: a frozen model, one answer only the image gives.
 
-The tiny offline model (`learner/tiny_model.py`) is a "reader": asked any of the questions
+The tiny offline model (`learner/models/tiny.py`) is a "reader": asked any of the questions
 below, it answers one letter A..H that it reads off the picture (the three bits are whether
 the picture's mean red, green and blue exceed one half). The task rewards one hidden target
 letter for every question. Text alone cannot change the answer: the prompts are fixed and the

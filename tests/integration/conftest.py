@@ -1,6 +1,6 @@
 import pytest
 
-from learner.runtime import compose_config
+from learner.driver.cli import compose_config
 
 
 def compose_cfg(tmp_path, *overrides):
@@ -22,7 +22,7 @@ def make_cfg(tmp_path):
 @pytest.fixture(scope="session")
 def trained_run(ray_local, tmp_path_factory):
     """The embedded default trained once with its default config: (cfg, summary)."""
-    from learner.train import train
+    from learner.driver.train import train
 
     tmp_path = tmp_path_factory.mktemp("trained")
     cfg = compose_cfg(tmp_path)

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from learner.evaluate import condition_image, evaluate
+from learner.driver.evaluate import condition_image, evaluate
 from shared.artifact import ArtifactMismatchError, encode_png
 
 FIELDS = (
@@ -22,6 +22,7 @@ FIELDS = (
 )
 
 
+@pytest.mark.slow
 def test_trained_image_beats_the_text_only_baseline(trained_run, make_cfg):
     train_cfg, summary = trained_run
     art = summary["image_path"]
@@ -44,10 +45,10 @@ def test_trained_image_beats_the_text_only_baseline(trained_run, make_cfg):
     assert results[art]["accuracy"] > results["seed"]["accuracy"]
 
 
-def test_art_eval_on_a_local_gsm8k_subset(ray_local, data_dir, make_cfg):
+def test_art_eval_on_a_local_gsm8k_subset(ray_local, fixtures_dir, make_cfg):
     cfg = make_cfg(
         "task=gsm8k",
-        f"task.options.data_dir={data_dir / 'gsm8k'}",
+        f"task.options.data_dir={fixtures_dir / 'gsm8k'}",
         "eval.conditions=[none,seed]",
         "eval.limit=3",
         "eval.max_new_tokens=8",

@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from learner.runtime import PlacementError, actor_requests, check_placement, create_actors
+from learner.driver.cluster import PlacementError, actor_requests, check_placement, create_actors
 
 
 def test_impossible_gpu_request_fails_fast_with_numbers(ray_local, tiny_model_path, make_cfg):

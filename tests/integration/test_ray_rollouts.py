@@ -3,7 +3,13 @@
 import numpy as np
 from transformers import AutoProcessor
 
-from learner import train as driver
+from learner.driver.cluster import create_actors
+from learner.driver.rollouts import (
+    PromptSampler,
+    broadcast,
+    compute_rollouts,
+    generate_across_workers,
+)
 from shared.prompts import render_prompt
 from shared.tasks import load_task
 
@@ -11,20 +17,20 @@ from shared.tasks import load_task
 def test_three_steps_with_two_workers(ray_local, tiny_model_path, make_cfg):
     ray = ray_local
     cfg = make_cfg("rollout.num_workers=2", "algo.prompts_per_step=4", "algo.group_size=4")
-    learner, workers = driver.create_actors(cfg, ray, tiny_model_path)
+    learner, workers = create_actors(cfg, ray, tiny_model_path)
     try:
         task = load_task("synthetic", target="F")
         templater = AutoProcessor.from_pretrained(tiny_model_path)
-        sampler = driver.PromptSampler(task.examples("train"), seed=0)
+        sampler = PromptSampler(task.examples("train"), seed=0)
 
         def prompts_for(example):
             return render_prompt(templater, example.question)
 
         update = ray.get(learner.image_update.remote())
-        driver.broadcast(ray, workers, update)
+        broadcast(ray, workers, update)
         mismatches = []
         for step in range(3):
-            rollouts = driver.compute_rollouts(cfg, ray, workers, task, sampler, prompts_for, step)
+            rollouts = compute_rollouts(cfg, ray, workers, task, sampler, prompts_for, step)
             completions = [c for g in rollouts.kept for c in g.completions]
             assert {c.image_version for c in completions} <= {update.version}
             if rollouts.kept:
@@ -37,7 +43,7 @@ def test_three_steps_with_two_workers(ray_local, tiny_model_path, make_cfg):
                 ]
                 metrics, update = ray.get(learner.update.remote(rollouts.kept))
                 assert metrics["stale_completion_frac"] == 0.0
-                driver.broadcast(ray, workers, update)
+                broadcast(ray, workers, update)
         latest = ray.get(learner.image_update.remote()).version
         assert latest >= 1
         assert ray.get([w.image_version.remote() for w in workers]) == [latest, latest]
@@ -53,22 +59,21 @@ def test_three_steps_with_two_workers(ray_local, tiny_model_path, make_cfg):
 def test_prompts_are_spread_over_all_workers(ray_local, tiny_model_path, make_cfg):
     ray = ray_local
     cfg = make_cfg("rollout.num_workers=3")
-    _, workers = driver.create_actors(cfg, ray, tiny_model_path)
+    _, workers = create_actors(cfg, ray, tiny_model_path)
     try:
-        update = driver.ray.get if False else None  # noqa: F841 (keep linters quiet)
-        import numpy as np_
-
         from shared.artifact import encode_png
         from shared.messages import ImageUpdate, RolloutRequest, SamplingConfig
 
-        driver.broadcast(
-            ray, workers, ImageUpdate(0, encode_png(np_.zeros((64, 64, 3), np_.uint8)))
-        )
+        broadcast(ray, workers, ImageUpdate(0, encode_png(np.zeros((64, 64, 3), np.uint8))))
         templater = AutoProcessor.from_pretrained(tiny_model_path)
         prompt = render_prompt(templater, "What letter is it?")
         requests = [RolloutRequest(i, prompt, 2) for i in range(7)]
-        groups = driver.generate_across_workers(ray, workers, requests, SamplingConfig(seed=0))
+        groups = generate_across_workers(ray, workers, requests, SamplingConfig(seed=0))
         assert [g[0].request_id for g in groups] == list(range(7))
+        # Contiguous chunks of ceil(7 / 3) = 3: every worker sampled, none twice.
+        served = ray.get([w.stats.remote() for w in workers])
+        assert [s["requests"] for s in served] == [3, 3, 1]
+        assert [s["completions"] for s in served] == [6, 6, 2]
     finally:
         for actor in workers:
             ray.kill(actor)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from learner import train as driver
+from learner.driver import train as driver
 from shared.artifact import decode_png
 
 
@@ -74,11 +74,11 @@ def test_resume_continues_from_the_checkpoint(ray_local, tmp_path, make_cfg):
     assert len(resumed["rewards"]) == 2
 
 
-def test_gsm8k_pipeline_takes_real_data(ray_local, tmp_path, data_dir, make_cfg):
+def test_gsm8k_pipeline_takes_real_data(ray_local, tmp_path, fixtures_dir, make_cfg):
     """A random tiny model scores ~0 on GSM8K; the point is that real rows flow end to end."""
     cfg = make_cfg(
         "task=gsm8k",
-        f"task.options.data_dir={data_dir / 'gsm8k'}",
+        f"task.options.data_dir={fixtures_dir / 'gsm8k'}",
         "steps=2",
         "algo.group_size=2",
         "algo.prompts_per_step=2",

@@ -15,7 +15,7 @@ def test_kuberay_manifests_parse_with_the_right_kinds():
     job = yaml.safe_load((DEPLOY / "k8s" / "rayjob.yaml").read_text())
     assert (cluster["apiVersion"], cluster["kind"]) == ("ray.io/v1", "RayCluster")
     assert (job["apiVersion"], job["kind"]) == ("ray.io/v1", "RayJob")
-    assert "learner.train" in job["spec"]["entrypoint"]
+    assert "learner.driver.train" in job["spec"]["entrypoint"]
     assert "cluster=multi_gpu" in job["spec"]["entrypoint"]
     gpu_group = cluster["spec"]["workerGroupSpecs"][0]
     limits = gpu_group["template"]["spec"]["containers"][0]["resources"]["limits"]

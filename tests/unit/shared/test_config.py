@@ -1,6 +1,6 @@
 import pytest
 
-from learner.runtime import compose_config
+from learner.driver.cli import compose_config
 from shared.config import ConfigError, validate
 
 
@@ -14,7 +14,6 @@ def test_default_config_is_the_embedded_default():
     assert cfg.model.name == "tiny"
     assert cfg.task.name == "synthetic"
     assert cfg.rollout.engine == "hf"
-    assert cfg.algo.eps_low == 0.2 and cfg.algo.eps_high == 0.28
 
 
 def test_real_run_groups_compose():
@@ -55,7 +54,7 @@ def test_multi_gpu_gives_every_actor_its_own_gpu():
 
 
 def test_model_hub_id_override_becomes_model_name():
-    from learner.runtime import rewrite_model_override
+    from learner.driver.cli import rewrite_model_override
 
     assert rewrite_model_override(["model=Qwen/Qwen3.5-0.8B", "task=gsm8k"]) == [
         "model.name=Qwen/Qwen3.5-0.8B",

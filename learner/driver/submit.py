@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 # Never uploaded with the job: environments, outputs, local stores, caches.
 EXCLUDES = [
     ".venv/",
@@ -86,13 +86,13 @@ def main(argv: list[str] | None = None) -> int:
     from ray.job_submission import JobSubmissionClient
 
     address = args.address if "://" in args.address else f"http://{args.address}"
-    from learner.runtime import actor_env
+    from learner.driver.cluster import actor_env
 
     env_vars = {**actor_env(), **dict(kv.split("=", 1) for kv in args.env)}
     for key in ("MLFLOW_TRACKING_URI", "HF_TOKEN"):
         if key in os.environ and key not in env_vars:
             env_vars[key] = os.environ[key]
-    entrypoint = f"{args.python} -m learner.train {shlex.join(args.overrides)}".strip()
+    entrypoint = f"{args.python} -m learner.driver.train {shlex.join(args.overrides)}".strip()
     client = JobSubmissionClient(address)
     job_id = submit_with_retry(
         client,

@@ -4,7 +4,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForImageTextToText, AutoTokenizer
 
-from learner.tiny_model import SPECIAL_TOKENS, build_config, build_tokenizer
+from learner.models.tiny import SPECIAL_TOKENS, build_config, build_tokenizer
 from shared.prompts import render_prompt
 
 

@@ -1,8 +1,8 @@
 """Evaluation renders exactly the prompts training renders."""
 
-from learner.evaluate import eval_requests
-from learner.runtime import compose_config, prompt_builder
-from learner.train import rollout_requests
+from learner.driver.cli import compose_config
+from learner.driver.evaluate import eval_requests
+from learner.driver.rollouts import prompt_builder, rollout_requests
 from shared.tasks import load_task
 
 

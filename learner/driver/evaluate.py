@@ -18,17 +18,11 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from learner.runtime import (
-    broadcast,
-    create_actors,
-    generate_across_workers,
-    prompt_builder,
-    resolve_model_path,
-    run_hydra_app,
-    run_scope,
-    setup_mlflow,
-    start_ray,
-)
+from learner.driver.cli import run_hydra_app
+from learner.driver.cluster import create_actors, run_scope, start_ray
+from learner.driver.rollouts import broadcast, generate_across_workers, prompt_builder
+from learner.driver.tracking import setup_mlflow
+from learner.models import resolve_model_path
 from shared.artifact import art_metadata, check_metadata, decode_png, sha256
 from shared.config import validate
 from shared.messages import ImageUpdate, RolloutRequest, SamplingConfig

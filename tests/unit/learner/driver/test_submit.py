@@ -1,6 +1,6 @@
 import os
 
-from learner.submit import EXCLUDES, build_runtime_env, use_token_if_available
+from learner.driver.submit import EXCLUDES, build_runtime_env, use_token_if_available
 
 
 def test_runtime_env_ships_the_project_without_local_state():

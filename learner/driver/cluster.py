@@ -1,90 +1,16 @@
-"""What the training and evaluation drivers share: Ray, actors, broadcast, MLflow.
+"""Ray for the driver: start or join, check placement, create the actors, close a run.
 
-The drivers orchestrate both sides but import neither side's package: worker and learner
-classes are created from their import paths (`rollout.worker_cls`, `LEARNER_CLS`).
+The learner actor is `learner.learner.Learner`; the rollout worker class comes from its import
+path (`rollout.worker_cls`) because `learner/` never imports `rollout_worker/`.
 """
 
 from __future__ import annotations
 
-import math
 import os
 from contextlib import contextmanager
-from pathlib import Path
 
-import hydra
-from omegaconf import OmegaConf
-
-from shared.config import register_configs
-
-LEARNER_CLS = "learner.learner.Learner"
-CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 # Quiet, per-process settings every actor inherits.
 ACTOR_ENV = {"TRANSFORMERS_VERBOSITY": "error", "TOKENIZERS_PARALLELISM": "false"}
-
-register_configs()  # the structured schema `conf/config.yaml` builds on
-
-
-def compose_config(*overrides: str, run_dir: str = "unused"):
-    """The `conf/` config with Hydra overrides, outside the CLI (tests, notebooks)."""
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose("config", overrides=list(rewrite_model_override(list(overrides))))
-    OmegaConf.set_struct(cfg, False)
-    cfg.run_dir = run_dir
-    return cfg
-
-
-def run_hydra_app(app) -> None:
-    """The console-script entry of `art-train` / `art-eval`: logging, `model=<hub id>`
-    shorthand, Hydra config from `conf/`, the run folder Hydra made, then `app(cfg)`."""
-    import logging
-    import sys
-
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import DictConfig
-
-    sys.argv[1:] = rewrite_model_override(sys.argv[1:])
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    for noisy in ("transformers", "httpx", "urllib3", "alembic"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-
-    @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
-    def _main(cfg: DictConfig) -> None:
-        OmegaConf.set_struct(cfg, False)
-        cfg.run_dir = HydraConfig.get().runtime.output_dir
-        OmegaConf.set_struct(cfg, True)
-        app(cfg)
-
-    _main()
-
-
-def rewrite_model_override(argv: list[str]) -> list[str]:
-    """`model=Qwen/Qwen3.5-0.8B` (not a file in conf/model) -> `model.name=Qwen/Qwen3.5-0.8B`."""
-    presets = {p.stem for p in (Path(CONF_DIR) / "model").glob("*.yaml")}
-    out = []
-    for arg in argv:
-        if arg.startswith("model=") and arg.split("=", 1)[1] not in presets:
-            arg = "model.name=" + arg.split("=", 1)[1]
-        out.append(arg)
-    return out
-
-
-def resolve_model_path(name: str) -> str:
-    """'tiny' -> the cached embedded model (built once); anything else is passed through."""
-    if name == "tiny":
-        from learner.tiny_model import ensure_tiny_model
-
-        return str(ensure_tiny_model())
-    return name
-
-
-def generate_across_workers(ray, workers, requests, sampling) -> list[list]:
-    """Split requests over the workers (contiguous chunks), gather groups in request order."""
-    per = math.ceil(len(requests) / len(workers))
-    chunks = [requests[i * per : (i + 1) * per] for i in range(len(workers))]
-    futures = [w.generate.remote(c, sampling) for w, c in zip(workers, chunks, strict=True) if c]
-    return [group for result in ray.get(futures) for group in result]
 
 
 def actor_env() -> dict[str, str]:
@@ -184,9 +110,9 @@ def wait_until_started(ray, actors: dict[str, object], timeout_s: float) -> None
 
 
 def create_learner(cfg, ray, model_path: str):
-    from hydra.utils import get_class
+    from learner.learner import Learner
 
-    learner_cls = ray.remote(get_class(LEARNER_CLS))
+    learner_cls = ray.remote(Learner)
     return learner_cls.options(
         name="learner",
         num_cpus=cfg.learner.num_cpus,
@@ -262,34 +188,6 @@ def placement(ray, learner, workers) -> dict[str, str]:
     return {name: info["node_id"] for name, info in zip(names, infos, strict=True)}
 
 
-def prompt_builder(cfg, model_path: str):
-    """`prompt_for(example, with_image=True) -> str`: the one prompt rendering used by
-    training, periodic evaluation and art-eval (image first, then the task's question)."""
-    from transformers import AutoProcessor
-
-    from shared.prompts import render_prompt
-
-    templater = AutoProcessor.from_pretrained(model_path)
-
-    def prompt_for(example, with_image: bool = True) -> str:
-        return render_prompt(
-            templater,
-            example.question,
-            cfg.task.system_prompt,
-            cfg.task.enable_thinking,
-            with_image=with_image,
-        )
-
-    return prompt_for
-
-
-def broadcast(ray, workers, update) -> None:
-    """One copy of the PNG into the object store; every worker swaps to it."""
-    ref = ray.put(update.png)
-    versions = ray.get([w.set_image.remote(update.version, ref) for w in workers])
-    assert all(v == update.version for v in versions), versions
-
-
 @contextmanager
 def run_scope(ray, owns_ray: bool, actors: list, mlflow):
     """Close a driver run either way: MLflow status FINISHED or FAILED, actors killed, and
@@ -305,41 +203,3 @@ def run_scope(ray, owns_ray: bool, actors: list, mlflow):
             ray.kill(actor)
         if owns_ray:
             ray.shutdown()
-
-
-def setup_mlflow(cfg, run_name: str):
-    """Local default: a SQLite store and an artifact folder under the project root."""
-    import mlflow
-
-    root = Path(hydra.utils.get_original_cwd() if _in_hydra() else ".")
-    uri = cfg.logging.tracking_uri
-    if "://" not in uri:  # a bare path: a local SQLite file
-        uri = "sqlite:///" + str(root.joinpath(uri).resolve())
-    mlflow.set_tracking_uri(uri)
-    if mlflow.get_experiment_by_name(cfg.logging.experiment) is None:
-        artifacts = cfg.logging.artifact_location
-        if artifacts and "://" not in artifacts:
-            artifacts = root.joinpath(artifacts).resolve().as_uri()
-        mlflow.create_experiment(cfg.logging.experiment, artifact_location=artifacts or None)
-    mlflow.set_experiment(cfg.logging.experiment)
-    run = mlflow.start_run(run_name=run_name)
-    flat = _flatten(OmegaConf.to_container(cfg, resolve=True))
-    mlflow.log_params({k: str(v)[:500] for k, v in flat.items() if k != "run_dir"})
-    return mlflow, run
-
-
-def _in_hydra() -> bool:
-    from hydra.core.hydra_config import HydraConfig
-
-    return HydraConfig.initialized()
-
-
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict) and v:
-            out.update(_flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out

@@ -1,0 +1,136 @@
+"""What a run leaves behind: the MLflow run, the run folder's files, and the step log."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+logger = logging.getLogger("art.train")
+
+
+def setup_mlflow(cfg, run_name: str):
+    """Local default: a SQLite store and an artifact folder under the project root."""
+    import mlflow
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.utils import get_original_cwd
+
+    root = Path(get_original_cwd() if HydraConfig.initialized() else ".")
+    uri = cfg.logging.tracking_uri
+    if "://" not in uri:  # a bare path: a local SQLite file
+        uri = "sqlite:///" + str(root.joinpath(uri).resolve())
+    mlflow.set_tracking_uri(uri)
+    if mlflow.get_experiment_by_name(cfg.logging.experiment) is None:
+        artifacts = cfg.logging.artifact_location
+        if artifacts and "://" not in artifacts:
+            artifacts = root.joinpath(artifacts).resolve().as_uri()
+        mlflow.create_experiment(cfg.logging.experiment, artifact_location=artifacts or None)
+    mlflow.set_experiment(cfg.logging.experiment)
+    run = mlflow.start_run(run_name=run_name)
+    flat = flatten(OmegaConf.to_container(cfg, resolve=True))
+    mlflow.log_params({k: str(v)[:500] for k, v in flat.items() if k != "run_dir"})
+    return mlflow, run
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+class RunOutputs:
+    """The run folder: `art.png`, `seed.png`, `best.png`, `images/`, `summary.json`."""
+
+    def __init__(self, run_dir: Path, mlflow):
+        self.run_dir, self.mlflow = Path(run_dir), mlflow
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.checkpoints = self.run_dir / "checkpoints"
+
+    def write(self, name: str, data: bytes, log: bool = False, artifact_path: str | None = None):
+        path = self.run_dir / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        if log:
+            self.mlflow.log_artifact(str(path), artifact_path=artifact_path)
+        return path
+
+    def step_image(self, step: int, png: bytes) -> None:
+        self.write(f"images/step_{step:06d}.png", png, log=True, artifact_path="images")
+        self.write("art.png", png)
+
+    def summary(self, summary: dict) -> None:
+        self.write("summary.json", json.dumps(summary, indent=2).encode(), log=True)
+        self.mlflow.log_artifact(str(self.run_dir / "art.png"))
+
+
+def compute_step_metrics(rollouts, learn_metrics: dict, times) -> dict[str, float]:
+    """The per-step MLflow metrics: rewards of the first round (the unbiased estimate of the
+    current policy), dynamic-sampling counts, lengths, phase times and the learner's metrics."""
+    t0, t1, t2, t3 = times
+    rewards, accs = rollouts.first_round_rewards, rollouts.first_round_accuracies
+    return {
+        "reward_mean": mean(rewards),
+        "reward_std": std(rewards),
+        "accuracy": mean(accs),
+        "kept_group_frac": len(rollouts.kept) / max(rollouts.groups_seen, 1),
+        "generation_rounds": float(rollouts.rounds),
+        "completion_len_mean": mean(rollouts.lengths),
+        "completion_len_max": float(max(rollouts.lengths)),
+        "time_rollout_s": t1 - t0,
+        "time_update_s": t2 - t1,
+        "time_broadcast_s": t3 - t2,
+        "time_step_s": t3 - t0,
+        **learn_metrics,
+    }
+
+
+class Progress:
+    """A progress bar on a terminal, one log line per step elsewhere."""
+
+    def __init__(self, cfg, start_step: int):
+        self.total, self.bar = cfg.steps, None
+        if cfg.logging.progress and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(
+                total=cfg.steps, initial=start_step, desc="art", unit="step", dynamic_ncols=True
+            )
+
+    def report(self, step: int, m: dict) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix(reward=f"{m['reward_mean']:.3f}", step_s=f"{m['time_step_s']:.1f}")
+            self.bar.update(1)
+            return
+        logger.info(
+            "step %d/%d reward %.3f acc %.3f kept %.2f loss %.4f mismatch %.2e step %.1fs",
+            step,
+            self.total,
+            m["reward_mean"],
+            m["accuracy"],
+            m["kept_group_frac"],
+            m.get("loss", float("nan")),
+            m.get("mismatch_abs_mean", float("nan")),
+            m["time_step_s"],
+        )
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def mean(xs: Sequence[float]) -> float:
+    return sum(xs) / len(xs) if xs else float("nan")
+
+
+def std(xs: Sequence[float]) -> float:
+    mu = mean(xs)
+    return (sum((x - mu) ** 2 for x in xs) / len(xs)) ** 0.5 if xs else float("nan")

@@ -1,12 +1,16 @@
 """DAPO (Yu et al. 2025, arXiv 2503.14476), as pure functions over tensors.
 
-1. Group-normalized advantages: A = (r - mean_group) / (std_group + 1e-6), one per completion.
+1. Group-normalized advantages: A = (r - mean_group) / (std_group + 1e-6), one per completion,
+   with the unbiased (n - 1) standard deviation, as verl and TRL compute it.
 2. Clip-higher: per token min(rho * A, clip(rho, 1 - eps_low, 1 + eps_high) * A).
 3. Token-level aggregation: sum over every completion token in the batch divided by the
    batch's total completion-token count (long completions are not down-weighted per sample).
 4. No KL term.
-5. Dynamic sampling: groups whose rewards are all equal carry no signal and are dropped; the
-   driver samples more prompts, up to a cap on extra generation rounds.
+5. Dynamic sampling: groups whose strict accuracies are all equal (all right or all wrong)
+   are dropped, as DAPO and verl's `filter_groups.metric=acc` do: with shaped rewards, tiny
+   reward differences inside an all-wrong group must not become full-size advantages. The
+   driver samples more prompts, up to a cap on extra generation rounds. (`metric="reward"`
+   keeps a group whose reward std reaches a minimum instead.)
 6. Overlong reward shaping: a linear penalty inside a buffer before the length limit.
 """
 
@@ -18,9 +22,10 @@ import torch
 
 
 def group_advantages(rewards_GN: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """(groups, G) rewards -> (groups, G) advantages; population std, as in DAPO/GRPO code."""
+    """(groups, G) rewards -> (groups, G) advantages, normalized by the unbiased (n - 1)
+    standard deviation of each group (verl's `compute_grpo_outcome_advantage`, TRL's GRPO)."""
     mean_G1 = rewards_GN.mean(dim=1, keepdim=True)
-    std_G1 = rewards_GN.std(dim=1, keepdim=True, unbiased=False)
+    std_G1 = rewards_GN.std(dim=1, keepdim=True, correction=1)
     return (rewards_GN - mean_G1) / (std_G1 + eps)
 
 
@@ -68,6 +73,28 @@ def overlong_penalty(length: int, max_length: int, buffer: int) -> float:
     return min(-(length - (max_length - buffer)) / buffer, 0.0)
 
 
-def keep_informative_groups(rewards: Sequence[Sequence[float]]) -> list[int]:
-    """Indices of groups whose rewards are not all equal (dynamic sampling's filter)."""
-    return [i for i, group in enumerate(rewards) if len(set(group)) > 1]
+def keep_informative_groups(
+    accuracies: Sequence[Sequence[float]],
+    rewards: Sequence[Sequence[float]] | None = None,
+    metric: str = "acc",
+    min_reward_std: float = 0.0,
+) -> list[int]:
+    """Indices of the groups dynamic sampling keeps.
+
+    `metric="acc"`: the strict accuracies are not all equal (some right, some wrong).
+    `metric="reward"`: the rewards' population std is above `min_reward_std`.
+    """
+    match metric:
+        case "acc":
+            return [i for i, group in enumerate(accuracies) if len(set(group)) > 1]
+        case "reward":
+            if rewards is None:
+                raise ValueError("metric='reward' needs the rewards")
+            return [i for i, group in enumerate(rewards) if _std(group) > min_reward_std]
+        case _:
+            raise ValueError(f"unknown dynamic-sampling metric {metric!r}; use 'acc' or 'reward'")
+
+
+def _std(values: Sequence[float]) -> float:
+    mean = sum(values) / len(values)
+    return (sum((v - mean) ** 2 for v in values) / len(values)) ** 0.5

@@ -38,7 +38,7 @@ def init_pixels(init: str, height: int, width: int, seed: int = 0) -> PixelImage
 class Batch:
     """A learner batch, flattened group by group: sequence b is completion b % G of group b // G."""
 
-    prompts: list[str]
+    prompt_ids: list[tuple[int, ...]]
     token_ids: list[tuple[int, ...]]
     rollout_logprobs: list[tuple[float, ...]]
     image_versions: list[int]
@@ -49,15 +49,14 @@ class Batch:
         sizes = {len(g.completions) for g in groups}
         if len(sizes) != 1:
             raise ValueError(f"every group of a batch needs the same size, got sizes {sizes}")
-        completions = [c for g in groups for c in g.completions]
-        batch = cls.from_completions([g.prompt for g in groups for _ in g.completions], completions)
+        batch = cls.from_completions([c for g in groups for c in g.completions])
         batch.rewards_GN = torch.tensor([g.rewards for g in groups], dtype=torch.float32)
         return batch
 
     @classmethod
-    def from_completions(cls, prompts: Sequence[str], completions: Sequence[Completion]) -> Batch:
+    def from_completions(cls, completions: Sequence[Completion]) -> Batch:
         return cls(
-            prompts=list(prompts),
+            prompt_ids=[c.prompt_token_ids for c in completions],
             token_ids=[c.token_ids for c in completions],
             rollout_logprobs=[c.logprobs for c in completions],
             image_versions=[c.image_version for c in completions],
@@ -111,13 +110,16 @@ class Learner:
         dtype: str = "float32",
         device: str = "cpu",
         seed: int = 0,
+        activation_checkpointing: bool = False,
     ):
         torch.manual_seed(seed)
         self.model_name = model_name
         self.model, self.processor = load_model_and_processor(
             model_path, dtype=dtype, device=device
         )
-        self.policy = FrozenPolicy(self.model, self.processor, temperature)
+        self.policy = FrozenPolicy(
+            self.model, self.processor, temperature, activation_checkpointing
+        )
         validate_image_size(height, width, self.policy.spec, model_name)
         self.image = PixelImage.from_uint8(init_pixels(init, height, width, seed).to_uint8()).to(
             device
@@ -149,11 +151,9 @@ class Learner:
         return [slice(i, min(i + size, n)) for i in range(0, n, size)]
 
     @torch.no_grad()
-    def compute_logprobs(
-        self, prompts: Sequence[str], completions: Sequence[Completion]
-    ) -> list[list[float]]:
+    def compute_logprobs(self, completions: Sequence[Completion]) -> list[list[float]]:
         """Per-token log-probs of each completion under the current image (no gradient)."""
-        batch = Batch.from_completions(prompts, completions)
+        batch = Batch.from_completions(completions)
         logprobs_BT = self.old_logprobs(batch)
         return [row[:n].tolist() for row, n in zip(logprobs_BT, batch.lengths, strict=True)]
 
@@ -164,7 +164,7 @@ class Learner:
         old_BT = torch.zeros(len(batch), batch.max_len, device=self.policy.device)
         for chunk in self._chunks(len(batch)):
             logprobs_BT, _ = self.policy.sequence_logprobs(
-                encoded, batch.prompts[chunk], batch.token_ids[chunk]
+                encoded, batch.prompt_ids[chunk], batch.token_ids[chunk]
             )
             old_BT[chunk, : logprobs_BT.shape[1]] = logprobs_BT
         return old_BT
@@ -212,7 +212,7 @@ class Learner:
             idx = indices[chunk]
             encoded = self.policy.encode_image(self.image())
             logprobs_BT, mask_BT = self.policy.sequence_logprobs(
-                encoded, [batch.prompts[i] for i in idx], [batch.token_ids[i] for i in idx]
+                encoded, [batch.prompt_ids[i] for i in idx], [batch.token_ids[i] for i in idx]
             )
             width = logprobs_BT.shape[1]
             loss, stats = dapo_loss(

@@ -61,7 +61,7 @@ class PixelImage(nn.Module):
     def to_uint8(self) -> np.ndarray:
         """The image as the engines see it: uint8 (H, W, 3)."""
         u8_CHW = torch.round(self.pixels() * 255.0).to(torch.uint8)
-        return u8_CHW.permute(1, 2, 0).contiguous().numpy()
+        return u8_CHW.permute(1, 2, 0).contiguous().cpu().numpy()
 
     def to_png(self, metadata: dict[str, object] | None = None) -> bytes:
         return encode_png(self.to_uint8(), metadata)

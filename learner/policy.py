@@ -1,21 +1,33 @@
 """The frozen model as a differentiable function of the pixels.
 
-`FrozenPolicy` loads the Hugging Face copy of the model, freezes every weight
-(`requires_grad=False`, so backward computes activation gradients only), and recomputes the
-per-token log-probs of sampled completions given prompt + image. The image is encoded once per
-call and its features are shared by every sequence of the batch.
+`FrozenPolicy` holds the Hugging Face copy of the model with every weight frozen
+(`requires_grad=False`: backward computes activation gradients only) and recomputes the
+per-token log-probs of sampled completions given the prompt token ids the engine sampled from
+and the image. It is lean where the model is large:
+- the image is encoded once and its features are shared by every sequence;
+- logits are computed only at completion positions, never for prompt or image tokens, and the
+  log-softmax runs over chunks of positions, each recomputed in backward (checkpointed), so
+  at most one chunk x vocabulary tensor is alive at a time;
+- optionally (`activation_checkpointing`), the decoder layers keep only their inputs for
+  backward and recompute the rest; gradients still reach the pixels through the image
+  features with every weight frozen.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import torch
+from torch.utils.checkpoint import checkpoint
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from learner.preprocess import VisionSpec, preprocess
 from shared.prompts import suppressed_token_ids
+
+# Elements of one chunk of logits (positions x vocabulary): 2**25 float32 = 128 MiB.
+LOGITS_CHUNK_ELEMENTS = 2**25
 
 
 def load_model_and_processor(path: str, dtype: str = "float32", device: str = "cpu"):
@@ -42,7 +54,14 @@ class EncodedImage:
 
 
 class FrozenPolicy:
-    def __init__(self, model, processor, temperature: float = 1.0):
+    def __init__(
+        self,
+        model,
+        processor,
+        temperature: float = 1.0,
+        activation_checkpointing: bool = False,
+        logits_chunk_elements: int = LOGITS_CHUNK_ELEMENTS,
+    ):
         self.model = model
         self.processor = processor
         self.tokenizer = processor.tokenizer
@@ -51,11 +70,11 @@ class FrozenPolicy:
         self.image_token_id = int(model.config.image_token_id)
         self.pad_token_id = int(self.tokenizer.pad_token_id)
         self.device = next(model.parameters()).device
-        vocab_size = model.config.text_config.vocab_size
-        suppress_V = torch.zeros(vocab_size, dtype=torch.bool)
-        suppress_V[suppressed_token_ids(self.tokenizer)] = True
-        self.suppress_V = suppress_V.to(self.device)
-        self._prompt_cache: dict[tuple[str, int], list[int]] = {}
+        self.vocab_size = int(model.config.text_config.vocab_size)
+        self.suppress_ids = torch.tensor(suppressed_token_ids(self.tokenizer), device=self.device)
+        self.chunk_tokens = max(1, logits_chunk_elements // self.vocab_size)
+        if activation_checkpointing:
+            enable_activation_checkpointing(model)
 
     def encode_image(self, pixels_CHW: torch.Tensor) -> EncodedImage:
         patches_NP, grid_thw = preprocess(pixels_CHW, self.spec)
@@ -65,36 +84,37 @@ class FrozenPolicy:
         )
         return EncodedImage(features_ND=out.pooler_output[0], grid_thw=grid_thw.to(self.device))
 
-    def prompt_ids(self, prompt: str, num_image_tokens: int) -> list[int]:
-        """Tokenize a rendered prompt, expanding its one `<|image_pad|>` as the processor does."""
-        key = (prompt, num_image_tokens)
-        if key not in self._prompt_cache:
-            expanded = prompt.replace("<|image_pad|>", "<|image_pad|>" * num_image_tokens, 1)
-            ids = self.tokenizer(expanded, add_special_tokens=False)["input_ids"]
-            self._prompt_cache[key] = list(ids)
-        return self._prompt_cache[key]
+    def token_logprobs(self, hidden_ND: torch.Tensor, targets_N: torch.Tensor) -> torch.Tensor:
+        """Log-probs (N,) of `targets_N` under the sampling distribution (temperature, vision
+        tokens masked) from final hidden states, one chunk of positions at a time."""
+        chunks = []
+        for start in range(0, hidden_ND.shape[0], self.chunk_tokens):
+            h_CD = hidden_ND[start : start + self.chunk_tokens]
+            t_C = targets_N[start : start + self.chunk_tokens]
+            if torch.is_grad_enabled() and h_CD.requires_grad:
+                chunks.append(checkpoint(self._chunk_logprobs, h_CD, t_C, use_reentrant=False))
+            else:
+                chunks.append(self._chunk_logprobs(h_CD, t_C))
+        return torch.cat(chunks)
 
-    def logits_to_logprobs(
-        self, logits_TV: torch.Tensor, token_ids_T: torch.Tensor
-    ) -> torch.Tensor:
-        """Log-probs of `token_ids` under the sampling distribution: temperature, suppression."""
-        logits_TV = logits_TV.float() / self.temperature
-        logits_TV = logits_TV.masked_fill(self.suppress_V[: logits_TV.shape[-1]], float("-inf"))
-        return (
-            torch.log_softmax(logits_TV, dim=-1).gather(-1, token_ids_T.unsqueeze(-1)).squeeze(-1)
-        )
+    def _chunk_logprobs(self, hidden_CD: torch.Tensor, targets_C: torch.Tensor) -> torch.Tensor:
+        logits_CV = self.model.lm_head(hidden_CD).float() / self.temperature
+        logits_CV[:, self.suppress_ids] = float("-inf")
+        target_C = logits_CV.gather(-1, targets_C.unsqueeze(-1)).squeeze(-1)
+        return target_C - torch.logsumexp(logits_CV, dim=-1)
 
     def sequence_logprobs(
         self,
-        image: EncodedImage,
-        prompts: Sequence[str],
+        image: EncodedImage | None,
+        prompt_ids: Sequence[Sequence[int]],
         completions: Sequence[Sequence[int]],
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One padded forward: (logprobs (B, T), mask (B, T)) over the completion tokens."""
-        prompt_ids = [self.prompt_ids(p, image.num_tokens) for p in prompts]
-        seqs = [p + list(c) for p, c in zip(prompt_ids, completions, strict=True)]
+        """One padded forward over prompt + completion token ids: (logprobs (B, T),
+        mask (B, T)) over the completion tokens. `prompt_ids` are the ids the engine sampled
+        from, image placeholder already expanded to the image's tokens."""
+        self._check_prompts(image, prompt_ids)
+        seqs = [list(p) + list(c) for p, c in zip(prompt_ids, completions, strict=True)]
         batch, max_len = len(seqs), max(len(s) for s in seqs)
-        max_completion = max(len(c) for c in completions)
         input_ids_BL = torch.full((batch, max_len), self.pad_token_id, dtype=torch.long)
         attention_BL = torch.zeros((batch, max_len), dtype=torch.long)
         for i, seq in enumerate(seqs):  # right padding: real tokens first
@@ -102,28 +122,63 @@ class FrozenPolicy:
             attention_BL[i, : len(seq)] = 1
         input_ids_BL = input_ids_BL.to(self.device)
         attention_BL = attention_BL.to(self.device)
-        mm_types_BL = (input_ids_BL == self.image_token_id).int()
-        encoder_out = BaseModelOutputWithPooling(pooler_output=(image.features_ND,) * batch)
-        out = self.model(
-            input_ids=input_ids_BL,
-            attention_mask=attention_BL,
-            image_grid_thw=image.grid_thw.expand(batch, -1),
-            mm_token_type_ids=mm_types_BL,
-            mm_encoder_outputs={"image": encoder_out},
-            use_cache=False,
-        )
-        rows = []
-        for i, (p, c) in enumerate(zip(prompt_ids, completions, strict=True)):
-            # logits at position k predict token k + 1
-            start, n = len(p) - 1, len(c)
-            token_ids_T = input_ids_BL[i, len(p) : len(p) + n]
-            rows.append(
-                (i, n, self.logits_to_logprobs(out.logits[i, start : start + n], token_ids_T))
+        inputs = {"input_ids": input_ids_BL, "attention_mask": attention_BL, "use_cache": False}
+        if image is not None:
+            encoder_out = BaseModelOutputWithPooling(pooler_output=(image.features_ND,) * batch)
+            inputs.update(
+                image_grid_thw=image.grid_thw.expand(batch, -1),
+                mm_token_type_ids=(input_ids_BL == self.image_token_id).int(),
+                mm_encoder_outputs={"image": encoder_out},
             )
-        logprobs_BT = torch.stack(
-            [torch.nn.functional.pad(lp, (0, max_completion - n)) for _, n, lp in rows]
+        hidden_BLD = self.model.model(**inputs).last_hidden_state
+
+        # Completion token k of sequence i sits at len(prompt_i) + k and is predicted by the
+        # hidden state one position earlier.
+        lengths = [len(c) for c in completions]
+        rows = torch.tensor(
+            [i for i, n in enumerate(lengths) for _ in range(n)], device=self.device
         )
-        mask_BT = torch.zeros((batch, max_completion), device=self.device)
-        for i, n, _ in rows:
-            mask_BT[i, :n] = 1.0
+        steps = torch.tensor([k for n in lengths for k in range(n)], device=self.device)
+        starts = torch.tensor([len(p) for p in prompt_ids], device=self.device)
+        positions = starts[rows] + steps
+        logprobs_N = self.token_logprobs(
+            hidden_BLD[rows, positions - 1], input_ids_BL[rows, positions]
+        )
+        width = max(lengths)
+        logprobs_BT = torch.zeros(batch, width, device=self.device, dtype=logprobs_N.dtype)
+        logprobs_BT = logprobs_BT.index_put((rows, steps), logprobs_N)
+        mask_BT = torch.zeros(batch, width, device=self.device)
+        mask_BT[rows, steps] = 1.0
         return logprobs_BT, mask_BT
+
+    def _check_prompts(self, image: EncodedImage | None, prompt_ids) -> None:
+        expected = image.num_tokens if image is not None else 0
+        for ids in prompt_ids:
+            found = sum(1 for t in ids if t == self.image_token_id)
+            if found != expected:
+                raise ValueError(
+                    f"a prompt holds {found} image tokens but the image has {expected}: the "
+                    "rollout engine and the learner disagree on the image size or processor"
+                )
+
+
+def enable_activation_checkpointing(model) -> None:
+    """Keep only each decoder layer's input for backward and recompute the layer there.
+
+    Uses the `GradientCheckpointingLayer` contract of transformers (a layer checkpoints when
+    its `gradient_checkpointing` flag is set and it is in training mode); only the language
+    model's decoder layers are switched to training mode, which changes nothing else in them
+    (attention dropout is 0 in Qwen3.5). Non-reentrant checkpointing, so gradients reach the
+    image features even though no weight requires a gradient.
+    """
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    layers = [
+        m for m in model.model.language_model.modules() if isinstance(m, GradientCheckpointingLayer)
+    ]
+    if not layers:
+        raise ValueError(f"{type(model).__name__} has no checkpointable decoder layers")
+    for layer in layers:
+        layer.gradient_checkpointing = True
+        layer._gradient_checkpointing_func = partial(checkpoint, use_reentrant=False)
+        layer.train()

@@ -75,8 +75,9 @@ def preprocess(pixels_CHW: torch.Tensor, spec: VisionSpec) -> tuple[torch.Tensor
     """Pixels in [0, 1] (3, H, W) -> (patches (N, C*T*P*P), image_grid_thw (1, 3))."""
     channels, height, width = pixels_CHW.shape
     validate_image_size(height, width, spec)
-    mean_C11 = torch.tensor(spec.image_mean, dtype=pixels_CHW.dtype).view(-1, 1, 1)
-    std_C11 = torch.tensor(spec.image_std, dtype=pixels_CHW.dtype).view(-1, 1, 1)
+    like = {"dtype": pixels_CHW.dtype, "device": pixels_CHW.device}
+    mean_C11 = torch.tensor(spec.image_mean, **like).view(-1, 1, 1)
+    std_C11 = torch.tensor(spec.image_std, **like).view(-1, 1, 1)
     normed_CHW = (pixels_CHW - mean_C11) / std_C11
 
     p, m, t = spec.patch_size, spec.merge_size, spec.temporal_patch_size

@@ -12,6 +12,7 @@ from PIL import Image
 
 from shared.messages import Completion, RolloutRequest, SamplingConfig
 from shared.prompts import suppressed_token_ids
+from shared.sampling import request_seed
 
 
 class HFEngine:
@@ -46,7 +47,7 @@ class HFEngine:
         results = []
         for request in requests:
             if sampling.seed is not None:
-                torch.manual_seed(sampling.seed * 1_000_003 + request.request_id)
+                torch.manual_seed(request_seed(sampling.seed, request.request_id, request.n))
             images = [image] if request.with_image else None
             inputs = self.processor(text=[request.prompt], images=images, return_tensors="pt")
             inputs = inputs.to(self.device)
@@ -64,7 +65,8 @@ class HFEngine:
                 pad_token_id=self.pad_id,
                 eos_token_id=sorted(self.eos_ids),
             )
-            prompt_len = inputs["input_ids"].shape[1]
+            prompt_ids = tuple(inputs["input_ids"][0].tolist())
+            prompt_len = len(prompt_ids)
             new_BT = out.sequences[:, prompt_len:]
             temperature = 1.0 if sampling.greedy else sampling.temperature
             logits_BTV = torch.stack(out.logits, dim=1).float() / temperature
@@ -91,6 +93,7 @@ class HFEngine:
                         finish_reason=finish,
                         text=self.tokenizer.decode(token_ids, skip_special_tokens=True),
                         image_version=image_version,
+                        prompt_token_ids=prompt_ids,
                     )
                 )
             results.append(group)

@@ -3,16 +3,76 @@
 `LLM` is created once per worker and never reloaded. A new image is just a new PIL image in
 `multi_modal_data`; vLLM caches encoder outputs by content hash, so the G samples of a prompt
 and all prompts of a step share one encoding. Log-probs of the sampled tokens come back with
-`logprobs=0` in "processed" mode (after temperature and the vision-token mask), which is the
-distribution the learner recomputes.
+`logprobs=0` in `processed_logprobs` mode: after the logit bias that masks the vision tokens
+and the temperature (and after top-p/top-k and penalties, which training therefore refuses:
+the learner scores the full tempered distribution).
+
+Settings every Qwen3.5 engine needs, made here rather than left to the user:
+- `gdn_prefill_backend="triton"` (through `additional_config`): on Hopper the linear-attention
+  prefill otherwise defaults to FlashInfer, which needs FlashInfer and fp16/bf16;
+- `VLLM_USE_FLASHINFER_SAMPLER=0` unless set: without FlashInfer installed the sampler must
+  not ask for it (processed log-probs never use it anyway).
 """
 
 from __future__ import annotations
+
+import os
 
 from PIL import Image
 
 from shared.messages import Completion, RolloutRequest, SamplingConfig
 from shared.prompts import suppressed_token_ids
+from shared.sampling import request_seed
+
+# vLLM finish reasons that mean the completion is whole; anything else is an engine failure.
+_FINISHED = {"stop": "stop", "length": "length"}
+
+
+def engine_kwargs(
+    model_path: str,
+    dtype: str,
+    gpu_memory_utilization: float,
+    max_model_len: int,
+    seed: int,
+    enable_lora: bool = False,
+    max_lora_rank: int = 16,
+) -> dict:
+    """The `LLM(...)` arguments of a rollout engine (pure: tested without vLLM)."""
+    kwargs = {
+        "model": model_path,
+        "dtype": dtype,
+        "gpu_memory_utilization": gpu_memory_utilization,
+        "max_model_len": max_model_len,
+        "limit_mm_per_prompt": {"image": 1, "video": 0},
+        "logprobs_mode": "processed_logprobs",
+        "seed": seed,
+        "additional_config": {"gdn_prefill_backend": "triton"},
+    }
+    if enable_lora:
+        kwargs.update(enable_lora=True, max_lora_rank=max_lora_rank, max_loras=1)
+    return kwargs
+
+
+def sampling_kwargs(request: RolloutRequest, sampling: SamplingConfig, suppress: dict) -> dict:
+    """The `SamplingParams(...)` of one request (pure: tested without vLLM).
+
+    Vision tokens are masked with a logit bias of -inf on their few ids: O(suppressed tokens)
+    per request, where `allowed_token_ids` would ship the whole 248k vocabulary each time.
+    """
+    return {
+        "n": request.n,
+        "temperature": 0.0 if sampling.greedy else sampling.temperature,
+        "top_p": 1.0 if sampling.greedy else sampling.top_p,
+        "top_k": -1,
+        "presence_penalty": sampling.presence_penalty,
+        "max_tokens": sampling.max_new_tokens,
+        "logprobs": 0,
+        "logit_bias": dict(suppress),
+        "seed": None
+        if sampling.seed is None
+        else request_seed(sampling.seed, request.request_id, request.n),
+        "skip_special_tokens": True,
+    }
 
 
 class VLLMEngine:
@@ -25,21 +85,14 @@ class VLLMEngine:
         seed: int = 0,
         **_,
     ):
+        os.environ.setdefault("VLLM_USE_FLASHINFER_SAMPLER", "0")
         from vllm import LLM
 
         self.llm = LLM(
-            model=model_path,
-            dtype=dtype,
-            gpu_memory_utilization=gpu_memory_utilization,
-            max_model_len=max_model_len,
-            limit_mm_per_prompt={"image": 1, "video": 0},
-            logprobs_mode="processed_logprobs",
-            seed=seed,
+            **engine_kwargs(model_path, dtype, gpu_memory_utilization, max_model_len, seed)
         )
         self.tokenizer = self.llm.get_tokenizer()
-        suppress = set(suppressed_token_ids(self.tokenizer))
-        vocab_size = self.llm.llm_engine.model_config.get_vocab_size()
-        self.allowed_token_ids = [i for i in range(vocab_size) if i not in suppress]
+        self.suppress = {i: float("-inf") for i in suppressed_token_ids(self.tokenizer)}
 
     def generate(
         self,
@@ -56,26 +109,17 @@ class VLLMEngine:
             if request.with_image:
                 prompt["multi_modal_data"] = {"image": image}
             prompts.append(prompt)
-            params.append(
-                SamplingParams(
-                    n=request.n,
-                    temperature=0.0 if sampling.greedy else sampling.temperature,
-                    top_p=1.0 if sampling.greedy else sampling.top_p,
-                    top_k=-1,
-                    max_tokens=sampling.max_new_tokens,
-                    logprobs=0,
-                    allowed_token_ids=self.allowed_token_ids,
-                    seed=None
-                    if sampling.seed is None
-                    else sampling.seed * 1_000_003 + request.request_id,
-                    skip_special_tokens=True,
-                )
-            )
+            params.append(SamplingParams(**sampling_kwargs(request, sampling, self.suppress)))
         outputs = self.llm.generate(prompts, params, use_tqdm=False)
         results = []
         for request, output in zip(requests, outputs, strict=True):
             group = []
             for sample in output.outputs:
+                if sample.finish_reason not in _FINISHED:
+                    raise RuntimeError(
+                        f"vLLM finished request {request.request_id} with "
+                        f"{sample.finish_reason!r}: the completion is not usable"
+                    )
                 token_ids = tuple(sample.token_ids)
                 logprobs = tuple(
                     step[token].logprob
@@ -86,9 +130,10 @@ class VLLMEngine:
                         request_id=request.request_id,
                         token_ids=token_ids,
                         logprobs=logprobs,
-                        finish_reason="stop" if sample.finish_reason == "stop" else "length",
+                        finish_reason=_FINISHED[sample.finish_reason],
                         text=sample.text,
                         image_version=image_version,
+                        prompt_token_ids=tuple(output.prompt_token_ids),
                     )
                 )
             results.append(group)

@@ -46,8 +46,13 @@ class AlgoConfig:
     eps_low: float = 0.2
     # Upper clip range (clip-higher: larger than eps_low).
     eps_high: float = 0.28
-    # Dynamic sampling: extra generation rounds allowed to refill dropped zero-variance groups.
+    # Dynamic sampling: extra generation rounds allowed to refill dropped groups.
     max_extra_rounds: int = 2
+    # Dynamic sampling keeps a group when its strict accuracies differ ("acc", DAPO's and
+    # verl's filter) or when its reward std exceeds min_reward_std ("reward").
+    filter_metric: str = "acc"
+    # With filter_metric=reward: the smallest reward std (population) a kept group has.
+    min_reward_std: float = 0.0
     # Overlong shaping buffer in tokens before max_new_tokens (0 disables the penalty).
     overlong_buffer: int = 0
     # Optimizer steps per rollout batch (the batch is split into this many minibatches).
@@ -64,7 +69,8 @@ class RolloutConfig:
     num_workers: int = 2
     # Max completion tokens; null takes the task's own limit.
     max_new_tokens: int | None = None
-    # Nucleus sampling; 1.0 samples from the full distribution (what the learner scores).
+    # Nucleus sampling in training; must be 1.0: the learner scores the full tempered
+    # distribution, so truncated sampling would make every importance ratio wrong.
     top_p: float = 1.0
     # CPUs reserved per worker actor.
     num_cpus_per_worker: float = 1.0
@@ -90,6 +96,9 @@ class LearnerConfig:
     micro_batch_size: int = 32
     # Clip the pixel-logit gradient norm (0 disables).
     max_grad_norm: float = 0.0
+    # Recompute each frozen decoder layer in backward instead of keeping its activations
+    # (less memory for long sequences and large models, about one more forward of time).
+    activation_checkpointing: bool = False
     # CPUs reserved for the learner actor.
     num_cpus: float = 1.0
     # GPUs reserved for the learner actor (never shared with a rollout worker's).
@@ -198,6 +207,17 @@ def validate(cfg: Any) -> None:
         (algo.eps_high > 0, f"algo.eps_high={algo.eps_high} must be > 0"),
         (algo.max_extra_rounds >= 0, "algo.max_extra_rounds must be >= 0"),
         (algo.temperature > 0, "algo.temperature must be > 0"),
+        (
+            algo.filter_metric in ("acc", "reward"),
+            f"algo.filter_metric={algo.filter_metric!r}: use 'acc' or 'reward'",
+        ),
+        (algo.min_reward_std >= 0, "algo.min_reward_std must be >= 0"),
+        (
+            rollout.top_p == 1.0,
+            f"rollout.top_p={rollout.top_p}: training needs top_p=1.0 because the learner "
+            "computes log-probs of the full tempered distribution; nucleus sampling would make "
+            "the importance ratios wrong",
+        ),
         (
             algo.num_minibatches >= 1
             and algo.num_minibatches <= algo.prompts_per_step * algo.group_size,

@@ -14,6 +14,9 @@ class SamplingConfig:
     """How rollout engines sample. Driver -> RolloutWorker.
 
     `greedy=True` decodes greedily (evaluation); the reported log-probs are then at T=1.
+    `presence_penalty` subtracts its value from the logit of every token already generated in
+    the completion (vLLM's definition); evaluation only, training samples without it.
+    `seed` is the round's base seed (`shared.sampling`).
     """
 
     temperature: float = 1.0
@@ -21,6 +24,7 @@ class SamplingConfig:
     top_p: float = 1.0
     seed: int | None = None
     greedy: bool = False
+    presence_penalty: float = 0.0
 
     def __post_init__(self) -> None:
         if self.temperature <= 0:
@@ -61,6 +65,8 @@ class Completion:
     Invariant: `len(logprobs) == len(token_ids)`; `logprobs[i]` is the engine's log-probability
     of `token_ids[i]` under the sampling distribution (temperature applied). `token_ids`
     includes the end-of-turn token when the completion stopped on its own.
+    `prompt_token_ids` are the ids the engine sampled from, the image placeholder expanded to
+    the image's tokens: the learner scores exactly these, so both sides agree by construction.
     """
 
     request_id: int
@@ -69,6 +75,7 @@ class Completion:
     finish_reason: str  # "stop" (end-of-turn token) or "length" (hit max_new_tokens)
     text: str
     image_version: int
+    prompt_token_ids: tuple[int, ...]
 
     def __post_init__(self) -> None:
         if len(self.logprobs) != len(self.token_ids):
@@ -81,6 +88,8 @@ class Completion:
             raise ValueError(
                 f"finish_reason must be 'stop' or 'length', got {self.finish_reason!r}"
             )
+        if not self.prompt_token_ids:
+            raise ValueError("a completion must carry the prompt token ids it was sampled from")
 
 
 @dataclass(frozen=True)
@@ -104,6 +113,8 @@ class ScoredGroup:
             raise ValueError("accuracies, when given, need one value per completion")
         if len({c.request_id for c in self.completions}) > 1:
             raise ValueError("a group's completions must all answer the same request")
+        if len({c.prompt_token_ids for c in self.completions}) > 1:
+            raise ValueError("a group's completions must share one prompt")
 
 
 @dataclass(frozen=True)

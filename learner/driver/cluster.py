@@ -134,6 +134,7 @@ def create_learner(cfg, ray, model_path: str):
         dtype=cfg.model.dtype,
         device=cfg.model.device,
         seed=cfg.seed,
+        activation_checkpointing=cfg.learner.activation_checkpointing,
     )
 
 
@@ -143,6 +144,8 @@ def create_workers(cfg, ray, model_path: str) -> list:
 
     worker_cls = ray.remote(get_class(cfg.rollout.worker_cls))
     engine_options = {"dtype": cfg.rollout.dtype}
+    if cfg.rollout.engine == "hf":
+        engine_options["device"] = "cuda" if cfg.rollout.num_gpus_per_worker > 0 else "cpu"
     if cfg.rollout.engine == "vllm":
         engine_options.update(
             gpu_memory_utilization=cfg.rollout.gpu_memory_utilization,

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from shared.messages import RolloutRequest, SamplingConfig, ScoredGroup
+from shared.sampling import round_seed
 
 
 class PromptSampler:
@@ -113,7 +114,7 @@ def compute_rollouts(cfg, ray, workers, task, sampler, prompt_for, step: int) ->
             temperature=algo.temperature,
             max_new_tokens=max_new,
             top_p=cfg.rollout.top_p,
-            seed=cfg.seed * 1_000_000 + step * 100 + out.rounds,
+            seed=round_seed(cfg.seed, step, out.rounds),
         )
         examples = sampler.take(algo.prompts_per_step)
         requests = rollout_requests(examples, prompt_for, algo.group_size)
@@ -123,7 +124,12 @@ def compute_rollouts(cfg, ray, workers, task, sampler, prompt_for, step: int) ->
         if out.rounds == 0:  # the unbiased estimate of the current policy's reward
             out.first_round_rewards = [r for g in scored for r in g.rewards]
             out.first_round_accuracies = [a for g in scored for a in g.accuracies]
-        keep = keep_informative_groups([g.rewards for g in scored])
+        keep = keep_informative_groups(
+            [g.accuracies for g in scored],
+            [g.rewards for g in scored],
+            algo.filter_metric,
+            algo.min_reward_std,
+        )
         out.kept.extend(scored[i] for i in keep)
         out.groups_seen += len(scored)
         out.rounds += 1

@@ -19,64 +19,28 @@ same `from_pretrained` path a hub model uses.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+from learner.models.common import (
+    CHAT_TEMPLATE,
+    QWEN_SPECIAL_TOKENS,
+    build_byte_tokenizer,
+    ensure_built,
+)
 from shared.tasks.synthetic import ANSWER_LETTERS, READER_QUESTIONS
 
 logger = logging.getLogger(__name__)
 
 TINY_MODEL_NAME = "tiny-qwen3.5"
 # Bump when anything below changes what is built: the cache key includes it.
-BUILDER_VERSION = 5
+BUILDER_VERSION = 6
 
-SPECIAL_TOKENS = [
-    "<|endoftext|>",
-    "<|im_start|>",
-    "<|im_end|>",
-    "<|object_ref_start|>",
-    "<|object_ref_end|>",
-    "<|box_start|>",
-    "<|box_end|>",
-    "<|quad_start|>",
-    "<|quad_end|>",
-    "<|vision_start|>",
-    "<|vision_end|>",
-    "<|vision_pad|>",
-    "<|image_pad|>",
-    "<|video_pad|>",
-    "<tool_call>",
-    "</tool_call>",
-    "<think>",
-    "</think>",
-]
-# A reduced Qwen3.5 template: system/user/assistant turns, image parts rendered as
-# <|vision_start|><|image_pad|><|vision_end|>, and the empty think block Qwen3.5 emits when
-# thinking is disabled.
-CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "<|im_start|>{{ message['role'] }}\n"
-    "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}{% for part in message['content'] %}"
-    "{% if part['type'] == 'image' or 'image' in part or 'image_url' in part %}"
-    "<|vision_start|><|image_pad|><|vision_end|>"
-    "{% elif part['type'] == 'text' %}{{ part['text'] }}"
-    "{% endif %}{% endfor %}{% endif %}"
-    "<|im_end|>\n"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n"
-    "{% if enable_thinking is defined and enable_thinking %}<think>\n"
-    "{% else %}<think>\n\n</think>\n\n{% endif %}"
-    "{% endif %}"
-)
+# The real Qwen chat, vision and tool special tokens (ids follow the 256 byte symbols).
+SPECIAL_TOKENS = QWEN_SPECIAL_TOKENS[:16] + QWEN_SPECIAL_TOKENS[-2:]
 
 IMAGE_SIZE = 64
 PATCH_SIZE = 16
@@ -101,33 +65,8 @@ def colour_class_probs(
     return probs_BK3.prod(-1)
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's reversible byte -> printable unicode map used by byte-level BPE."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
-    bs += list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, map(chr, cs), strict=True))
-
-
 def build_tokenizer():
-    from transformers.models.qwen3_5.tokenization_qwen3_5 import Qwen3_5Tokenizer
-
-    vocab = {ch: i for i, ch in enumerate(_bytes_to_unicode().values())}
-    tokenizer = Qwen3_5Tokenizer(vocab=vocab, merges=[])
-    tokenizer.add_special_tokens({"additional_special_tokens": SPECIAL_TOKENS[1:]})
-    tokenizer.add_tokens(
-        [t for t in SPECIAL_TOKENS if t not in tokenizer.get_vocab()], special_tokens=True
-    )
-    tokenizer.eos_token = "<|im_end|>"
-    tokenizer.pad_token = "<|endoftext|>"
-    tokenizer.chat_template = CHAT_TEMPLATE
-    return tokenizer
+    return build_byte_tokenizer(SPECIAL_TOKENS)
 
 
 def build_processor(tokenizer):
@@ -273,17 +212,6 @@ def pretrain_reader(
     return accuracy
 
 
-def _cache_key() -> str:
-    import transformers
-
-    payload = json.dumps({"v": BUILDER_VERSION, "transformers": transformers.__version__})
-    return hashlib.sha256(payload.encode()).hexdigest()[:12]
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("ART_CACHE_DIR", Path.home() / ".cache" / "art"))
-
-
 def build_tiny_model(out_dir: Path, pretrain_steps: int = 200, seed: int = 0) -> dict:
     """Build, pretrain and save the tiny model and processor into `out_dir`."""
     from transformers import Qwen3_5ForConditionalGeneration
@@ -308,27 +236,9 @@ def build_tiny_model(out_dir: Path, pretrain_steps: int = 200, seed: int = 0) ->
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)
-    (out_dir / "art_tiny_model.json").write_text(json.dumps(info, indent=2))
     return info
 
 
 def ensure_tiny_model(cache_dir: Path | None = None) -> Path:
     """Path of the cached tiny model, building it first if absent (atomic, safe to race)."""
-    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
-    target = cache_dir / f"{TINY_MODEL_NAME}-{_cache_key()}"
-    if (target / "art_tiny_model.json").exists():
-        return target
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    logger.info("building the tiny offline model into %s (once; about a minute)", target)
-    tmp = Path(tempfile.mkdtemp(dir=cache_dir, prefix=".building-"))
-    try:
-        info = build_tiny_model(tmp)
-        logger.info("tiny model: %s", info)
-        try:
-            tmp.rename(target)
-        except OSError:  # another process finished first: keep theirs
-            if not (target / "art_tiny_model.json").exists():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    return ensure_built(TINY_MODEL_NAME, BUILDER_VERSION, build_tiny_model, cache_dir)

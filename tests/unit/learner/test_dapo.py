@@ -65,16 +65,32 @@ def test_eps_high_is_independent_of_eps_low():
     assert symmetric.item() == pytest.approx(-(5.64 - 0.08 - 0.16) / 9, abs=1e-6)
 
 
-def test_group_advantages():
+def test_group_advantages_use_the_unbiased_std():
     rewards = torch.tensor([[1.0, 0.0, 0.0, 1.0], [0.5, 0.5, 0.5, 0.5]])
     adv = group_advantages(rewards)
-    assert torch.allclose(adv[0], torch.tensor([1.0, -1.0, -1.0, 1.0]), atol=1e-5)
+    # mean 0.5; unbiased std sqrt((4 * 0.25) / 3) = 0.57735 (the population std would be 0.5)
+    expected = 0.5 / math.sqrt(1.0 / 3.0)
+    assert torch.allclose(adv[0], torch.tensor([1.0, -1.0, -1.0, 1.0]) * expected, atol=1e-5)
     assert torch.all(adv[1] == 0)
 
 
-def test_dynamic_sampling_drops_exactly_zero_variance_groups():
-    rewards = [[1, 1, 1], [0, 1, 0], [0, 0, 0], [0.5, 0.5, 1.0], [0.25, 0.25, 0.25]]
-    assert keep_informative_groups(rewards) == [1, 3]
+def test_dynamic_sampling_keeps_groups_by_accuracy_by_default():
+    accuracies = [[1, 1, 1], [0, 1, 0], [0, 0, 0], [0, 0, 1], [1, 1, 1]]
+    assert keep_informative_groups(accuracies) == [1, 3]
+
+
+def test_shaped_rewards_inside_an_all_wrong_or_all_right_group_are_not_kept():
+    # All wrong on GSM8K: formatted-but-wrong 0.1, plus tiny shaping differences.
+    all_wrong = ([0.0, 0.0, 0.0, 0.0], [0.1, 0.1, 0.1003, 0.1001])
+    # All right, one completion inside the overlong buffer.
+    all_right = ([1.0, 1.0, 1.0, 1.0], [1.0, 1.0, 1.0, 0.75])
+    # With the reward filter they would get full-size advantages:
+    assert group_advantages(torch.tensor([all_wrong[1]])).max() > 1.0
+    assert group_advantages(torch.tensor([all_right[1]])).min() < -1.0
+    accuracies, rewards = zip(all_wrong, all_right, strict=True)
+    assert keep_informative_groups(accuracies, rewards) == []
+    assert keep_informative_groups(accuracies, rewards, metric="reward") == [0, 1]
+    assert keep_informative_groups(accuracies, rewards, "reward", min_reward_std=0.01) == [1]
 
 
 @pytest.mark.parametrize(

@@ -35,7 +35,7 @@ def test_vllm_samples_groups_and_matches_the_learner(engine, tiny_model_path, ti
     assert len(completions) == 8
     banned = set(suppressed_token_ids(engine.tokenizer))
     assert not banned & {t for c in completions for t in c.token_ids}
-    learner_lp = learner.compute_logprobs([prompt] * 8, completions)
+    learner_lp = learner.compute_logprobs(completions)
     diffs = [
         abs(a - b)
         for c, lp in zip(completions, learner_lp, strict=True)

@@ -37,6 +37,8 @@ def test_unknown_key_is_rejected_by_the_schema():
         (["rollout.engine=vllm"], "num_gpus_per_worker"),
         (["rollout.max_new_tokens=4", "algo.overlong_buffer=4"], "overlong_buffer"),
         (["algo.num_minibatches=0"], "num_minibatches"),
+        (["rollout.top_p=0.9"], "top_p=1.0 because the learner"),
+        (["algo.filter_metric=std"], "filter_metric"),
     ],
 )
 def test_impossible_combinations_fail_with_what_to_set(overrides, message):

@@ -40,7 +40,7 @@ def test_random_init_is_deterministic():
 
 
 def test_cached_model_loads_through_from_pretrained(tiny_model_path, tiny_processor):
-    info = json.loads((Path(tiny_model_path) / "art_tiny_model.json").read_text())
+    info = json.loads((Path(tiny_model_path) / "art_model.json").read_text())
     assert info["reader_accuracy"] >= 0.75
     model = AutoModelForImageTextToText.from_pretrained(tiny_model_path)
     assert type(model).__name__ == "Qwen3_5ForConditionalGeneration"

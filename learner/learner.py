@@ -18,20 +18,23 @@ from learner.dapo import dapo_loss, group_advantages
 from learner.pixels import PixelImage
 from learner.policy import FrozenPolicy, load_model_and_processor
 from learner.preprocess import validate_image_size
-from shared.artifact import art_metadata, load_image_file
+from shared.artifact import art_metadata
+from shared.images import seed_image
 from shared.messages import Completion, ImageUpdate, ScoredGroup
 
 logger = logging.getLogger(__name__)
 
 
-def init_pixels(init: str, height: int, width: int, seed: int = 0) -> PixelImage:
-    match init:
-        case "gray":
-            return PixelImage.gray(height, width)
-        case "noise":
-            return PixelImage.noise(height, width, seed=seed)
-        case path:
-            return PixelImage.from_uint8(load_image_file(path, size=(height, width)))
+def init_pixels(
+    init: str,
+    height: int,
+    width: int,
+    seed: int = 0,
+    task_icon: str = "math",
+    background: str = "white",
+) -> PixelImage:
+    """The pixel parameter at its seed picture (`shared.images.seed_image`)."""
+    return PixelImage.from_uint8(seed_image(init, height, width, seed, task_icon, background))
 
 
 @dataclass
@@ -111,6 +114,8 @@ class Learner:
         device: str = "cpu",
         seed: int = 0,
         activation_checkpointing: bool = False,
+        task_icon: str = "math",
+        background: str = "white",
     ):
         torch.manual_seed(seed)
         self.model_name = model_name
@@ -121,9 +126,7 @@ class Learner:
             self.model, self.processor, temperature, activation_checkpointing
         )
         validate_image_size(height, width, self.policy.spec, model_name)
-        self.image = PixelImage.from_uint8(init_pixels(init, height, width, seed).to_uint8()).to(
-            device
-        )
+        self.image = init_pixels(init, height, width, seed, task_icon, background).to(device)
         self.seed_uint8 = self.image.to_uint8()
         self.optimizer = torch.optim.Adam(self.image.parameters(), lr=lr)
         self.eps_low, self.eps_high = eps_low, eps_high

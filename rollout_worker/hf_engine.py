@@ -1,8 +1,11 @@
 """Hugging Face `generate` engine: the CPU engine, used by the embedded default and tests.
 
-Same prompts, same uint8 image through the model's own processor, sampling with temperature,
-vision special tokens suppressed. The sampled tokens' log-probs are computed from the raw
-logits with the same temperature and suppression the learner applies.
+Same prompts, same uint8 image through the model's own processor. The sampling distribution
+is defined in one place, `ArtLogitsProcessor`, exactly as vLLM defines it: vision tokens masked
+(-inf), the presence penalty subtracted from every token already generated (evaluation only),
+then the temperature. `generate` gets a fresh `GenerationConfig` (no defaults inherited from
+the checkpoint's `generation_config.json`, which could add penalties or truncation), and the
+reported log-probs are the log-softmax of exactly the scores that were sampled from.
 """
 
 from __future__ import annotations
@@ -13,6 +16,35 @@ from PIL import Image
 from shared.messages import Completion, RolloutRequest, SamplingConfig
 from shared.prompts import suppressed_token_ids
 from shared.sampling import request_seed
+
+
+def presence_penalty(
+    logits_BV: torch.Tensor, generated_BT: torch.Tensor, penalty: float
+) -> torch.Tensor:
+    """vLLM's presence penalty: `logits - penalty * [token occurs in the output so far]`
+    (generated tokens only, not the prompt; once per token whatever its count)."""
+    if penalty == 0 or generated_BT.shape[1] == 0:
+        return logits_BV
+    seen_BV = torch.zeros_like(logits_BV, dtype=torch.bool)
+    seen_BV.scatter_(1, generated_BT, True)
+    return logits_BV - penalty * seen_BV.to(logits_BV.dtype)
+
+
+class ArtLogitsProcessor:
+    """Mask the vision tokens, apply the presence penalty, then the temperature (vLLM's order:
+    penalties before temperature)."""
+
+    def __init__(
+        self, suppress_ids: list[int], prompt_len: int, penalty: float, temperature: float
+    ):
+        self.suppress_ids, self.prompt_len = suppress_ids, prompt_len
+        self.penalty, self.temperature = penalty, temperature
+
+    def __call__(self, input_ids_BL: torch.Tensor, scores_BV: torch.Tensor) -> torch.Tensor:
+        scores_BV = scores_BV.float()
+        scores_BV[:, self.suppress_ids] = float("-inf")
+        scores_BV = presence_penalty(scores_BV, input_ids_BL[:, self.prompt_len :], self.penalty)
+        return scores_BV / self.temperature
 
 
 class HFEngine:
@@ -27,14 +59,26 @@ class HFEngine:
         self.processor = AutoProcessor.from_pretrained(model_path)
         self.tokenizer = self.processor.tokenizer
         self.suppress_ids = suppressed_token_ids(self.tokenizer)
-        self.eos_ids = {
-            self.tokenizer.convert_tokens_to_ids("<|im_end|>"),
-            self.tokenizer.eos_token_id,
-        }
+        self.eos_ids = sorted(
+            {self.tokenizer.convert_tokens_to_ids("<|im_end|>"), self.tokenizer.eos_token_id}
+        )
         self.pad_id = self.tokenizer.pad_token_id
-        vocab_size = self.model.config.text_config.vocab_size
-        self.suppress_V = torch.zeros(vocab_size, dtype=torch.bool, device=device)
-        self.suppress_V[self.suppress_ids] = True
+
+    def generation_config(self, sampling: SamplingConfig, n: int):
+        from transformers import GenerationConfig
+
+        return GenerationConfig(
+            do_sample=not sampling.greedy,
+            temperature=1.0,  # applied by ArtLogitsProcessor, after the penalty
+            top_k=None if sampling.greedy else 0,
+            top_p=1.0,
+            max_new_tokens=sampling.max_new_tokens,
+            num_return_sequences=n,
+            output_scores=True,
+            return_dict_in_generate=True,
+            pad_token_id=self.pad_id,
+            eos_token_id=self.eos_ids,
+        )
 
     @torch.no_grad()
     def generate(
@@ -44,6 +88,9 @@ class HFEngine:
         image_version: int,
         sampling: SamplingConfig,
     ) -> list[list[Completion]]:
+        from transformers import LogitsProcessorList
+
+        temperature = 1.0 if sampling.greedy else sampling.temperature
         results = []
         for request in requests:
             if sampling.seed is not None:
@@ -51,30 +98,20 @@ class HFEngine:
             images = [image] if request.with_image else None
             inputs = self.processor(text=[request.prompt], images=images, return_tensors="pt")
             inputs = inputs.to(self.device)
-            out = self.model.generate(
-                **inputs,
-                do_sample=not sampling.greedy,
-                temperature=None if sampling.greedy else sampling.temperature,
-                top_p=None if sampling.greedy else sampling.top_p,
-                top_k=None if sampling.greedy else 0,
-                max_new_tokens=sampling.max_new_tokens,
-                num_return_sequences=request.n,
-                suppress_tokens=self.suppress_ids,
-                output_logits=True,
-                return_dict_in_generate=True,
-                pad_token_id=self.pad_id,
-                eos_token_id=sorted(self.eos_ids),
-            )
             prompt_ids = tuple(inputs["input_ids"][0].tolist())
             prompt_len = len(prompt_ids)
-            new_BT = out.sequences[:, prompt_len:]
-            temperature = 1.0 if sampling.greedy else sampling.temperature
-            logits_BTV = torch.stack(out.logits, dim=1).float() / temperature
-            logits_BTV = logits_BTV.masked_fill(
-                self.suppress_V[: logits_BTV.shape[-1]], float("-inf")
+            processor = ArtLogitsProcessor(
+                self.suppress_ids, prompt_len, sampling.presence_penalty, temperature
             )
+            out = self.model.generate(
+                **inputs,
+                generation_config=self.generation_config(sampling, request.n),
+                logits_processor=LogitsProcessorList([processor]),
+            )
+            new_BT = out.sequences[:, prompt_len:]
+            scores_BTV = torch.stack(out.scores, dim=1).float()
             logprobs_BT = (
-                torch.log_softmax(logits_BTV, -1).gather(-1, new_BT.unsqueeze(-1)).squeeze(-1)
+                torch.log_softmax(scores_BTV, -1).gather(-1, new_BT.unsqueeze(-1)).squeeze(-1)
             )
             group = []
             for i in range(request.n):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-from pathlib import Path
 
 import numpy as np
 from PIL import Image, PngImagePlugin
@@ -45,18 +44,6 @@ def png_to_pil(data: bytes) -> Image.Image:
     """PNG bytes -> RGB PIL image (what engines take as `multi_modal_data`)."""
     with Image.open(io.BytesIO(data)) as img:
         return img.convert("RGB")
-
-
-def load_image_file(path: str | Path, size: tuple[int, int] | None = None) -> np.ndarray:
-    """Any image file -> uint8 (H, W, 3), resized once to (height, width) if given."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"seed image {path} does not exist")
-    with Image.open(path) as img:
-        img = img.convert("RGB")
-        if size is not None and (img.height, img.width) != tuple(size):
-            img = img.resize((size[1], size[0]), Image.Resampling.BICUBIC)
-        return np.asarray(img, dtype=np.uint8).copy()
 
 
 def sha256(data: bytes) -> str:

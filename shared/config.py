@@ -113,8 +113,11 @@ class ImageConfig:
     height: int = 64
     # Image width in pixels.
     width: int = 64
-    # Seed: "gray", "noise", or a path to an image file (resized once to height x width).
+    # Seed picture: "gray", "noise", "icon:math", "icon:wrench", "icon:task" (the task's icon),
+    # or an image file (any size and mode but CMYK; resized with Lanczos to height x width).
     init: str = "gray"
+    # What transparent pixels of a seed image are composited over: white, black, gray, #rrggbb.
+    background: str = "white"
 
 
 @dataclass
@@ -138,14 +141,17 @@ class EvalConfig:
     conditions: list[str] = field(default_factory=lambda: ["none", "seed"])
     # Split evaluated (a held-out one).
     split: str = "test"
-    # Number of examples (null: the whole split).
-    limit: int | None = 64
-    # Max new tokens for greedy decoding; null takes the task's own limit.
+    # Number of examples (null: the whole split, as the paper evaluates).
+    limit: int | None = None
+    # Max new tokens for greedy decoding; null takes the task's own limit (512 for math).
     max_new_tokens: int | None = None
-    # During training: evaluate the current image every this many steps (0: never).
+    # vLLM's presence penalty in evaluation (the paper's 1.0); training never uses one.
+    presence_penalty: float = 1.0
+    # During training: evaluate the current image every this many steps (0: never) on a
+    # validation slice carved from the training split (never the test split); keeps best.png.
     every: int = 10
-    # During training: held-out examples per periodic evaluation.
-    train_limit: int = 32
+    # During training: size of that validation slice (held out of the training prompts).
+    val_size: int = 32
     # Accept PNGs without ART metadata (e.g. an arbitrary picture) in art-eval.
     allow_untagged_images: bool = False
 
@@ -238,6 +244,11 @@ def validate(cfg: Any) -> None:
         (cfg.image.height > 0 and cfg.image.width > 0, "image.height and image.width must be > 0"),
         (cfg.logging.checkpoint_every >= 1, "logging.checkpoint_every must be >= 1"),
         (cfg.eval.every >= 0, "eval.every must be >= 0 (0 disables periodic evaluation)"),
+        (cfg.eval.val_size >= 1, "eval.val_size must be >= 1 (or set eval.every=0)"),
+        (
+            cfg.eval.limit is None or cfg.eval.limit >= 1,
+            "eval.limit must be >= 1 (null: the whole split)",
+        ),
     ]
     if rollout.max_new_tokens is not None:
         rules.append((rollout.max_new_tokens >= 1, "rollout.max_new_tokens must be >= 1"))

@@ -135,7 +135,14 @@ def create_learner(cfg, ray, model_path: str):
         device=cfg.model.device,
         seed=cfg.seed,
         activation_checkpointing=cfg.learner.activation_checkpointing,
+        task_icon=task_icon(cfg.task.name),
+        background=cfg.image.background,
     )
+
+
+def task_icon(task_name: str) -> str:
+    """The icon `image.init=icon:task` starts from: the wrench for tool use, else math."""
+    return "wrench" if task_name == "toolmind" else "math"
 
 
 def create_workers(cfg, ray, model_path: str) -> list:

@@ -4,9 +4,12 @@ Accuracy of the frozen model on a held-out split under image conditions:
 - `none`: the text-only baseline (no image part in the prompt);
 - `seed`: the configured seed image (separates "any image" from "the learned image");
 - a path to a PNG: the trained art (its metadata must match the model and size).
-Greedy decoding, the task's `max_new_tokens`, the same rollout workers and engines as training
-(HF on CPU, vLLM on GPU), and prompts rendered exactly as in training.
-Writes `eval.json` and an MLflow run, and prints a comparison table.
+The paper's settings (`configs/learned_image.yaml` of its released code): greedy decoding, at
+most 512 new tokens for math, presence penalty 1.0, thinking off, the image before the
+question, the whole split unless `eval.limit` is given. The same rollout workers and engines
+as training (HF on CPU, vLLM on GPU), prompts rendered exactly as in training.
+Writes `eval.json` (with the ids of the evaluated examples) and an MLflow run, and prints a
+comparison table.
 """
 
 from __future__ import annotations
@@ -38,31 +41,53 @@ def eval_requests(examples, prompt_for, with_image: bool) -> list[RolloutRequest
     ]
 
 
+def eval_sampling(cfg, task) -> SamplingConfig:
+    """The paper's evaluation decoding: greedy, the task's token limit (512 for math), a
+    presence penalty of 1.0 (`eval.presence_penalty`)."""
+    return SamplingConfig(
+        max_new_tokens=cfg.eval.max_new_tokens or task.max_new_tokens,
+        greedy=True,
+        seed=0,
+        presence_penalty=cfg.eval.presence_penalty,
+    )
+
+
 def evaluate_condition(
-    ray, workers, task, examples, prompt_for, with_image, max_new_tokens
+    ray, workers, task, examples, prompt_for, with_image, sampling, label: str = ""
 ) -> dict:
-    """Greedy completions for every example on the workers' current image (or none)."""
+    """Greedy completions for every example on the workers' current image (or none), in
+    batches with a progress line each."""
     requests = eval_requests(examples, prompt_for, with_image)
-    sampling = SamplingConfig(max_new_tokens=max_new_tokens, greedy=True, seed=0)
-    start = time.perf_counter()
-    groups = generate_across_workers(ray, workers, requests, sampling)
+    batch = max(len(workers) * 32, 1)
+    start, completions = time.perf_counter(), []
+    for first in range(0, len(requests), batch):
+        groups = generate_across_workers(ray, workers, requests[first : first + batch], sampling)
+        completions.extend(g[0] for g in groups)
+        if len(requests) > batch:
+            done = len(completions)
+            correct = sum(
+                task.score(ex, c.text) for ex, c in zip(examples[:done], completions, strict=True)
+            )
+            logger.info(
+                "%s%d/%d examples, accuracy so far %.3f",
+                f"{label}: " if label else "",
+                done,
+                len(requests),
+                correct / done,
+            )
     elapsed = time.perf_counter() - start
-    completions = [g[0] for g in groups]
+    pairs = list(zip(examples, completions, strict=True))
     tokens = sum(len(c.token_ids) for c in completions)
     n = len(examples)
     return {
-        "accuracy": sum(task.score(ex, c.text) for ex, c in zip(examples, completions, strict=True))
-        / n,
-        "format_rate": sum(
-            task.format_ok(ex, c.text) for ex, c in zip(examples, completions, strict=True)
-        )
-        / n,
+        "accuracy": sum(task.score(ex, c.text) for ex, c in pairs) / n,
+        "format_rate": sum(task.format_ok(ex, c.text) for ex, c in pairs) / n,
         "n": n,
         "mean_completion_tokens": tokens / n,
         "tokens_per_s": tokens / elapsed if elapsed > 0 else float("nan"),
+        "ids": [ex.uid for ex in examples],
         "samples": [
-            {"uid": ex.uid, "answer": ex.answer, "completion": c.text}
-            for ex, c in list(zip(examples, completions, strict=True))[:5]
+            {"uid": ex.uid, "answer": ex.answer, "completion": c.text} for ex, c in pairs[:5]
         ],
     }
 
@@ -72,10 +97,15 @@ def condition_image(cfg, condition: str) -> bytes | None:
     if condition == "none":
         return None
     if condition == "seed":
-        from learner.learner import init_pixels
+        from learner.driver.cluster import task_icon
+        from shared.artifact import encode_png
+        from shared.images import seed_image
 
-        image = init_pixels(cfg.image.init, cfg.image.height, cfg.image.width, cfg.seed)
-        return image.to_png(art_metadata(cfg.model.name, cfg.image.height, cfg.image.width, 0))
+        height, width = cfg.image.height, cfg.image.width
+        pixels = seed_image(
+            cfg.image.init, height, width, cfg.seed, task_icon(cfg.task.name), cfg.image.background
+        )
+        return encode_png(pixels, art_metadata(cfg.model.name, height, width, 0))
     path = Path(condition)
     if not path.exists():
         raise FileNotFoundError(
@@ -109,7 +139,7 @@ def evaluate(cfg: DictConfig) -> dict:
     images = {c: condition_image(cfg, c) for c in cfg.eval.conditions}  # refuse early
     model_path = resolve_model_path(cfg.model.name)
     prompt_for = prompt_builder(cfg, model_path)
-    max_new = cfg.eval.max_new_tokens or task.max_new_tokens
+    sampling = eval_sampling(cfg, task)
 
     ray, owns_ray = start_ray(cfg)
     _, workers = create_actors(cfg, ray, model_path, with_learner=False)
@@ -121,13 +151,15 @@ def evaluate(cfg: DictConfig) -> dict:
                 broadcast(ray, workers, ImageUpdate(version, png))
             logger.info("evaluating condition %s on %d examples", condition, len(examples))
             metrics = evaluate_condition(
-                ray, workers, task, examples, prompt_for, png is not None, max_new
+                ray, workers, task, examples, prompt_for, png is not None, sampling, condition
             )
             metrics.update(
                 model=cfg.model.name,
                 task=cfg.task.name,
                 split=cfg.eval.split,
                 image_sha256=sha256(png) if png is not None else None,
+                max_new_tokens=sampling.max_new_tokens,
+                presence_penalty=sampling.presence_penalty,
             )
             results[condition] = metrics
             key = _metric_key(condition)

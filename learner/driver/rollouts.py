@@ -30,6 +30,21 @@ class PromptSampler:
         return out
 
 
+def split_validation(examples: Sequence, val_size: int, seed: int) -> tuple[list, list]:
+    """(train, validation): a seeded slice of the training split held out of the training
+    prompts, for the periodic evaluation that picks `best.png` (never the test split)."""
+    if val_size >= len(examples):
+        raise ValueError(
+            f"eval.val_size={val_size} leaves no training examples (the split has "
+            f"{len(examples)}); lower eval.val_size or set eval.every=0"
+        )
+    order = list(range(len(examples)))
+    random.Random(f"validation-{seed}").shuffle(order)
+    held = set(order[:val_size])
+    train = [ex for i, ex in enumerate(examples) if i not in held]
+    return train, [examples[i] for i in sorted(held)]
+
+
 def prompt_builder(cfg, model_path: str):
     """`prompt_for(example, with_image=True) -> str`: the one prompt rendering used by
     training, periodic evaluation and art-eval (image first, then the task's question)."""

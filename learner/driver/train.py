@@ -7,7 +7,8 @@ Each step, as named phases:
 4. update    - the learner recomputes log-probs and takes DAPO/Adam steps on the pixel logits;
 5. broadcast - the new PNG goes once into the Ray object store and to every worker;
 6. log       - MLflow metrics; every k steps the PNG artifact and a checkpoint;
-7. evaluate  - every `eval.every` steps on held-out examples, keeping `best.png`.
+7. evaluate  - every `eval.every` steps on a validation slice of the training split (never
+               the test split), keeping `best.png`.
 The run folder `outputs/<run>/` ends with `art.png` and `summary.json`.
 """
 
@@ -22,7 +23,13 @@ from omegaconf import DictConfig
 
 from learner.driver.cli import run_hydra_app
 from learner.driver.cluster import create_actors, placement, run_scope, start_ray
-from learner.driver.rollouts import PromptSampler, broadcast, compute_rollouts, prompt_builder
+from learner.driver.rollouts import (
+    PromptSampler,
+    broadcast,
+    compute_rollouts,
+    prompt_builder,
+    split_validation,
+)
 from learner.driver.tracking import Progress, RunOutputs, compute_step_metrics, mean, setup_mlflow
 from learner.models import resolve_model_path
 from shared.config import validate
@@ -54,8 +61,10 @@ def train(cfg: DictConfig) -> dict:
     from shared.tasks import load_task
 
     task = load_task(cfg.task.name, **cfg.task.options)
-    sampler = PromptSampler(task.examples(cfg.task.split), seed=cfg.seed)
-    held_out = task.examples(cfg.eval.split, cfg.eval.train_limit) if cfg.eval.every else []
+    train_examples, held_out = task.examples(cfg.task.split), []
+    if cfg.eval.every:
+        train_examples, held_out = split_validation(train_examples, cfg.eval.val_size, cfg.seed)
+    sampler = PromptSampler(train_examples, seed=cfg.seed)
     model_path = resolve_model_path(cfg.model.name)
     prompt_for = prompt_builder(cfg, model_path)
 
@@ -149,17 +158,18 @@ def save_image_and_checkpoint(run: Run, update, step: int) -> None:
 
 
 def periodic_eval(run: Run, update, step: int) -> None:
-    """Greedy accuracy of the current image on held-out examples; keeps `best.png`."""
-    from learner.driver.evaluate import evaluate_condition
+    """Accuracy of the current image on the validation slice, with the evaluation's settings;
+    keeps `best.png`."""
+    from learner.driver.evaluate import eval_sampling, evaluate_condition
 
-    max_new = run.cfg.eval.max_new_tokens or run.task.max_new_tokens
+    sampling = eval_sampling(run.cfg, run.task)
     metrics = evaluate_condition(
-        run.ray, run.workers, run.task, run.held_out, run.prompt_for, True, max_new
+        run.ray, run.workers, run.task, run.held_out, run.prompt_for, True, sampling
     )
     keys = ("accuracy", "format_rate", "mean_completion_tokens")
     run.outputs.mlflow.log_metrics({f"eval/{k}": metrics[k] for k in keys}, step=step)
     logger.info(
-        "step %d held-out accuracy %.3f (format %.3f)",
+        "step %d validation accuracy %.3f (format %.3f)",
         step,
         metrics["accuracy"],
         metrics["format_rate"],

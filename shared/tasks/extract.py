@@ -1,4 +1,8 @@
-"""Answer extraction that survives what models really write.
+"""Answer extraction: the paper's strict math scoring (the default) and a lenient extractor.
+
+The paper's functions (`paper_*`, below) define the default strict score and shaped reward of
+GSM8K and SVAMP. The lenient extractor (`extract_number`, behind
+`task.options.scoring=lenient`) accepts what models really write beyond that format:
 
 Numbers: commas and thin spaces as thousands separators, `$`, `%`, trailing periods, signs,
 decimals, simple fractions, markdown emphasis, `\\boxed{}`, GSM8K's `####`. Several candidate
@@ -9,6 +13,7 @@ from __future__ import annotations
 
 import math
 import re
+import unicodedata
 
 from shared.tasks.base import strip_thinking
 
@@ -107,3 +112,62 @@ def extract_choice(completion: str) -> tuple[str | None, bool]:
         return max(explicit)[1], True
     loose = re.findall(r"\(([A-D])\)", text)
     return (loose[-1] if loose else None), False
+
+
+# ---- The paper's math scoring (github.com/jinymusim/ART, src/reasoning_with_art/datasets/
+# evaluation/exact_match.py and reward_shaping.py, BSD-3), reproduced exactly. ----------------
+
+# The last case-insensitive `Answer:`, optional spaces, an optional `$`, then a number: an
+# optional minus, digits with commas or spaces, an optional decimal part.
+PAPER_ANSWER_RE = re.compile(r"(?i)Answer:\s*\$?\s*(-?[\d,\s]+(?:\.\d+)?)\s*\$?")
+_LOOSE_NUMBER_RE = re.compile(r"-?\d[\d,\s]*(?:\.\d+)?")
+
+
+def paper_extract(completion: str) -> str | None:
+    """The paper's `extract_numeric(format="Answer:")`: the last match with commas and
+    whitespace removed (possibly empty: `Answer: **18**` gives ''), or None without one."""
+    matches = PAPER_ANSWER_RE.findall(completion)
+    return re.sub(r"[,\s]", "", matches[-1]) if matches else None
+
+
+def paper_normalize(answer: str) -> str:
+    text = unicodedata.normalize("NFKD", answer.strip().lower().rstrip("."))
+    text = re.sub(r"(\d)[,\s](\d)", r"\1\2", text)
+    return " ".join(text.split())
+
+
+def paper_numeric_equal(a: str, b: str) -> bool:
+    try:
+        return abs(float(a) - float(b)) < 1e-6
+    except (ValueError, OverflowError):
+        return False
+
+
+def paper_exact_match(predicted: str, gold: str) -> bool:
+    """The paper's `exact_match`: equal after normalization, or numerically within 1e-6."""
+    pred, ref = paper_normalize(predicted), paper_normalize(gold)
+    return pred == ref or paper_numeric_equal(pred, ref)
+
+
+def paper_relative_error(predicted: str, gold: str) -> float | None:
+    try:
+        p, g = float(predicted), float(gold)
+    except (ValueError, OverflowError):
+        return None
+    return abs(p - g) / max(abs(g), 1e-9)
+
+
+def paper_numeric_reward(completion: str, gold: str) -> float:
+    """The paper's `numeric_reward`: 1.0 correct; formatted but wrong: 0.4 within 1% relative
+    error, 0.2 within 10%, else 0.1; no formatted answer: 0.01 if any number appears, else 0."""
+    predicted = paper_extract(completion)
+    if predicted is None:
+        return 0.01 if _LOOSE_NUMBER_RE.search(completion) else 0.0
+    if paper_exact_match(predicted, gold):
+        return 1.0
+    rel = paper_relative_error(predicted, gold)
+    if rel is not None and rel <= 0.01:
+        return 0.4
+    if rel is not None and rel <= 0.10:
+        return 0.2
+    return 0.1

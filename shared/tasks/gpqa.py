@@ -4,6 +4,7 @@ permutation; the model answers `The correct answer is (X)`."""
 from __future__ import annotations
 
 import random
+import re
 
 from shared.tasks.base import Example, Task
 from shared.tasks.extract import extract_choice
@@ -16,33 +17,55 @@ LETTERS = "ABCD"
 
 
 class GPQATask(Task):
+    """GPQA with disjoint train and test items.
+
+    Default: test = `gpqa_diamond` (198 items), train = `gpqa_main` minus every item of the
+    test set, matched by question text (whitespace-normalized). A configuration in which the
+    train items would still include a test item fails with the reason. Offline: `train_files`
+    and `test_files` (csv/jsonl/json/parquet with the hub's columns).
+    """
+
     name = "gpqa"
     max_new_tokens = 512
     HUB = "Idavidrein/gpqa"
 
     def __init__(
         self,
-        config: str = "gpqa_diamond",
-        data_files: str | None = None,
+        train_config: str = "gpqa_main",
+        test_config: str = "gpqa_diamond",
+        train_files: str | None = None,
+        test_files: str | None = None,
         seed: int = 0,
-        test_size: int = 0,
     ):
-        self.config, self.data_files, self.seed = config, data_files, seed
-        self.test_size = test_size
+        self.train_config, self.test_config = train_config, test_config
+        self.train_files, self.test_files, self.seed = train_files, test_files, seed
+
+    def _rows(self, config: str, files: str | None) -> tuple[list, str]:
+        if files:
+            return load_local_rows(files), str(files)
+        return load_hub_rows(self.HUB, config, "train", gated=True), f"{self.HUB}:{config}"
 
     def examples(self, split: str, limit: int | None = None) -> list[Example]:
-        """GPQA ships one split; `train`/`test` are a seeded cut of it when test_size > 0."""
-        if self.data_files:
-            rows, source = load_local_rows(self.data_files), str(self.data_files)
+        if split not in ("train", "test"):
+            raise ValueError(f"gpqa split must be 'train' or 'test', got {split!r}")
+        test_rows, test_source = self._rows(self.test_config, self.test_files)
+        test = build_examples(test_rows, test_source, self._to_example)
+        if split == "train":
+            train_rows, train_source = self._rows(self.train_config, self.train_files)
+            held_out = {_question_key(ex) for ex in test}
+            all_train = build_examples(train_rows, train_source, self._to_example)
+            train = [ex for ex in all_train if _question_key(ex) not in held_out]
+            if not train:
+                raise ValueError(
+                    f"every GPQA training item ({train_source}) is also a test item "
+                    f"({test_source}): training would evaluate on what it trained on; use "
+                    "task.options.train_config=gpqa_main (minus the test items) or another "
+                    "train_files"
+                )
+            out = train
         else:
-            rows, source = load_hub_rows(self.HUB, self.config, "train", gated=True), self.HUB
-        examples = build_examples(rows, source, self._to_example)
-        if self.test_size and split in ("train", "test"):
-            order = list(range(len(examples)))
-            random.Random(self.seed).shuffle(order)
-            cut = order[: self.test_size] if split == "test" else order[self.test_size :]
-            examples = [examples[i] for i in sorted(cut)]
-        return examples[:limit] if limit is not None else examples
+            out = test
+        return out[:limit] if limit is not None else out
 
     def _to_example(self, row, index: int, source: str) -> Example:
         question = require(row, "Question", source, index)
@@ -59,7 +82,7 @@ class GPQATask(Task):
             uid=uid,
             question=f"{question.strip()}\n\n{lines}\n\n{GPQA_INSTRUCTION}",
             answer=gold,
-            metadata={"options": shuffled, "row": index},
+            metadata={"options": shuffled, "row": index, "question": question},
         )
 
     def score(self, example: Example, completion: str) -> float:
@@ -77,3 +100,7 @@ class GPQATask(Task):
         if explicit:
             return 0.1  # answered in the requested format, wrong letter
         return 0.3 if letter == example.answer else 0.0
+
+
+def _question_key(example: Example) -> str:
+    return re.sub(r"\s+", " ", example.metadata["question"]).strip().lower()

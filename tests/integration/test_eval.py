@@ -26,14 +26,14 @@ FIELDS = (
 def test_trained_image_beats_the_text_only_baseline(trained_run, make_cfg):
     train_cfg, summary = trained_run
     art = summary["image_path"]
-    cfg = make_cfg(f"eval.conditions=[none,seed,{art}]", "eval.limit=32")
+    cfg = make_cfg(f"eval.conditions=[none,seed,{art}]")
     results = evaluate(cfg)
     on_disk = json.loads((Path(cfg.run_dir) / "eval.json").read_text())
     assert set(on_disk) == {"none", "seed", art}
     for metrics in on_disk.values():
         for field in FIELDS:
             assert field in metrics, field
-        assert metrics["n"] == 32 and metrics["task"] == "synthetic"
+        assert metrics["n"] == 64 and metrics["task"] == "synthetic"  # the whole test split
     assert on_disk["none"]["image_sha256"] is None
     assert (
         on_disk[art]["image_sha256"]
@@ -45,20 +45,43 @@ def test_trained_image_beats_the_text_only_baseline(trained_run, make_cfg):
     assert results[art]["accuracy"] > results["seed"]["accuracy"]
 
 
-def test_art_eval_on_a_local_gsm8k_subset(ray_local, fixtures_dir, make_cfg):
+def test_art_eval_takes_the_whole_split_with_the_papers_settings(ray_local, fixtures_dir, make_cfg):
     cfg = make_cfg(
         "task=gsm8k",
         f"task.options.data_dir={fixtures_dir / 'gsm8k'}",
         "eval.conditions=[none,seed]",
-        "eval.limit=3",
         "eval.max_new_tokens=8",
     )
     results = evaluate(cfg)
+    on_disk = json.loads((Path(cfg.run_dir) / "eval.json").read_text())
     for condition in ("none", "seed"):
-        assert results[condition]["n"] == 3
-        assert results[condition]["split"] == "test" and results[condition]["task"] == "gsm8k"
+        metrics = on_disk[condition]
+        assert metrics["n"] == 24 and metrics["ids"] == [f"gsm8k-{i}" for i in range(24)]
+        assert metrics["split"] == "test" and metrics["task"] == "gsm8k"
+        assert metrics["presence_penalty"] == 1.0
         assert 0 <= results[condition]["accuracy"] <= 1
-        assert 0 < results[condition]["mean_completion_tokens"] <= 8
+        assert 0 < metrics["mean_completion_tokens"] <= 8
+    limited = make_cfg(
+        "task=gsm8k",
+        f"task.options.data_dir={fixtures_dir / 'gsm8k'}",
+        "eval.conditions=[none]",
+        "eval.max_new_tokens=4",
+        "eval.limit=5",
+    )
+    limited.run_dir = str(Path(cfg.run_dir).parent / "limited")
+    assert evaluate(limited)["none"]["ids"] == [f"gsm8k-{i}" for i in range(5)]
+
+
+@pytest.mark.slow
+def test_art_eval_on_gsm8k_evaluates_all_1319_test_examples(ray_local, data_dir, make_cfg):
+    cfg = make_cfg(
+        "task=gsm8k",
+        f"task.options.data_dir={data_dir / 'gsm8k'}",
+        "eval.conditions=[none]",
+        "eval.max_new_tokens=4",
+    )
+    results = evaluate(cfg)
+    assert results["none"]["n"] == 1319 and len(set(results["none"]["ids"])) == 1319
 
 
 def test_png_of_another_model_or_size_is_refused(make_cfg, tmp_path):

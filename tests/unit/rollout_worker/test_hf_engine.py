@@ -58,3 +58,40 @@ def test_worker_tracks_image_versions(tiny_model_path, tiny_processor):
     assert {c.image_version for c in groups[0]} == {3}
     with pytest.raises(ValueError, match="went back"):
         worker.set_image(2, _png(20))
+
+
+def test_presence_penalty_is_vllms_definition_on_hand_computed_logits():
+    import torch
+
+    from rollout_worker.hf_engine import ArtLogitsProcessor, presence_penalty
+
+    logits_BV = torch.tensor([[2.0, 1.5, 1.0, 0.5], [0.0, 3.0, 1.0, 1.0]])
+    # Row 0 generated token 0 twice, row 1 tokens 1 and 3: each seen token pays the penalty
+    # once (presence, not frequency); unseen tokens and the prompt are untouched.
+    generated_BT = torch.tensor([[0, 0], [1, 3]])
+    out = presence_penalty(logits_BV, generated_BT, 1.0)
+    assert torch.equal(out, torch.tensor([[1.0, 1.5, 1.0, 0.5], [0.0, 2.0, 1.0, 0.0]]))
+    assert out[0].argmax() == 1  # greedy now picks token 1 instead of repeating token 0
+    # In the engine's processor: vision tokens masked, penalty, then temperature (vLLM's order).
+    prompt_and_output_BL = torch.cat([torch.tensor([[3, 3], [0, 0]]), generated_BT], dim=1)
+    processed = ArtLogitsProcessor([2], prompt_len=2, penalty=1.0, temperature=0.5)(
+        prompt_and_output_BL, logits_BV.clone()
+    )
+    expected = torch.tensor([[2.0, 3.0, float("-inf"), 1.0], [0.0, 4.0, float("-inf"), 0.0]])
+    assert torch.equal(processed, expected)
+
+
+def test_generate_samples_through_the_presence_penalty(engine, tiny_processor):
+    # The reader answers one letter then <|im_end|>. A negative penalty (vLLM allows them)
+    # rewards the letter it already said, so greedy decoding repeats it to the limit: the
+    # penalty reaches generate, and the reported log-probs are those of the penalized scores.
+    prompt = render_prompt(tiny_processor, "Which letter does the picture show?")
+    request = [RolloutRequest(0, prompt, 1)]
+    image = png_to_pil(_png(200))
+    plain = engine.generate(request, image, 0, SamplingConfig(max_new_tokens=6, greedy=True))[0][0]
+    pushed = engine.generate(
+        request, image, 0, SamplingConfig(max_new_tokens=6, greedy=True, presence_penalty=-50.0)
+    )[0][0]
+    assert plain.finish_reason == "stop" and len(plain.token_ids) == 2
+    assert pushed.token_ids == (plain.token_ids[0],) * 6 and pushed.finish_reason == "length"
+    assert pushed.logprobs[1] > -1e-3  # after the penalty the repeat is all but certain

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from shared.artifact import decode_png, encode_png, load_image_file, png_to_pil
+from shared.artifact import decode_png, encode_png, png_to_pil
 
 
 def test_png_round_trip_is_exact_and_keeps_metadata():
@@ -18,14 +18,3 @@ def test_png_round_trip_is_exact_and_keeps_metadata():
 def test_encode_refuses_non_uint8():
     with pytest.raises(ValueError, match="uint8"):
         encode_png(np.zeros((4, 4, 3), dtype=np.float32))
-
-
-def test_seed_image_file_is_resized_once(tmp_path):
-    from PIL import Image
-
-    Image.fromarray(np.full((10, 20, 3), 200, dtype=np.uint8)).save(tmp_path / "seed.png")
-    pixels = load_image_file(tmp_path / "seed.png", size=(32, 32))
-    assert pixels.shape == (32, 32, 3)
-    assert abs(int(pixels.mean()) - 200) <= 1
-    with pytest.raises(FileNotFoundError, match="missing.png"):
-        load_image_file(tmp_path / "missing.png")

@@ -70,17 +70,42 @@ def test_gpqa_local_rows_shuffle_options_per_example_with_a_seed(tmp_path):
     ]
     path = tmp_path / "gpqa.jsonl"
     _write_jsonl(path, rows)
-    task = load_task("gpqa", data_files=str(path))
+    test_path = tmp_path / "diamond.jsonl"
+    _write_jsonl(test_path, rows[:2])
+    task = load_task("gpqa", train_files=str(path), test_files=str(test_path))
     examples = task.examples("train")
-    assert len(examples) == 12
+    assert len(examples) == 10  # the 2 test items are not trained on
     letters = {ex.answer for ex in examples}
     assert len(letters) > 1  # the correct option is not always in the same place
     for ex in examples:
         assert f"({ex.answer}) right" in ex.question
         assert "The correct answer is (X)" in ex.question
         assert task.score(ex, f"The correct answer is ({ex.answer})") == 1.0
-    again = load_task("gpqa", data_files=str(path)).examples("train")
+    again = load_task("gpqa", train_files=str(path), test_files=str(test_path)).examples("train")
     assert [e.answer for e in again] == [e.answer for e in examples]
+
+
+def test_gpqa_never_trains_on_a_test_item(tmp_path):
+    def row(i, question):
+        return {
+            "Question": question,
+            "Correct Answer": "r",
+            "Incorrect Answer 1": "a",
+            "Incorrect Answer 2": "b",
+            "Incorrect Answer 3": "c",
+            "Record ID": f"rec{i}",
+        }
+
+    main = tmp_path / "main.jsonl"
+    diamond = tmp_path / "diamond.jsonl"
+    _write_jsonl(main, [row(0, "What is  X?"), row(1, "What is Y?"), row(2, "What is Z?")])
+    _write_jsonl(diamond, [row(9, "what is x?\n"), row(8, "What is Z?")])
+    task = load_task("gpqa", train_files=str(main), test_files=str(diamond))
+    assert [e.uid for e in task.examples("train")] == ["rec1"]  # matched by question text
+    assert [e.uid for e in task.examples("test")] == ["rec9", "rec8"]
+    same = load_task("gpqa", train_files=str(diamond), test_files=str(diamond))
+    with pytest.raises(ValueError, match="also a test item"):
+        same.examples("train")
 
 
 def test_gpqa_without_token_says_it_is_gated(monkeypatch):
@@ -93,7 +118,7 @@ def test_gpqa_without_token_says_it_is_gated(monkeypatch):
     monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
     monkeypatch.setattr(datasets, "load_dataset", refuse)
     with pytest.raises(PermissionError, match="gated.*HF_TOKEN"):
-        load_task("gpqa").examples("train")
+        load_task("gpqa").examples("test")
 
 
 def test_toolmind_fixture_rows():

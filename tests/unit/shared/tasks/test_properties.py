@@ -11,7 +11,7 @@ from shared.tasks.base import Example
 TASKS = [
     (load_task("gsm8k", data_dir="unused"), Example("m", "q", "42")),
     (load_task("svamp", data_dir="unused"), Example("s", "q", "-2.5")),
-    (load_task("gpqa", data_files="unused"), Example("g", "q", "C")),
+    (load_task("gpqa"), Example("g", "q", "C")),
     (
         load_task("toolmind", data_files="unused"),
         Example("t", "q", json.dumps([{"name": "f", "arguments": {"a": 1}}])),

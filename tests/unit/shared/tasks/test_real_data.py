@@ -36,8 +36,10 @@ def test_every_gsm8k_test_gold_scores_one_and_a_wrong_number_does_not(gsm8k):
     examples = gsm8k.examples("test")
     assert len(examples) == n_test
     for ex in examples:
-        assert gsm8k.score(ex, f"Answer: {ex.answer}") == 1.0, ex.uid
-        assert gsm8k.reward(ex, f"Answer: {ex.answer}") == 1.0, ex.uid
+        gold = ex.metadata["solution"].rsplit("####", 1)[1].strip()  # as the dataset writes it
+        assert gsm8k.score(ex, f"Answer: {gold}") == 1.0, ex.uid
+        assert gsm8k.reward(ex, f"Answer: {gold}") == 1.0, ex.uid
+        assert ex.question.endswith("\n\nEnd your response with: Answer: <number>")
         wrong = f"Answer: {_wrong(ex.answer)}"
         assert gsm8k.score(ex, wrong) == 0.0, ex.uid
         assert gsm8k.reward(ex, wrong) < 1.0, ex.uid
@@ -65,9 +67,18 @@ def test_svamp_split_is_seeded_disjoint_and_complete(data_dir):
     assert [e.uid for e in other] != [e.uid for e in test]
 
 
+def test_svamp_prompt_is_body_space_question_and_the_suffix(svamp):
+    ex = svamp[0].examples("all", limit=1)[0]
+    assert ex.question == (
+        "Each pack of dvds costs 76 dollars. If there is a discount of 25 dollars on each "
+        "pack How much do you have to pay to buy each pack?"
+        "\n\nEnd your response with: Answer: <number>"
+    )
+
+
 def test_gsm8k_prompt_asks_for_the_answer_format(gsm8k):
     ex = gsm8k[0].examples("train", limit=1)[0]
-    assert "Answer: <number>" in ex.question
+    assert ex.question.endswith("\n\nEnd your response with: Answer: <number>")
     assert (
         ex.metadata["solution"].rstrip().endswith(ex.answer.replace(",", ""))
         or "####" in ex.metadata["solution"]

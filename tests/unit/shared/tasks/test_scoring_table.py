@@ -10,54 +10,89 @@ from shared.tasks.gpqa import GPQATask
 from shared.tasks.math import GSM8KTask
 
 MATH = GSM8KTask(data_dir="unused")
-NUMERIC = [  # (gold, completion, expected score)
-    ("18", "16 - 3 - 4 = 9 eggs, 9 * 2 = 18.\nAnswer: 18", 1.0),
-    ("18", "Answer: $18", 1.0),
-    ("18", "Answer: $18.00.", 1.0),
+# The paper's strict score and shaped reward (github.com/jinymusim/ART), worked out by hand from
+# its regex `(?i)Answer:\s*\$?\s*(-?[\d,\s]+(?:\.\d+)?)\s*\$?`, last match, commas and spaces
+# removed, then equal within 1e-6; reward 1 / 0.4 (rel. err <= 1%) / 0.2 (<= 10%) / 0.1
+# (formatted, wrong or empty) / 0.01 (no `Answer:`, some number) / 0.
+PAPER = [  # (gold, completion, strict score, reward)
+    ("18", "16 - 3 - 4 = 9 eggs, 9 * 2 = 18.\nAnswer: 18", 1.0, 1.0),
+    ("18", "Answer: $18", 1.0, 1.0),
+    ("18", "Answer: $18.00", 1.0, 1.0),  # '18.00' equals 18 numerically
+    ("18", "Answer: 18.", 1.0, 1.0),  # a '.' without digits is not part of the number
+    ("-10", "Answer: $-10", 1.0, 1.0),
+    ("-10", "Answer: -$10", 0.0, 0.1),  # '-' then '$': only the space is captured, empty
+    ("1234", "Answer: 1 234", 1.0, 1.0),
+    ("5", "Answer: 5.", 1.0, 1.0),
+    ("7", "answer: 7", 1.0, 1.0),
+    ("18", "ANSWER:18", 1.0, 1.0),
+    ("18", "Answer:\n18", 1.0, 1.0),
+    ("7", "Answer: 3\nAnswer: 7", 1.0, 1.0),  # two Answer: lines, the last counts
+    ("7", "Answer: 7\nAnswer: 3", 0.0, 0.1),
+    ("18", "She bought 18 apples, so 18.", 0.0, 0.01),  # a number only inside the reasoning
+    ("18", "The answer is 18", 0.0, 0.01),
+    ("18", "#### 18", 0.0, 0.01),
+    ("18", "\\boxed{18}", 0.0, 0.01),
+    ("18", "", 0.0, 0.0),
+    ("18", "I don't know.", 0.0, 0.0),
+    ("18", "Answer: **18**", 0.0, 0.1),  # markdown: the capture is empty but formatted
+    ("18", "Answer: The total is 5", 0.0, 0.1),
+    ("18", "Answer: 18 dollars", 1.0, 1.0),
+    ("18", "Answer: 18\nThat is 2 more than 16.", 1.0, 1.0),
+    ("18", "Answer: 18\n\n2 apples", 0.0, 0.1),  # digits run across blank lines: '182'
+    ("100", "Answer: 99.5", 0.0, 0.4),  # relative error 0.005
+    ("100", "Answer: 101", 0.0, 0.4),  # exactly 1%
+    ("100", "Answer: 95", 0.0, 0.2),
+    ("100", "Answer: 110", 0.0, 0.2),  # exactly 10%
+    ("100", "Answer: 150", 0.0, 0.1),
+    ("70000", "Answer: 70,000", 1.0, 1.0),
+    ("1000000", "Answer: 1,000,000", 1.0, 1.0),
+    ("0.5", "Answer: 0.5", 1.0, 1.0),
+    ("0.5", "Answer: .5", 1.0, 1.0),  # ' .5' is captured, '.5' == 0.5
+    ("0.5", "Answer: 1/2", 0.0, 0.1),  # captures '1'
+    ("-3", "Answer: -3", 1.0, 1.0),
+    ("-3", "Answer: 3", 0.0, 0.1),
+    ("-3", "Answer: \u22123", 0.0, 0.1),  # a unicode minus is not a number
+    ("2.25", "Answer: 2.25 hours", 1.0, 1.0),
+    ("12", "Answer: 12 apples and 3 pears", 1.0, 1.0),
+    ("40", "Answer: 40%", 1.0, 1.0),
+    ("5", "Answer: five", 0.0, 0.1),
+    ("12", "<think>Answer: 3</think>Answer: 12", 1.0, 1.0),  # thinking is stripped first
+    ("12", "<think>Answer: 12</think>So 3.", 0.0, 0.01),
+]
+
+
+@pytest.mark.parametrize(("gold", "completion", "score", "reward"), PAPER)
+def test_paper_score_and_reward(gold, completion, score, reward):
+    example = Example("x", "q", gold)
+    assert MATH.score(example, completion) == score
+    assert MATH.reward(example, completion) == reward
+
+
+LENIENT = GSM8KTask(data_dir="unused", scoring="lenient")
+NUMERIC = [  # the lenient extractor (task.options.scoring=lenient): (gold, completion, score)
     ("18", "The answer is 18.", 1.0),
     ("18", "Final answer: **18**", 1.0),
     ("18", "So she makes \\boxed{18} dollars.", 1.0),
     ("18", "\\boxed{\\$18}", 1.0),
     ("18", "#### 18", 1.0),
     ("18", "Answer: 17\nWait, recheck: 16-3-4=9, 9*2=18.\nAnswer: 18", 1.0),
-    ("18", "Answer: 18\nHmm, actually Answer: 20", 0.0),
     ("18", "She makes 18 dollars.", 0.0),  # no explicit answer: strict score 0
-    ("18", "", 0.0),
-    ("18", "I don't know.", 0.0),
-    ("18", "<think>Answer: 18</think>I think it is 20. Answer: 20", 0.0),
-    ("18", "<think>maybe 20</think>Answer: 18", 1.0),
-    ("70000", "Answer: 70,000", 1.0),
-    ("70000", "Answer: 70 000", 1.0),
-    ("70000", "Answer: $70,000.", 1.0),
-    ("70000", "Answer: 7000", 0.0),
-    ("-3", "Answer: -3", 1.0),
-    ("-3", "Answer: −3", 1.0),
-    ("-3", "Answer: 3", 0.0),
-    ("0.5", "Answer: 0.5", 1.0),
-    ("0.5", "Answer: .5", 1.0),
+    ("-3", "Answer: \u22123", 1.0),
     ("0.5", "Answer: 1/2", 1.0),
     ("0.5", "\\boxed{\\frac{1}{2}}", 1.0),
-    ("2.25", "Answer: 2.25 hours", 1.0),
-    ("2.25", "Answer: 2.2", 0.0),
-    ("1000000", "Answer: 1,000,000", 1.0),
-    ("5", "answer: 5", 1.0),
-    ("5", "ANSWER: 5.", 1.0),
-    ("5", "Answer:5", 1.0),
     ("5", "Answer: five", 0.0),
-    ("12", "Answer: 12 apples and 3 pears", 1.0),
-    ("40", "Answer: 40%", 1.0),
 ]
 
 
 @pytest.mark.parametrize(("gold", "completion", "expected"), NUMERIC)
-def test_numeric(gold, completion, expected):
+def test_lenient_numeric(gold, completion, expected):
     example = Example("x", "q", gold)
-    assert MATH.score(example, completion) == expected
-    reward = MATH.reward(example, completion)
+    assert LENIENT.score(example, completion) == expected
+    reward = LENIENT.reward(example, completion)
     assert reward == 1.0 if expected == 1.0 else 0.0 <= reward < 1.0
 
 
-GPQA = GPQATask(data_files="unused")
+GPQA = GPQATask()
 CHOICE = [  # (gold, completion, expected score)
     ("B", "The correct answer is (B)", 1.0),
     ("B", "The correct answer is B.", 1.0),
@@ -206,6 +241,6 @@ def test_tool_partial_credit_is_ordered():
 def test_numeric_partial_credit_never_beats_correct():
     example = Example("x", "q", "100")
     assert MATH.reward(example, "Answer: 100") == 1.0
-    assert 0.1 <= MATH.reward(example, "Answer: 99") <= 0.2
-    assert MATH.reward(example, "I get 100.") == 0.5
-    assert MATH.reward(example, "Answer: 99") > MATH.reward(example, "Answer: 5000")
+    assert MATH.reward(example, "Answer: 99") == 0.4
+    assert MATH.reward(example, "I get 100.") == 0.01  # right number, not in the format
+    assert MATH.reward(example, "Answer: 99") > MATH.reward(example, "Answer: 5000") == 0.1

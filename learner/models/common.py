@@ -83,14 +83,19 @@ def bytes_to_unicode() -> dict[int, str]:
 def build_byte_tokenizer(special_tokens: list[str], first_special_id: int | None = None):
     """A byte-level BPE tokenizer (256 byte symbols, no merges) plus `special_tokens`.
 
-    With `first_special_id`, filler symbols (never produced: there are no merges) pad the base
-    vocabulary so that the special tokens get the ids of a real tokenizer.
+    With `first_special_id`, filler pieces pad the base vocabulary so that the special tokens
+    get the ids of a real tokenizer. Each filler is a distinct three-byte piece, as a real BPE
+    vocabulary holds merged pieces: encoding never produces one (there are no merges), but a
+    model that samples one decodes to ordinary bytes, digits included.
     """
     from transformers.models.qwen3_5.tokenization_qwen3_5 import Qwen3_5Tokenizer
 
-    vocab = {ch: i for i, ch in enumerate(bytes_to_unicode().values())}
+    symbols = list(bytes_to_unicode().values())
+    vocab = {ch: i for i, ch in enumerate(symbols)}
     if first_special_id is not None:
-        vocab.update({f"<|art_filler_{i}|>": i for i in range(len(vocab), first_special_id)})
+        for i in range(len(vocab), first_special_id):
+            a, b, c = i // 65536, (i // 256) % 256, i % 256
+            vocab[symbols[a] + symbols[b] + symbols[c]] = i
     tokenizer = Qwen3_5Tokenizer(vocab=vocab, merges=[])
     tokenizer.add_special_tokens({"additional_special_tokens": special_tokens[1:]})
     tokenizer.add_tokens(

@@ -35,7 +35,7 @@ from learner.models.common import ensure_built as _ensure_built
 logger = logging.getLogger(__name__)
 
 NAME = "qwen3_5_0_8b_random"
-BUILDER_VERSION = 1
+BUILDER_VERSION = 2
 FIRST_SPECIAL_ID = 248044
 
 TEXT_CONFIG = {

@@ -45,3 +45,26 @@ def test_hf_rollouts_and_a_learner_step_at_real_size(real_size_path):
     assert metrics["mismatch_abs_mean"] < 1e-3  # float32 on both sides
     for name, before in watched.items():
         assert torch.equal(dict(learner.model.named_parameters())[name], before), name
+
+
+def test_training_runs_at_real_size(ray_local, make_cfg, fixtures_dir):
+    """The issue's command (art-train model=qwen3_5_0_8b_random image=paper steps=2 ...) on
+    GSM8K rows; random weights write random bytes, so groups are kept on reward spread (some
+    completions hold a digit: 0.01) to make the learner step at least once."""
+    from learner.driver.train import train
+
+    cfg = make_cfg(
+        "model=qwen3_5_0_8b_random",
+        "image=paper",
+        "steps=2",
+        "algo.group_size=2",
+        "algo.prompts_per_step=1",
+        "rollout.max_new_tokens=16",
+        "task=gsm8k",
+        f"task.options.data_dir={fixtures_dir / 'gsm8k'}",
+        "algo.filter_metric=reward",
+        "algo.max_extra_rounds=3",
+        "eval.every=0",
+    )
+    summary = train(cfg)
+    assert len(summary["rewards"]) == 2 and summary["image_version"] >= 1

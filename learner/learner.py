@@ -5,11 +5,12 @@ Used directly in tests and wrapped as a Ray actor (`name="learner"`) by the driv
 
 from __future__ import annotations
 
+import copy
 import logging
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -134,6 +135,7 @@ class Learner:
         self.micro_batch_size = micro_batch_size
         self.max_grad_norm = max_grad_norm
         self.version = 0
+        self.consecutive_skips = 0  # optimizer steps refused in a row (non-finite)
 
     # ---- the image -------------------------------------------------------------------
     def metadata(self) -> dict[str, object]:
@@ -184,9 +186,14 @@ class Learner:
             self.minibatch_step(batch, indices, old_BT, advantages_B)
             for indices in self.minibatches(len(batch))
         ]
-        self.version += 1
+        skipped = sum(s.pop("skipped") for s in stats)
+        if skipped < len(stats):  # the pixels moved: a new image version
+            self.version += 1
         update = self.image_update()
-        metrics.update({k: float(np.mean([s[k] for s in stats])) for k in stats[0]})
+        taken = [s for s in stats if math.isfinite(s["loss"])] or stats
+        metrics.update({k: float(np.mean([s[k] for s in taken])) for k in taken[0]})
+        metrics["skipped_updates"] = float(skipped)
+        metrics["consecutive_skips"] = float(self.consecutive_skips)
         metrics.update(
             {
                 "grad_norm": stats[-1]["grad_norm"],
@@ -207,7 +214,10 @@ class Learner:
     def minibatch_step(
         self, batch: Batch, indices: list[int], old_BT: torch.Tensor, advantages_B: torch.Tensor
     ) -> dict[str, float]:
-        """Gradient accumulation over micro-batches, then one Adam step on the pixel logits."""
+        """Gradient accumulation over micro-batches, then one Adam step on the pixel logits.
+
+        A NaN or inf in the loss or the gradient refuses the step: the gradient is dropped,
+        the pixels and Adam's state stay as they were (`skipped` = 1)."""
         num_tokens = sum(batch.lengths[i] for i in indices)
         self.optimizer.zero_grad(set_to_none=True)
         totals = {"loss": 0.0, "clip_frac_low": 0.0, "clip_frac_high": 0.0, "ratio_mean": 0.0}
@@ -231,13 +241,24 @@ class Learner:
             totals["loss"] += loss.item()
             for key in ("clip_frac_low", "clip_frac_high", "ratio_mean"):
                 totals[key] += stats[key]
+        grad = self.image.theta_CHW.grad
+        if not (math.isfinite(totals["loss"]) and bool(torch.isfinite(grad).all())):
+            self.optimizer.zero_grad(set_to_none=True)
+            self.consecutive_skips += 1
+            logger.warning(
+                "non-finite loss or gradient (loss %s): optimizer step skipped (%d in a row)",
+                totals["loss"],
+                self.consecutive_skips,
+            )
+            return {**totals, "grad_norm": float("nan"), "skipped": 1}
         if self.max_grad_norm > 0:
             params = self.image.parameters()
             grad_norm = torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm).item()
         else:
-            grad_norm = self.image.theta_CHW.grad.norm().item()
+            grad_norm = grad.norm().item()
         self.optimizer.step()
-        return {**totals, "grad_norm": grad_norm}
+        self.consecutive_skips = 0
+        return {**totals, "grad_norm": grad_norm, "skipped": 0}
 
     def info(self) -> dict:
         import os
@@ -251,36 +272,31 @@ class Learner:
             "node_id": ray.get_runtime_context().get_node_id() if ray.is_initialized() else None,
         }
 
-    # ---- checkpoints -----------------------------------------------------------------
-    def save_checkpoint(self, path: str) -> str:
-        path_ = Path(path)
-        path_.parent.mkdir(parents=True, exist_ok=True)
-        state = {
-            "theta_CHW": self.image.theta_CHW.detach().cpu(),
-            "optimizer": self.optimizer.state_dict(),
-            "step": self.version,
-            "seed_uint8": self.seed_uint8,
+    # ---- state (checkpoints are written by the driver) -----------------------------------
+    def state_dict(self) -> dict:
+        """Everything needed to continue exactly: tensors and plain values only, so that a
+        checkpoint loads with `torch.load(weights_only=True)`."""
+        height, width = self.image.size
+        return {
+            "method": "art",
             "model": self.model_name,
+            "height": height,
+            "width": width,
+            "version": self.version,
+            "theta_CHW": self.image.theta_CHW.detach().cpu().clone(),
+            "optimizer": copy.deepcopy(self.optimizer.state_dict()),  # a snapshot, not views
+            "seed_uint8_HWC": torch.from_numpy(self.seed_uint8.copy()),
+            "torch_rng": torch.get_rng_state(),
+            "consecutive_skips": self.consecutive_skips,
         }
-        tmp = path_.with_suffix(".tmp")
-        torch.save(state, tmp)
-        tmp.replace(path_)  # atomic: a crash never leaves a half-written checkpoint
-        return str(path_)
 
-    def load_checkpoint(self, path: str) -> int:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-        if state["model"] != self.model_name:
-            raise ValueError(
-                f"checkpoint {path} was trained for {state['model']}, not {self.model_name}"
-            )
-        if tuple(state["theta_CHW"].shape) != tuple(self.image.theta_CHW.shape):
-            raise ValueError(
-                f"checkpoint {path} holds an image of shape {tuple(state['theta_CHW'].shape)}, "
-                f"config asks for {tuple(self.image.theta_CHW.shape)}"
-            )
+    def load_state_dict(self, state: dict) -> int:
+        """Restore `state_dict()`; the driver has checked model, size and method."""
         with torch.no_grad():
-            self.image.theta_CHW.copy_(state["theta_CHW"])
+            self.image.theta_CHW.copy_(state["theta_CHW"].to(self.image.theta_CHW.device))
         self.optimizer.load_state_dict(state["optimizer"])
-        self.version = int(state["step"])
-        self.seed_uint8 = state["seed_uint8"]
+        self.version = int(state["version"])
+        self.seed_uint8 = state["seed_uint8_HWC"].numpy().copy()
+        torch.set_rng_state(state["torch_rng"])
+        self.consecutive_skips = int(state["consecutive_skips"])
         return self.version

@@ -13,6 +13,12 @@ from dataclasses import dataclass
 
 import torch
 
+from shared.errors import UserError
+
+
+class ImageSizeError(UserError):
+    """An image size the model's processor would resize."""
+
 
 @dataclass(frozen=True)
 class VisionSpec:
@@ -59,12 +65,12 @@ def validate_image_size(height: int, width: int, spec: VisionSpec, model_name: s
     hint = f"; square sizes that work{where}: {valid}"
     for name, value in (("height", height), ("width", width)):
         if value % spec.factor:
-            raise ValueError(
+            raise ImageSizeError(
                 f"image {name} {value} is not a multiple of {spec.factor} "
                 f"(patch {spec.patch_size} x merge {spec.merge_size}){where}{hint}"
             )
     if not spec.min_pixels <= height * width <= spec.max_pixels:
-        raise ValueError(
+        raise ImageSizeError(
             f"image size {height}x{width} = {height * width} pixels is outside the image "
             f"processor's range [{spec.min_pixels}, {spec.max_pixels}]{where}, so it would be "
             f"resized{hint}"

@@ -24,11 +24,20 @@ class RolloutWorker:
         self.served = {"requests": 0, "completions": 0, "tokens": 0}
 
     def set_image(self, version: int, png: bytes) -> int:
-        update = ImageUpdate(version=version, png=png)  # validates the bytes
+        update = ImageUpdate(version=version, png=png)  # checks the PNG signature
         if self.version is not None and version < self.version:
-            raise ValueError(f"image version went back from {self.version} to {version}")
-        self.image = png_to_pil(update.png)
-        self.version = version
+            raise ValueError(
+                f"set_image: image version went back from {self.version} to {version}; "
+                "versions only increase (a new run needs new workers)"
+            )
+        try:
+            image = png_to_pil(update.png)  # decodes every pixel: a truncated file fails here
+        except Exception as err:
+            raise ValueError(
+                f"set_image(version={version}): the PNG cannot be decoded ({err}); broadcast "
+                "the bytes of a complete PNG file"
+            ) from err
+        self.image, self.version = image, version
         return version
 
     def generate(

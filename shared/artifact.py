@@ -13,6 +13,8 @@ import io
 import numpy as np
 from PIL import Image, PngImagePlugin
 
+from shared.errors import UserError
+
 # Metadata keys are prefixed so they never collide with other tools' text chunks.
 _PREFIX = "art:"
 
@@ -63,7 +65,7 @@ def art_metadata(model: str, height: int, width: int, step: int) -> dict[str, ob
     }
 
 
-class ArtifactMismatchError(ValueError):
+class ArtifactMismatchError(UserError):
     """A PNG trained for another model, size or prompt layout than the one it is used with."""
 
 

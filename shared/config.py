@@ -11,6 +11,8 @@ from typing import Any
 
 from omegaconf import MISSING
 
+from shared.errors import UserError
+
 
 @dataclass
 class ModelConfig:
@@ -84,6 +86,8 @@ class RolloutConfig:
     gpu_memory_utilization: float = 0.85
     # vLLM only: max model length (prompt + completion).
     max_model_len: int = 4096
+    # Times Ray restarts a worker whose process died (its chunk is sampled again).
+    max_restarts: int = 3
     # Import path of the worker actor class (the driver never imports rollout_worker itself).
     worker_cls: str = "rollout_worker.worker.RolloutWorker"
 
@@ -96,6 +100,8 @@ class LearnerConfig:
     micro_batch_size: int = 32
     # Clip the pixel-logit gradient norm (0 disables).
     max_grad_norm: float = 0.0
+    # Consecutive optimizer steps refused for a NaN/inf loss or gradient that stop the run.
+    max_consecutive_skips: int = 3
     # Recompute each frozen decoder layer in backward instead of keeping its activations
     # (less memory for long sequences and large models, about one more forward of time).
     activation_checkpointing: bool = False
@@ -189,13 +195,16 @@ class TrainConfig:
     run_name: str | None = None
     # Where run folders go.
     output_dir: str = "outputs"
-    # Checkpoint file to resume from (pixel logits, optimizer state, step).
+    # Checkpoint to resume from (<run>/checkpoints/last.pt): the run continues in its folder.
     resume_from: str | None = None
+    # "auto": continue the newest run of output_dir (or output_dir/run_name) that has a
+    # checkpoint, else start a new run; null: always a new run.
+    resume: str | None = None
     # Set by Hydra: the run directory.
     run_dir: str = MISSING
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """An impossible configuration; the message says what to set."""
 
 
@@ -208,11 +217,22 @@ def validate(cfg: Any) -> None:
             algo.group_size >= 2,
             f"algo.group_size={algo.group_size}: groups need >= 2 samples for an advantage",
         ),
-        (algo.prompts_per_step >= 1, "algo.prompts_per_step must be >= 1"),
+        (
+            algo.prompts_per_step >= 1,
+            f"algo.prompts_per_step={algo.prompts_per_step}: set >= 1 (groups per step)",
+        ),
         (0 < algo.eps_low < 1, f"algo.eps_low={algo.eps_low} must be in (0, 1)"),
-        (algo.eps_high > 0, f"algo.eps_high={algo.eps_high} must be > 0"),
+        (
+            algo.eps_high >= algo.eps_low,
+            f"algo.eps_high={algo.eps_high} < algo.eps_low={algo.eps_low}: clip-higher needs "
+            "eps_high >= eps_low (DAPO: 0.28 and 0.2)",
+        ),
         (algo.max_extra_rounds >= 0, "algo.max_extra_rounds must be >= 0"),
-        (algo.temperature > 0, "algo.temperature must be > 0"),
+        (
+            algo.temperature > 0,
+            f"algo.temperature={algo.temperature}: training samples, so set > 0 (1.0 is the "
+            "model's own distribution); greedy decoding is for evaluation",
+        ),
         (
             algo.filter_metric in ("acc", "reward"),
             f"algo.filter_metric={algo.filter_metric!r}: use 'acc' or 'reward'",
@@ -239,7 +259,13 @@ def validate(cfg: Any) -> None:
             "rollout.engine=vllm needs a GPU per worker: set rollout.num_gpus_per_worker=1 "
             "(or use the cluster=multi_gpu config)",
         ),
-        (cfg.learner.lr > 0, "learner.lr must be > 0"),
+        (0 < cfg.learner.lr < float("inf"), f"learner.lr={cfg.learner.lr} must be > 0 and finite"),
+        (cfg.learner.max_consecutive_skips >= 1, "learner.max_consecutive_skips must be >= 1"),
+        (rollout.max_restarts >= 0, "rollout.max_restarts must be >= 0"),
+        (
+            cfg.resume in (None, "auto"),
+            f"resume={cfg.resume!r}: use resume=auto, or resume_from=<run>/checkpoints/last.pt",
+        ),
         (cfg.learner.micro_batch_size >= 1, "learner.micro_batch_size must be >= 1"),
         (cfg.image.height > 0 and cfg.image.width > 0, "image.height and image.width must be > 0"),
         (cfg.logging.checkpoint_every >= 1, "logging.checkpoint_every must be >= 1"),
@@ -258,9 +284,15 @@ def validate(cfg: Any) -> None:
                 f"algo.overlong_buffer={algo.overlong_buffer} must be < rollout.max_new_tokens",
             )
         )
+    try:
+        from shared.images import parse_background
+
+        parse_background(cfg.image.background)
+    except UserError as err:
+        rules.append((False, str(err)))
     errors = [msg for ok, msg in rules if not ok]
     if errors:
-        raise ConfigError("invalid config:\n  - " + "\n  - ".join(errors))
+        raise ConfigError("invalid config: " + "; ".join(errors))
 
 
 def register_configs() -> None:

@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, UnidentifiedImageError
 
+from shared.errors import UserError
+
 logger = logging.getLogger(__name__)
 
 ICONS = ("math", "wrench")
@@ -27,7 +29,7 @@ BACKGROUNDS = {"white": (255, 255, 255), "black": (0, 0, 0), "gray": (128, 128, 
 RESIZE_FILTER = Image.Resampling.LANCZOS
 
 
-class SeedImageError(ValueError):
+class SeedImageError(UserError):
     """A seed image that cannot be used; the message says why and what to do."""
 
 

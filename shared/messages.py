@@ -131,4 +131,7 @@ class ImageUpdate:
         if self.version < 0:
             raise ValueError(f"image version must be >= 0, got {self.version}")
         if not self.png.startswith(b"\x89PNG\r\n\x1a\n"):
-            raise ValueError("ImageUpdate.png is not PNG data")
+            raise ValueError(
+                f"ImageUpdate.png is not PNG data (it starts with {self.png[:8]!r}); give the "
+                "bytes of a PNG file"
+            )

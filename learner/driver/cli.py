@@ -1,14 +1,28 @@
-"""The Hydra entry of `art-train` and `art-eval`, and `compose_config` for tests and notebooks."""
+"""The command line of `art-train` and `art-eval`: Hydra config, the run folder, user errors.
+
+- Overrides are checked against the schema before anything starts; an unknown key or a
+  wrong-typed value is one line naming it, not a traceback.
+- The driver owns its run folder (Hydra writes nothing): `<output_dir>/<date>_<time>_<6 hex>`
+  for a new run (two runs started in the same second get different folders),
+  `<output_dir>/<run_name>` with `run_name=...`, the checkpoint's own run folder with
+  `resume_from=<run>/checkpoints/last.pt`, and with `resume=auto` the newest run folder that
+  has a checkpoint.
+- A `UserError` (bad config, data, seed image, checkpoint, cluster) prints
+  `<prog>: error: <message>` and exits with status 2.
+"""
 
 from __future__ import annotations
 
 import logging
+import secrets
 import sys
+from datetime import datetime
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
 from shared.config import register_configs
+from shared.errors import RunStoppedError, UserError
 
 CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 
@@ -37,27 +51,131 @@ def rewrite_model_override(argv: list[str]) -> list[str]:
     return out
 
 
+def check_overrides(argv: list[str]) -> None:
+    """Compose the config once with the command line's overrides; a composition error becomes
+    a `UserError` that names the override and says what to do."""
+    overrides = [a for a in argv if "=" in a and not a.startswith(("-", "hydra.", "hydra/"))]
+    try:
+        compose_config(*overrides)
+    except Exception as err:
+        raise UserError(describe_override_error(err)) from err
+
+
+def describe_override_error(err: BaseException) -> str:
+    from hydra.errors import MissingConfigException
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
+
+    if isinstance(err, MissingConfigException):  # `task=mmlu`: no such file in a group
+        lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+        missing = lines[0].split("Could not find", 1)[-1].strip(" '")
+        group, _, option = missing.partition("/")
+        options = (
+            [
+                ln
+                for ln in lines[
+                    lines.index(next(x for x in lines if x.startswith("Available"))) + 1 :
+                ]
+                if not ln.startswith(("Config search path", "provider="))
+            ]
+            if any(ln.startswith("Available") for ln in lines)
+            else []
+        )
+        return f"{group}={option}: no such option; {group} is one of: {', '.join(options)}"
+    cause: BaseException | None = err
+    while cause is not None and not getattr(cause, "full_key", None):
+        cause = cause.__cause__ or cause.__context__
+    if isinstance(cause, ConfigAttributeError | ConfigKeyError):
+        parent = cause.full_key.rsplit(".", 1)[0] if "." in cause.full_key else "the config"
+        fields = _fields_of(cause.full_key)
+        hint = f"; {parent} has: {', '.join(fields)}" if fields else ""
+        return f"unknown config key {cause.full_key!r}{hint} (every field: shared/config.py)"
+    if isinstance(cause, OmegaConfBaseException):
+        first = str(cause).splitlines()[0]
+        return f"{cause.full_key}: {first}; give a value of the field's type (shared/config.py)"
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    return " ".join(ln for ln in lines if not ln.startswith(("full_key", "object_type")))[:500]
+
+
+def _fields_of(full_key: str) -> list[str]:
+    from dataclasses import fields
+
+    from shared.config import TrainConfig
+
+    node = TrainConfig
+    for part in full_key.split(".")[:-1]:
+        match = {f.name: f for f in fields(node)}.get(part)
+        if match is None or not hasattr(match.default_factory, "__dataclass_fields__"):
+            return []
+        node = match.default_factory
+    return [f.name for f in fields(node)]
+
+
+def new_run_name() -> str:
+    return f"{datetime.now():%Y-%m-%d_%H-%M-%S}_{secrets.token_hex(3)}"
+
+
+def run_folder_of(checkpoint: str | Path) -> Path:
+    """`<run>/checkpoints/last.pt` -> `<run>`."""
+    path = Path(checkpoint).resolve()
+    return path.parent.parent if path.parent.name == "checkpoints" else path.parent
+
+
+def choose_run_dir(cfg) -> Path:
+    """The run folder (see the module docstring); nothing is created here."""
+    output_dir = Path(cfg.output_dir).resolve()
+    if cfg.resume_from:
+        return run_folder_of(cfg.resume_from)
+    if cfg.resume == "auto":
+        candidates = [output_dir / cfg.run_name] if cfg.run_name else output_dir.glob("*")
+        with_ckpt = [d for d in candidates if (d / "checkpoints" / "last.pt").is_file()]
+        if with_ckpt:
+            return max(with_ckpt, key=lambda d: (d / "checkpoints" / "last.pt").stat().st_mtime)
+    return output_dir / (cfg.run_name or new_run_name())
+
+
 def configure_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    for noisy in ("transformers", "httpx", "urllib3", "alembic"):
+    for noisy in ("transformers", "httpx", "urllib3", "alembic", "huggingface_hub", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def run_hydra_app(app) -> None:
-    """The console-script entry of `art-train` / `art-eval`: logging, `model=<hub id>`
-    shorthand, Hydra config from `conf/`, the run folder Hydra made, then `app(cfg)`."""
+def fail(prog: str, message: str) -> None:
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def run_hydra_app(app, prog: str) -> None:
+    """The console-script entry of `art-train` / `art-eval`: overrides checked, logging, the
+    run folder, then `app(cfg)`; user errors end with one line and status 2."""
     import hydra
-    from hydra.core.hydra_config import HydraConfig
     from omegaconf import DictConfig
 
     sys.argv[1:] = rewrite_model_override(sys.argv[1:])
+    try:
+        check_overrides(sys.argv[1:])
+    except UserError as err:
+        fail(prog, str(err))
     configure_logging()
 
     @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
     def _main(cfg: DictConfig) -> None:
         OmegaConf.set_struct(cfg, False)
-        cfg.run_dir = HydraConfig.get().runtime.output_dir
-        OmegaConf.set_struct(cfg, True)
-        app(cfg)
+        try:
+            cfg.run_dir = str(choose_run_dir(cfg))
+            OmegaConf.set_struct(cfg, True)
+            app(cfg)
+        except UserError as err:
+            fail(prog, str(err))
+        except RunStoppedError as err:
+            print(f"{prog}: stopped: {err}", file=sys.stderr)
+            sys.exit(1)
+        except KeyboardInterrupt:
+            print(
+                f"{prog}: interrupted; art.png and checkpoints/last.pt of the last completed "
+                f"step are in {cfg.run_dir}; resume with: {prog} "
+                f"resume_from={cfg.run_dir}/checkpoints/last.pt",
+                file=sys.stderr,
+            )
+            sys.exit(130)
 
     _main()

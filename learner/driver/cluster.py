@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 from contextlib import contextmanager
 
+from shared.errors import UserError
+
 # Quiet, per-process settings every actor inherits.
 ACTOR_ENV = {"TRANSFORMERS_VERBOSITY": "error", "TOKENIZERS_PARALLELISM": "false"}
 
@@ -21,6 +23,27 @@ def actor_env() -> dict[str, str]:
     return env_vars
 
 
+def check_ray_address(address: str, timeout_s: float = 10.0) -> None:
+    """Refuse at once a `host:port` Ray address that does not answer (ray.init would wait)."""
+    import socket
+
+    if address in ("auto", "local") or "://" in address and not address.startswith("ray://"):
+        return
+    hostport = address.removeprefix("ray://")
+    host, _, port = hostport.rpartition(":")
+    if not host:
+        host, port = hostport, "10001" if address.startswith("ray://") else "6379"
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout_s):
+            return
+    except (OSError, ValueError) as err:
+        raise UserError(
+            f"the Ray cluster at cluster.address={address} does not answer ({err}); start it "
+            "(`ray start --head`, `make ray-up-local`), fix the address, or set "
+            "cluster.address=null for a Ray instance inside this process"
+        ) from err
+
+
 def start_ray(cfg):
     """Returns (ray, whether this call started it)."""
     import ray
@@ -28,9 +51,16 @@ def start_ray(cfg):
     if ray.is_initialized():
         return ray, False
     if cfg.cluster.address:
+        check_ray_address(cfg.cluster.address)
         # Inside `ray job submit` the job's runtime env (working_dir, env_vars from art-submit)
         # applies to every actor; passing another one here would replace it.
-        ray.init(address=cfg.cluster.address, log_to_driver=True)
+        try:
+            ray.init(address=cfg.cluster.address, log_to_driver=True)
+        except ConnectionError as err:
+            raise UserError(
+                f"no Ray cluster to join at cluster.address={cfg.cluster.address} ({err}); start "
+                "one (`make ray-up-local`) or set cluster.address=null"
+            ) from err
     else:
         env = {"env_vars": actor_env()}
         ray.init(
@@ -42,7 +72,7 @@ def start_ray(cfg):
     return ray, True
 
 
-class PlacementError(RuntimeError):
+class PlacementError(UserError, RuntimeError):
     """The cluster cannot place what the config asks for; the message says what and why."""
 
 
@@ -162,6 +192,8 @@ def create_workers(cfg, ray, model_path: str) -> list:
     return [
         worker_cls.options(
             name=f"rollout-worker-{i}",
+            max_restarts=cfg.rollout.max_restarts,
+            max_task_retries=0,  # the driver re-sends a dead worker's chunk itself
             num_cpus=cfg.rollout.num_cpus_per_worker,
             num_gpus=cfg.rollout.num_gpus_per_worker,
             resources=dict(cfg.rollout.resources) or None,
@@ -189,6 +221,20 @@ def create_actors(cfg, ray, model_path: str, with_learner: bool = True):
             ray.kill(actor)
         raise
     return learner, workers
+
+
+def start_actors(cfg, model_path: str, with_learner: bool = True):
+    """Ray started or joined and every actor running: (ray, owns_ray, learner, workers). On a
+    failure (placement refused, an actor that cannot start) a Ray instance this call started is
+    shut down again."""
+    ray, owns_ray = start_ray(cfg)
+    try:
+        learner, workers = create_actors(cfg, ray, model_path, with_learner)
+    except BaseException:
+        if owns_ray:
+            ray.shutdown()
+        raise
+    return ray, owns_ray, learner, workers
 
 
 def placement(ray, learner, workers) -> dict[str, str]:

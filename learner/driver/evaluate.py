@@ -22,12 +22,13 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from learner.driver.cli import run_hydra_app
-from learner.driver.cluster import create_actors, run_scope, start_ray
-from learner.driver.rollouts import broadcast, generate_across_workers, prompt_builder
-from learner.driver.tracking import setup_mlflow
+from learner.driver.cluster import run_scope, start_actors
+from learner.driver.rollouts import WorkerPool, prompt_builder
+from learner.driver.tracking import RunOutputs, ensure_writable, setup_mlflow
 from learner.models import resolve_model_path
 from shared.artifact import art_metadata, check_metadata, decode_png, sha256
 from shared.config import validate
+from shared.errors import UserError
 from shared.messages import ImageUpdate, RolloutRequest, SamplingConfig
 from shared.prompts import PROMPT_LAYOUT
 
@@ -53,15 +54,15 @@ def eval_sampling(cfg, task) -> SamplingConfig:
 
 
 def evaluate_condition(
-    ray, workers, task, examples, prompt_for, with_image, sampling, label: str = ""
+    pool, task, examples, prompt_for, with_image, sampling, label: str = ""
 ) -> dict:
     """Greedy completions for every example on the workers' current image (or none), in
     batches with a progress line each."""
     requests = eval_requests(examples, prompt_for, with_image)
-    batch = max(len(workers) * 32, 1)
+    batch = max(len(pool.workers) * 32, 1)
     start, completions = time.perf_counter(), []
     for first in range(0, len(requests), batch):
-        groups = generate_across_workers(ray, workers, requests[first : first + batch], sampling)
+        groups = pool.generate(requests[first : first + batch], sampling)
         completions.extend(g[0] for g in groups)
         if len(requests) > batch:
             done = len(completions)
@@ -108,7 +109,7 @@ def condition_image(cfg, condition: str) -> bytes | None:
         return encode_png(pixels, art_metadata(cfg.model.name, height, width, 0))
     path = Path(condition)
     if not path.exists():
-        raise FileNotFoundError(
+        raise UserError(
             f"eval condition {condition!r} is neither none, seed nor an existing PNG file"
         )
     png = path.read_bytes()
@@ -128,30 +129,33 @@ def condition_image(cfg, condition: str) -> bytes | None:
 def evaluate(cfg: DictConfig) -> dict:
     validate(cfg)
     run_dir = Path(cfg.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-
+    ensure_writable(run_dir)
     from shared.tasks import load_task
 
     task = load_task(cfg.task.name, **cfg.task.options)
     examples = task.examples(cfg.eval.split, cfg.eval.limit)
     if not examples:
-        raise ValueError(f"task {cfg.task.name} has no examples in split {cfg.eval.split!r}")
+        raise UserError(
+            f"task {cfg.task.name} has no examples in split {cfg.eval.split!r}; check eval.split"
+        )
     images = {c: condition_image(cfg, c) for c in cfg.eval.conditions}  # refuse early
     model_path = resolve_model_path(cfg.model.name)
     prompt_for = prompt_builder(cfg, model_path)
     sampling = eval_sampling(cfg, task)
 
-    ray, owns_ray = start_ray(cfg)
-    _, workers = create_actors(cfg, ray, model_path, with_learner=False)
+    ray, owns_ray, _, workers = start_actors(cfg, model_path, with_learner=False)
+    outputs = RunOutputs(run_dir)
+    pool = WorkerPool(ray, workers, max_attempts=cfg.rollout.max_restarts + 1)
     mlflow, run = setup_mlflow(cfg, cfg.run_name or f"eval-{run_dir.name}")
+    outputs.mlflow = mlflow
     results = {}
     with run_scope(ray, owns_ray, workers, mlflow):
         for version, (condition, png) in enumerate(images.items(), start=1):
             if png is not None:
-                broadcast(ray, workers, ImageUpdate(version, png))
+                pool.broadcast(ImageUpdate(version, png))
             logger.info("evaluating condition %s on %d examples", condition, len(examples))
             metrics = evaluate_condition(
-                ray, workers, task, examples, prompt_for, png is not None, sampling, condition
+                pool, task, examples, prompt_for, png is not None, sampling, condition
             )
             metrics.update(
                 model=cfg.model.name,
@@ -169,8 +173,7 @@ def evaluate(cfg: DictConfig) -> dict:
                     for m in ("accuracy", "format_rate", "mean_completion_tokens", "tokens_per_s")
                 }
             )
-        (run_dir / "eval.json").write_text(json.dumps(results, indent=2))
-        mlflow.log_artifact(str(run_dir / "eval.json"))
+        outputs.write("eval.json", json.dumps(results, indent=2).encode(), log=True)
     print(format_table(results))
     return results
 
@@ -192,7 +195,7 @@ def format_table(results: dict) -> str:
 
 
 def main() -> None:
-    run_hydra_app(evaluate)
+    run_hydra_app(evaluate, "art-eval")
 
 
 if __name__ == "__main__":

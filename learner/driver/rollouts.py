@@ -3,13 +3,17 @@ sampling, and the broadcast of a new image to every worker."""
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from shared.errors import UserError
 from shared.messages import RolloutRequest, SamplingConfig, ScoredGroup
 from shared.sampling import round_seed
+
+logger = logging.getLogger("art.rollouts")
 
 
 class PromptSampler:
@@ -17,8 +21,22 @@ class PromptSampler:
 
     def __init__(self, examples: Sequence, seed: int):
         if not examples:
-            raise ValueError("the task returned no examples for this split")
+            raise UserError("the task has no training examples in this split; check task.split")
         self.examples, self.rng, self.order = list(examples), random.Random(seed), []
+
+    def state_dict(self) -> dict:
+        return {"size": len(self.examples), "order": list(self.order), "rng": self.rng.getstate()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["size"] != len(self.examples):
+            raise UserError(
+                f"the checkpoint's prompt order covers {state['size']} training examples, the "
+                f"task now gives {len(self.examples)}; resume with the run's own task settings"
+            )
+        from learner.driver.checkpoint import _tuples
+
+        self.order, self.rng = list(state["order"]), random.Random()
+        self.rng.setstate(_tuples(state["rng"]))
 
     def take(self, n: int) -> list:
         out = []
@@ -34,7 +52,7 @@ def split_validation(examples: Sequence, val_size: int, seed: int) -> tuple[list
     """(train, validation): a seeded slice of the training split held out of the training
     prompts, for the periodic evaluation that picks `best.png` (never the test split)."""
     if val_size >= len(examples):
-        raise ValueError(
+        raise UserError(
             f"eval.val_size={val_size} leaves no training examples (the split has "
             f"{len(examples)}); lower eval.val_size or set eval.every=0"
         )
@@ -63,6 +81,7 @@ def prompt_builder(cfg, model_path: str):
             with_image=with_image,
         )
 
+    prompt_for.processor = templater
     return prompt_for
 
 
@@ -73,20 +92,116 @@ def rollout_requests(examples, prompt_for, group_size: int) -> list[RolloutReque
     ]
 
 
-def generate_across_workers(ray, workers, requests, sampling) -> list[list]:
-    """Split requests over the workers (contiguous chunks), gather groups in request order."""
-    per = math.ceil(len(requests) / len(workers))
-    chunks = [requests[i * per : (i + 1) * per] for i in range(len(workers))]
-    futures = [w.generate.remote(c, sampling) for w, c in zip(workers, chunks, strict=True) if c]
-    return [group for result in ray.get(futures) for group in result]
+@dataclass
+class Pending:
+    """Requests handed to the workers whose completions have not been collected yet."""
+
+    requests: list[RolloutRequest]
+    sampling: SamplingConfig
+    chunks: list[tuple[int, list[RolloutRequest], object]]  # (worker index, requests, future)
 
 
-def broadcast(ray, workers, update) -> None:
-    """One copy of the PNG into the object store; every worker swaps to it."""
-    ref = ray.put(update.png)
-    versions = ray.get([w.set_image.remote(update.version, ref) for w in workers])
-    if any(v != update.version for v in versions):
-        raise RuntimeError(f"workers report image versions {versions}, expected {update.version}")
+class WorkerPool:
+    """The rollout workers as one: fan-out, broadcast, and recovery from a worker that died.
+
+    Requests are split over the workers in contiguous chunks and the groups come back in
+    request order. The pool remembers the current image (one `ray.put`), so a worker that Ray
+    restarted after its process died gets that image before it samples again, and its chunk
+    is sampled again with the same seeds: the step goes on as if nothing happened.
+    """
+
+    def __init__(self, ray, workers: list, max_attempts: int = 3, restart_timeout_s: float = 300):
+        self.ray, self.workers = ray, workers
+        self.max_attempts, self.restart_timeout_s = max_attempts, restart_timeout_s
+        self.update = None  # the current ImageUpdate
+        self.update_ref = None
+        self.restarts = 0
+        self.sync_bytes = 0  # bytes of the last broadcast policy
+
+    # ---- broadcast ---------------------------------------------------------------------
+    def broadcast(self, update) -> None:
+        """One copy of the PNG into the object store; every worker swaps to it."""
+        self.update, self.update_ref = update, self.ray.put(update.png)
+        self.sync_bytes = len(update.png)
+        for i in range(len(self.workers)):
+            self._call(i, lambda w: w.set_image.remote(update.version, self.update_ref))
+
+    # ---- sampling ----------------------------------------------------------------------
+    def launch(self, requests: list[RolloutRequest], sampling: SamplingConfig) -> Pending:
+        per = math.ceil(len(requests) / len(self.workers))
+        chunks = []
+        for i, worker in enumerate(self.workers):
+            chunk = requests[i * per : (i + 1) * per]
+            if chunk:
+                chunks.append((i, chunk, worker.generate.remote(chunk, sampling)))
+        return Pending(requests, sampling, chunks)
+
+    def collect(self, pending: Pending) -> list[list]:
+        groups = []
+        for i, chunk, future in pending.chunks:
+            try:
+                groups.extend(self.ray.get(future))
+            except self._worker_died_errors() as err:
+                self._recover(i, err)
+                groups.extend(
+                    self._call(i, lambda w, c=chunk: w.generate.remote(c, pending.sampling))
+                )
+        return groups
+
+    def generate(self, requests: list[RolloutRequest], sampling: SamplingConfig) -> list[list]:
+        return self.collect(self.launch(requests, sampling))
+
+    def stats(self) -> list[dict]:
+        return [self._call(i, lambda w: w.stats.remote()) for i in range(len(self.workers))]
+
+    # ---- recovery ----------------------------------------------------------------------
+    def _worker_died_errors(self):
+        from ray.exceptions import ActorUnavailableError, RayActorError
+
+        return (RayActorError, ActorUnavailableError)
+
+    def _call(self, i: int, fn):
+        """`ray.get(fn(worker))`, recovering worker i (restart + current image) if it died."""
+        for attempt in range(1, self.max_attempts + 1):
+            try:
+                return self.ray.get(fn(self.workers[i]))
+            except self._worker_died_errors() as err:
+                if attempt == self.max_attempts:
+                    raise
+                self._recover(i, err)
+        raise AssertionError("unreachable")
+
+    def _recover(self, i: int, err: BaseException) -> None:
+        """Wait until Ray restarted worker i, then give it the current image."""
+        import time
+
+        self.restarts += 1
+        logger.warning(
+            "rollout-worker-%d died (%s); waiting for its restart (%d restarts in this run)",
+            i,
+            type(err).__name__,
+            self.restarts,
+        )
+        deadline = time.monotonic() + self.restart_timeout_s
+        while True:
+            try:
+                self.ray.get(self.workers[i].__ray_ready__.remote(), timeout=30)
+                break
+            except self._worker_died_errors() + (self.ray.exceptions.GetTimeoutError,):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"rollout-worker-{i} did not come back within {self.restart_timeout_s:g}s "
+                        "after its process died (rollout.max_restarts may be spent)"
+                    ) from err
+                time.sleep(1)
+        if self.update is not None:
+            version = self.update.version
+            self.ray.get(self.workers[i].set_image.remote(version, self.update_ref))
+        logger.warning(
+            "rollout-worker-%d is back with image version %s",
+            i,
+            self.update and self.update.version,
+        )
 
 
 @dataclass
@@ -99,24 +214,44 @@ class StepRollouts:
     lengths: list[int] = field(default_factory=list)
     groups_seen: int = 0
     rounds: int = 0
+    completions: int = 0
+    reward_errors: int = 0
+
+
+class RewardFunctionError(UserError):
+    """The task's score or reward failed on too many completions of a step."""
 
 
 def score_groups(task, examples, requests, groups, max_new: int, overlong_buffer: int):
-    """Task reward plus DAPO's overlong shaping, and the strict accuracy, per completion."""
+    """Task reward plus DAPO's overlong shaping, and the strict accuracy, per completion.
+
+    A score or reward that raises (or is not a finite number) gives that completion reward 0
+    and accuracy 0; the error is logged with the example id. Returns (groups, errors)."""
     from learner.dapo import overlong_penalty
 
-    scored = []
+    scored, errors = [], 0
     for ex, req, comps in zip(examples, requests, groups, strict=True):
-        acc = [task.score(ex, c.text) for c in comps]
-        rew = [
-            task.reward(ex, c.text) + overlong_penalty(len(c.token_ids), max_new, overlong_buffer)
-            for c in comps
-        ]
+        acc, rew = [], []
+        for c in comps:
+            try:
+                a, r = float(task.score(ex, c.text)), float(task.reward(ex, c.text))
+                if not (math.isfinite(a) and math.isfinite(r)):
+                    raise ValueError(f"score {a}, reward {r} is not a finite number")
+            except Exception as err:  # a bug in a task's scoring must not end the run at once
+                errors += 1
+                logger.warning("task %s failed to score example %s: %r", task.name, ex.uid, err)
+                a, r = 0.0, 0.0
+            acc.append(a)
+            rew.append(r + overlong_penalty(len(c.token_ids), max_new, overlong_buffer))
         scored.append(ScoredGroup(req.prompt, tuple(comps), tuple(rew), tuple(acc)))
-    return scored
+    return scored, errors
 
 
-def compute_rollouts(cfg, ray, workers, task, sampler, prompt_for, step: int) -> StepRollouts:
+# More failed scorings than this fraction of a step's completions stops the run.
+MAX_REWARD_ERROR_FRAC = 0.10
+
+
+def compute_rollouts(cfg, pool: WorkerPool, task, sampler, prompt_for, step: int) -> StepRollouts:
     """Sample, score and filter (dynamic sampling) until the batch is full or the extra
     rounds are spent."""
     from learner.dapo import keep_informative_groups
@@ -133,8 +268,18 @@ def compute_rollouts(cfg, ray, workers, task, sampler, prompt_for, step: int) ->
         )
         examples = sampler.take(algo.prompts_per_step)
         requests = rollout_requests(examples, prompt_for, algo.group_size)
-        groups = generate_across_workers(ray, workers, requests, sampling)
-        scored = score_groups(task, examples, requests, groups, max_new, algo.overlong_buffer)
+        groups = pool.generate(requests, sampling)
+        scored, errors = score_groups(
+            task, examples, requests, groups, max_new, algo.overlong_buffer
+        )
+        out.reward_errors += errors
+        out.completions += sum(len(g) for g in groups)
+        if out.reward_errors > MAX_REWARD_ERROR_FRAC * out.completions:
+            raise RewardFunctionError(
+                f"task {task.name} failed to score {out.reward_errors} of {out.completions} "
+                f"completions in step {step + 1} (more than {MAX_REWARD_ERROR_FRAC:.0%}); the "
+                "log names the examples and errors; fix the task's score/reward"
+            )
         out.lengths.extend(len(c.token_ids) for g in scored for c in g.completions)
         if out.rounds == 0:  # the unbiased estimate of the current policy's reward
             out.first_round_rewards = [r for g in scored for r in g.rewards]

@@ -10,10 +10,13 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from shared.atomic import write_bytes_atomic
+from shared.errors import UserError
+
 logger = logging.getLogger("art.train")
 
 
-def setup_mlflow(cfg, run_name: str):
+def setup_mlflow(cfg, run_name: str, run_id: str | None = None):
     """Local default: a SQLite store and an artifact folder under the project root."""
     import mlflow
     from hydra.core.hydra_config import HydraConfig
@@ -30,10 +33,20 @@ def setup_mlflow(cfg, run_name: str):
             artifacts = root.joinpath(artifacts).resolve().as_uri()
         mlflow.create_experiment(cfg.logging.experiment, artifact_location=artifacts or None)
     mlflow.set_experiment(cfg.logging.experiment)
+    if run_id is not None and _run_exists(mlflow, run_id):  # a resumed run continues its run
+        return mlflow, mlflow.start_run(run_id=run_id)
     run = mlflow.start_run(run_name=run_name)
     flat = flatten(OmegaConf.to_container(cfg, resolve=True))
     mlflow.log_params({k: str(v)[:500] for k, v in flat.items() if k != "run_dir"})
     return mlflow, run
+
+
+def _run_exists(mlflow, run_id: str) -> bool:
+    try:
+        mlflow.get_run(run_id)
+        return True
+    except Exception:
+        return False
 
 
 def flatten(d: dict, prefix: str = "") -> dict:
@@ -47,19 +60,39 @@ def flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
-class RunOutputs:
-    """The run folder: `art.png`, `seed.png`, `best.png`, `images/`, `summary.json`."""
+def ensure_writable(folder: Path) -> None:
+    """Refuse, before anything is written, an output folder that cannot be created: a probe
+    folder is made (and removed) in the nearest existing parent."""
+    import shutil
+    import tempfile
 
-    def __init__(self, run_dir: Path, mlflow):
+    probe = Path(folder).resolve()
+    while not probe.exists():
+        probe = probe.parent
+    try:
+        if not probe.is_dir():
+            raise NotADirectoryError(f"{probe} is a file")
+        shutil.rmtree(tempfile.mkdtemp(dir=probe, prefix=".art-probe-"))
+    except OSError as err:
+        raise UserError(
+            f"cannot write the run folder {folder} ({err}); set output_dir to a folder you "
+            "can write"
+        ) from err
+
+
+class RunOutputs:
+    """The run folder: `art.png`, `seed.png`, `best.png`, `images/`, `checkpoints/`,
+    `config.yaml`, `summary.json`. Every file is written atomically."""
+
+    def __init__(self, run_dir: Path, mlflow=None):
         self.run_dir, self.mlflow = Path(run_dir), mlflow
+        ensure_writable(self.run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.checkpoints = self.run_dir / "checkpoints"
 
     def write(self, name: str, data: bytes, log: bool = False, artifact_path: str | None = None):
-        path = self.run_dir / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-        if log:
+        path = write_bytes_atomic(self.run_dir / name, data)
+        if log and self.mlflow is not None:
             self.mlflow.log_artifact(str(path), artifact_path=artifact_path)
         return path
 
@@ -67,9 +100,13 @@ class RunOutputs:
         self.write(f"images/step_{step:06d}.png", png, log=True, artifact_path="images")
         self.write("art.png", png)
 
+    def config(self, cfg) -> None:
+        self.write("config.yaml", OmegaConf.to_yaml(cfg, resolve=True).encode())
+
     def summary(self, summary: dict) -> None:
         self.write("summary.json", json.dumps(summary, indent=2).encode(), log=True)
-        self.mlflow.log_artifact(str(self.run_dir / "art.png"))
+        if self.mlflow is not None:
+            self.mlflow.log_artifact(str(self.run_dir / "art.png"))
 
 
 def compute_step_metrics(rollouts, learn_metrics: dict, times) -> dict[str, float]:

@@ -6,14 +6,18 @@ Each step, as named phases:
 3. filter    - dynamic sampling: drop groups that carry no signal, draw more prompts (capped);
 4. update    - the learner recomputes log-probs and takes DAPO/Adam steps on the pixel logits;
 5. broadcast - the new PNG goes once into the Ray object store and to every worker;
-6. log       - MLflow metrics; every k steps the PNG artifact and a checkpoint;
+6. log       - MLflow metrics; every k steps the PNG and a checkpoint;
 7. evaluate  - every `eval.every` steps on a validation slice of the training split (never
                the test split), keeping `best.png`.
-The run folder `outputs/<run>/` ends with `art.png` and `summary.json`.
+Nothing is lost: every output is written atomically; a checkpoint holds everything needed to
+continue exactly (`resume_from=`, `resume=auto`); a rollout worker whose process dies is
+restarted and its chunk sampled again; a learner that dies, an interrupt or any crash leaves
+`art.png` and `checkpoints/last.pt` of the last good step and says how to resume.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from dataclasses import dataclass
@@ -21,20 +25,53 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from learner.driver.cli import run_hydra_app
-from learner.driver.cluster import create_actors, placement, run_scope, start_ray
+from learner.driver.checkpoint import (
+    DriverState,
+    capture_rng,
+    load_checkpoint,
+    newest_checkpoint,
+    restore_rng,
+    save_checkpoint,
+)
+from learner.driver.cli import run_folder_of, run_hydra_app
+from learner.driver.cluster import placement, run_scope, start_actors, task_icon
 from learner.driver.rollouts import (
     PromptSampler,
-    broadcast,
+    WorkerPool,
     compute_rollouts,
     prompt_builder,
     split_validation,
 )
-from learner.driver.tracking import Progress, RunOutputs, compute_step_metrics, mean, setup_mlflow
+from learner.driver.tracking import (
+    Progress,
+    RunOutputs,
+    compute_step_metrics,
+    ensure_writable,
+    mean,
+    setup_mlflow,
+)
 from learner.models import resolve_model_path
 from shared.config import validate
+from shared.errors import RunStoppedError, UserError
 
 logger = logging.getLogger("art.train")
+# Per-step metrics kept in the checkpoint (the summary's rewards and the run's curves).
+HISTORY_KEYS = ("reward_mean", "accuracy", "kept_group_frac", "png_bytes")
+
+
+@dataclass
+class Plan:
+    """Everything checked before anything is written or started."""
+
+    run_dir: Path
+    task: object
+    train_examples: list
+    held_out: list
+    model_path: str
+    prompt_for: object
+    checkpoint: Path | None
+    learner_state: dict | None
+    driver_state: DriverState
 
 
 @dataclass
@@ -44,50 +81,100 @@ class Run:
     cfg: DictConfig
     ray: object
     learner: object
-    workers: list
+    pool: WorkerPool
     task: object
     sampler: PromptSampler
     prompt_for: object
     held_out: list
     outputs: RunOutputs
-    best_accuracy: float = -1.0
-    best_step: int | None = None
+    mlflow: object
+    state: DriverState
+    last_good: tuple | None = None  # (ImageUpdate, learner state, DriverState) of the last step
 
 
-def train(cfg: DictConfig) -> dict:
-    """Run ART end to end; returns the summary written to `summary.json`."""
+def prepare(cfg: DictConfig) -> Plan:
+    """Validate the config, load the task, the model's processor, the seed image and the
+    checkpoint to resume from; refuse what cannot work before any file or process exists."""
     validate(cfg)
-    wall_start = time.perf_counter()
+    from learner.preprocess import VisionSpec, validate_image_size
+    from shared.images import seed_image
     from shared.tasks import load_task
 
+    checkpoint = Path(cfg.resume_from) if cfg.resume_from else None
+    run_dir = run_folder_of(checkpoint) if checkpoint else Path(cfg.run_dir)
+    if checkpoint is None and cfg.resume == "auto":
+        checkpoint = newest_checkpoint(run_dir)
     task = load_task(cfg.task.name, **cfg.task.options)
     train_examples, held_out = task.examples(cfg.task.split), []
     if cfg.eval.every:
         train_examples, held_out = split_validation(train_examples, cfg.eval.val_size, cfg.seed)
-    sampler = PromptSampler(train_examples, seed=cfg.seed)
+    height, width = cfg.image.height, cfg.image.width
+    seed_image(cfg.image.init, height, width, cfg.seed, task_icon(task.name), cfg.image.background)
     model_path = resolve_model_path(cfg.model.name)
     prompt_for = prompt_builder(cfg, model_path)
+    spec = VisionSpec.from_image_processor(prompt_for.processor.image_processor)
+    validate_image_size(height, width, spec, cfg.model.name)
+    learner_state, driver_state = None, DriverState()
+    if checkpoint is not None:
+        learner_state, driver_state = load_checkpoint(checkpoint, cfg.model.name, height, width)
+        if driver_state.step >= cfg.steps:
+            raise UserError(
+                f"{checkpoint} is at step {driver_state.step} and the run asks for steps="
+                f"{cfg.steps}: nothing to do; set steps above {driver_state.step} to continue"
+            )
+    ensure_writable(run_dir)
+    return Plan(
+        run_dir,
+        task,
+        train_examples,
+        held_out,
+        model_path,
+        prompt_for,
+        checkpoint,
+        learner_state,
+        driver_state,
+    )
 
-    ray, owns_ray = start_ray(cfg)
-    learner, workers = create_actors(cfg, ray, model_path)
+
+def train(cfg: DictConfig) -> dict:
+    """Run ART end to end; returns the summary written to `summary.json`."""
+    wall_start = time.perf_counter()
+    plan = prepare(cfg)
+    ray, owns_ray, learner, workers = start_actors(cfg, plan.model_path)  # placement checked
+    outputs = RunOutputs(plan.run_dir)  # the first file of the run
+    outputs.config(cfg)
     where = placement(ray, learner, workers)
-    logger.info("actors placed on nodes: %s", where)
-    mlflow, mlflow_run = setup_mlflow(cfg, cfg.run_name or Path(cfg.run_dir).name)
-    outputs = RunOutputs(Path(cfg.run_dir), mlflow)
-    run = Run(cfg, ray, learner, workers, task, sampler, prompt_for, held_out, outputs)
+    logger.info("run folder %s; actors placed on nodes: %s", plan.run_dir, where)
+    mlflow, mlflow_run = setup_mlflow(cfg, plan.run_dir.name, plan.driver_state.mlflow_run_id)
+    outputs.mlflow = mlflow
+    pool = WorkerPool(ray, workers, max_attempts=cfg.rollout.max_restarts + 1)
+    sampler = PromptSampler(plan.train_examples, seed=cfg.seed)
+    state = plan.driver_state
+    state.mlflow_run_id = mlflow_run.info.run_id
+    run = Run(
+        cfg, ray, learner, pool, plan.task, sampler, plan.prompt_for, plan.held_out, outputs,
+        mlflow, state,
+    )  # fmt: skip
     with run_scope(ray, owns_ray, [learner, *workers], mlflow):
-        rewards = train_loop(run)
-        final = ray.get(learner.image_update.remote())
+        if plan.checkpoint is not None:
+            ray.get(learner.load_state_dict.remote(plan.learner_state))
+            sampler.load_state_dict(state.sampler)
+            restore_rng(state.rng)
+            pool.restarts = state.worker_restarts
+            logger.info("resumed from %s at step %d", plan.checkpoint, state.step)
+        final = train_loop(run)
         summary = {
             "steps": cfg.steps,
-            "reward_first5": mean(rewards[:5]),
-            "reward_last5": mean(rewards[-5:]),
-            "rewards": rewards,
+            "reward_first5": mean(state.rewards[:5]),
+            "reward_last5": mean(state.rewards[-5:]),
+            "rewards": state.rewards,
             "wall_time_s": round(time.perf_counter() - wall_start, 2),
             "image_path": str((outputs.run_dir / "art.png").resolve()),
             "image_version": final.version,
-            "best_eval_accuracy": run.best_accuracy if run.best_step is not None else None,
-            "best_step": run.best_step,
+            "best_eval_accuracy": state.best_accuracy if state.best_step is not None else None,
+            "best_step": state.best_step,
+            "worker_restarts": pool.restarts,
+            "resumed_from": str(plan.checkpoint) if plan.checkpoint else None,
             "mlflow_run_id": mlflow_run.info.run_id,
             "placement": where,
             "model": cfg.model.name,
@@ -104,57 +191,114 @@ def train(cfg: DictConfig) -> dict:
     return summary
 
 
-def train_loop(run: Run) -> list[float]:
-    """The steps; returns the per-step reward. On any exit the latest image and a checkpoint
-    are written, so nothing is lost when a run crashes or is interrupted."""
-    cfg, ray, learner, workers = run.cfg, run.ray, run.learner, run.workers
-    start_step = 0
-    if cfg.resume_from:
-        start_step = ray.get(learner.load_checkpoint.remote(cfg.resume_from))
-        logger.info("resumed from %s at step %d", cfg.resume_from, start_step)
+def train_loop(run: Run):
+    """The steps; returns the final ImageUpdate. Any exit leaves `art.png` and `last.pt` of
+    the last good step."""
+    cfg, ray, learner, state = run.cfg, run.ray, run.learner, run.state
     update = ray.get(learner.image_update.remote())
-    broadcast(ray, workers, update)
-    run.outputs.write("seed.png", update.png)
-
-    rewards: list[float] = []
-    progress = Progress(cfg, start_step)
+    run.pool.broadcast(update)
+    if state.step == 0:
+        run.outputs.write("seed.png", update.png)
+    progress = Progress(cfg, state.step)
     try:
-        for step in range(start_step + 1, cfg.steps + 1):
+        for step in range(state.step + 1, cfg.steps + 1):
             t0 = time.perf_counter()  # 1-3. sample, score, filter
             rollouts = compute_rollouts(
-                cfg, ray, workers, run.task, run.sampler, run.prompt_for, step - 1
+                cfg, run.pool, run.task, run.sampler, run.prompt_for, step - 1
             )
             t1 = time.perf_counter()  # 4. update
             learn_metrics = {}
             if rollouts.kept:
-                learn_metrics, update = ray.get(learner.update.remote(rollouts.kept))
+                learn_metrics, update = learner_call(run, step, "update", rollouts.kept)
             else:
                 logger.warning("step %d: no informative group in %d rounds", step, rollouts.rounds)
             t2 = time.perf_counter()  # 5. broadcast
-            if rollouts.kept:
-                broadcast(ray, workers, update)
-            t3 = time.perf_counter()  # 6. log, checkpoint
+            if update.version != run.pool.update.version:
+                run.pool.broadcast(update)
+            t3 = time.perf_counter()  # 6. log, evaluate, checkpoint
             metrics = compute_step_metrics(rollouts, learn_metrics, (t0, t1, t2, t3))
-            rewards.append(metrics["reward_mean"])
-            run.outputs.mlflow.log_metrics(metrics, step=step)
+            metrics.update(
+                worker_restarts=float(run.pool.restarts), sync_bytes=float(run.pool.sync_bytes)
+            )
+            state.step = step
+            state.record(metrics, HISTORY_KEYS)
+            run.mlflow.log_metrics(metrics, step=step)
             progress.report(step, metrics)
+            check_skips(metrics, cfg.learner.max_consecutive_skips, step)
             last = step == cfg.steps
-            if step % cfg.logging.checkpoint_every == 0 or last:
-                save_image_and_checkpoint(run, update, step)
             if run.held_out and (step % cfg.eval.every == 0 or last):  # 7. evaluate
                 periodic_eval(run, update, step)
-    finally:
+            mark_good(run, update, step)
+            if step % cfg.logging.checkpoint_every == 0 or last:
+                save_image_and_checkpoint(run, step)
+    except BaseException as err:
         progress.close()
-        final = ray.get(learner.image_update.remote())
-        run.outputs.write("art.png", final.png)
-        ray.get(learner.save_checkpoint.remote(str(run.outputs.checkpoints / "last.pt")))
-    return rewards
+        stopped_at = save_last_good(run)
+        if isinstance(err, KeyboardInterrupt | UserError | RunStoppedError):
+            raise
+        raise RunStoppedError(
+            f"training stopped in step {state.step + 1} ({type(err).__name__}: {err}); "
+            f"{run.outputs.run_dir} holds art.png and checkpoints/last.pt of step {stopped_at}. "
+            f"Resume with: art-train resume_from={run.outputs.checkpoints / 'last.pt'}"
+        ) from err
+    progress.close()
+    return update
 
 
-def save_image_and_checkpoint(run: Run, update, step: int) -> None:
+def learner_call(run: Run, step: int, method: str, *args):
+    """`ray.get(learner.<method>(*args))`; a learner whose process died stops the run with its
+    outputs saved and the command that resumes it."""
+    from ray.exceptions import ActorUnavailableError, RayActorError
+
+    try:
+        return run.ray.get(getattr(run.learner, method).remote(*args))
+    except (RayActorError, ActorUnavailableError) as err:
+        raise RunStoppedError(
+            f"the learner died in step {step} ({type(err).__name__}); the run stopped with "
+            f"art.png and checkpoints/last.pt of the last good step in {run.outputs.run_dir}. "
+            f"Resume with: art-train resume_from={run.outputs.checkpoints / 'last.pt'}"
+        ) from err
+
+
+def check_skips(metrics: dict, limit: int, step: int) -> None:
+    """Stop after `limit` optimizer steps in a row were refused for NaN/inf."""
+    skips = int(metrics.get("consecutive_skips", 0))
+    if skips >= limit:
+        raise RunStoppedError(
+            f"{skips} optimizer steps in a row had a NaN or inf loss or gradient (step {step}; "
+            f"learner.max_consecutive_skips={limit}); the pixels were never touched by them. "
+            "Lower learner.lr, set learner.max_grad_norm, or check the model's dtype and "
+            "rewards; resume from checkpoints/last.pt"
+        )
+
+
+def mark_good(run: Run, update, step: int) -> None:
+    """Remember the state after a completed step: what a crash later on will save."""
+    run.state.sampler = run.sampler.state_dict()
+    run.state.rng = capture_rng()
+    run.state.worker_restarts = run.pool.restarts
+    learner_state = learner_call(run, step, "state_dict")
+    run.last_good = (update, learner_state, copy.deepcopy(run.state))
+
+
+def save_image_and_checkpoint(run: Run, step: int) -> None:
+    update, learner_state, state = run.last_good
     run.outputs.step_image(step, update.png)
-    path = run.outputs.checkpoints / f"step_{step:06d}.pt"
-    run.ray.get(run.learner.save_checkpoint.remote(str(path)))
+    path = save_checkpoint(run.outputs.checkpoints / f"step_{step:06d}.pt", learner_state, state)
+    save_checkpoint(run.outputs.checkpoints / "last.pt", learner_state, state)
+    logger.info("checkpoint %s", path)
+
+
+def save_last_good(run: Run) -> int:
+    """On any exit: art.png and last.pt of the last completed step (or the seed)."""
+    if run.last_good is None:
+        if run.pool.update is not None:
+            run.outputs.write("art.png", run.pool.update.png)
+        return run.state.step
+    update, learner_state, state = run.last_good
+    run.outputs.write("art.png", update.png)
+    save_checkpoint(run.outputs.checkpoints / "last.pt", learner_state, state)
+    return state.step
 
 
 def periodic_eval(run: Run, update, step: int) -> None:
@@ -163,24 +307,22 @@ def periodic_eval(run: Run, update, step: int) -> None:
     from learner.driver.evaluate import eval_sampling, evaluate_condition
 
     sampling = eval_sampling(run.cfg, run.task)
-    metrics = evaluate_condition(
-        run.ray, run.workers, run.task, run.held_out, run.prompt_for, True, sampling
-    )
+    metrics = evaluate_condition(run.pool, run.task, run.held_out, run.prompt_for, True, sampling)
     keys = ("accuracy", "format_rate", "mean_completion_tokens")
-    run.outputs.mlflow.log_metrics({f"eval/{k}": metrics[k] for k in keys}, step=step)
+    run.mlflow.log_metrics({f"eval/{k}": metrics[k] for k in keys}, step=step)
     logger.info(
         "step %d validation accuracy %.3f (format %.3f)",
         step,
         metrics["accuracy"],
         metrics["format_rate"],
     )
-    if metrics["accuracy"] > run.best_accuracy:
-        run.best_accuracy, run.best_step = metrics["accuracy"], step
+    if metrics["accuracy"] > run.state.best_accuracy:
+        run.state.best_accuracy, run.state.best_step = metrics["accuracy"], step
         run.outputs.write("best.png", update.png, log=True)
 
 
 def main() -> None:
-    run_hydra_app(train)
+    run_hydra_app(train, "art-train")
 
 
 if __name__ == "__main__":

@@ -23,4 +23,45 @@ def resolve_model_path(name: str) -> str:
 
             return str(ensure_built())
         case _:
-            return name
+            return check_hub_model(name)
+
+
+def check_hub_model(name: str, timeout_s: float = 10.0) -> str:
+    """A local folder passes; a hub id must be in the local Hugging Face cache or answer one
+    request within `timeout_s` (no retries), else a `UserError` says how to use a local copy."""
+    import urllib.error
+    import urllib.request
+    from pathlib import Path
+
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    from shared.errors import DataAccessError
+
+    if Path(name).expanduser().is_dir():
+        return str(Path(name).expanduser())
+    if isinstance(try_to_load_from_cache(name, "config.json"), str):
+        return name
+    how = (
+        f"download it where the hub is reachable (`huggingface-cli download {name} "
+        "--local-dir DIR`) and set model.name=DIR"
+    )
+    if constants.HF_HUB_OFFLINE:
+        raise DataAccessError(
+            f"model {name!r} is not in the Hugging Face cache (HF_HUB_OFFLINE=1); {how}"
+        )
+    url = f"{constants.ENDPOINT}/{name}/resolve/main/config.json"
+    try:
+        urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout_s)
+    except urllib.error.HTTPError as err:
+        if err.code == 404:
+            raise DataAccessError(
+                f"model {name!r}: no such model on the Hugging Face hub (404); check model.name"
+            ) from err
+        if err.code not in (401, 403):  # gated or private: from_pretrained says what to do
+            raise DataAccessError(f"model {name!r}: the hub answered {err.code}; {how}") from err
+    except (urllib.error.URLError, OSError) as err:
+        raise DataAccessError(
+            f"model {name!r} is not a local folder and the Hugging Face hub "
+            f"({constants.ENDPOINT}) is unreachable ({getattr(err, 'reason', err)}); {how}"
+        ) from err
+    return name

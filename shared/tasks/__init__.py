@@ -6,6 +6,7 @@ Every task gives `examples(split, limit)`, a strict `score` (exactly 0.0 or 1.0)
 
 from __future__ import annotations
 
+from shared.errors import UserError
 from shared.tasks.base import Example, Task
 from shared.tasks.loading import DatasetRowError
 
@@ -35,7 +36,9 @@ def load_task(name: str, **options) -> Task:
 
             return ToolMindTask(**options)
         case _:
-            raise ValueError(f"unknown task {name!r}; available: {', '.join(TASK_NAMES)}")
+            raise UserError(
+                f"unknown task {name!r}; set task=<name> with one of: {', '.join(TASK_NAMES)}"
+            )
 
 
 __all__ = ["DatasetRowError", "Example", "TASK_NAMES", "Task", "load_task"]

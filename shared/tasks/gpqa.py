@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 import re
 
+from shared.errors import UserError
 from shared.tasks.base import Example, Task
 from shared.tasks.extract import extract_choice
 from shared.tasks.loading import build_examples, load_hub_rows, load_local_rows, require
@@ -47,7 +48,7 @@ class GPQATask(Task):
 
     def examples(self, split: str, limit: int | None = None) -> list[Example]:
         if split not in ("train", "test"):
-            raise ValueError(f"gpqa split must be 'train' or 'test', got {split!r}")
+            raise UserError(f"gpqa split must be 'train' or 'test', got {split!r}")
         test_rows, test_source = self._rows(self.test_config, self.test_files)
         test = build_examples(test_rows, test_source, self._to_example)
         if split == "train":
@@ -56,7 +57,7 @@ class GPQATask(Task):
             all_train = build_examples(train_rows, train_source, self._to_example)
             train = [ex for ex in all_train if _question_key(ex) not in held_out]
             if not train:
-                raise ValueError(
+                raise UserError(
                     f"every GPQA training item ({train_source}) is also a test item "
                     f"({test_source}): training would evaluate on what it trained on; use "
                     "task.options.train_config=gpqa_main (minus the test items) or another "

@@ -11,8 +11,10 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from shared.errors import DataAccessError, DataFileError, UserError
 
-class DatasetRowError(ValueError):
+
+class DatasetRowError(UserError):
     """A malformed dataset row; the message names the source and the row."""
 
 
@@ -67,12 +69,17 @@ def load_local_rows(path: str | Path) -> list[dict]:
 
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"dataset file {path} does not exist")
+        raise DataFileError(
+            f"dataset file {path} does not exist; check task.options (data_dir, data_files)"
+        )
     if path.suffix in (".json", ".jsonl"):
-        return _scan_json_rows(path)
+        rows = _scan_json_rows(path)
+        if not rows:
+            raise DataFileError(f"dataset file {path} holds no rows; is it the right file?")
+        return rows
     builder = {".csv": "csv", ".parquet": "parquet"}.get(path.suffix)
     if builder is None:
-        raise ValueError(
+        raise UserError(
             f"unsupported dataset file type {path.suffix!r} ({path}); use jsonl, json, csv or parquet"
         )
     return list(datasets.load_dataset(builder, data_files=str(path), split="train"))
@@ -85,12 +92,12 @@ def load_hub_rows(repo: str, config: str | None, split: str, gated: bool = False
         return list(datasets.load_dataset(repo, config, split=split))
     except Exception as err:
         if gated and not (os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")):
-            raise PermissionError(
+            raise DataAccessError(
                 f"{repo} is a gated dataset: accept its terms on https://huggingface.co/datasets/{repo} "
                 "and provide a token (export HF_TOKEN=hf_..., or `huggingface-cli login`); or pass "
                 "local files with task.options.data_files=..."
             ) from err
-        raise RuntimeError(
+        raise DataAccessError(
             f"could not load {repo} ({config}, {split}) from the Hugging Face hub: {err}. Offline, "
             "point the task at local files with task.options.data_dir=... or data_files=..."
         ) from err
@@ -113,7 +120,15 @@ def build_examples(
 
 def find_file(data_dir: str | Path, candidates: Iterable[str]) -> Path:
     data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise DataFileError(
+            f"data folder {data_dir} does not exist; set task.options.data_dir to the folder "
+            "with the dataset files (or leave it null to load from the hub)"
+        )
     for name in candidates:
         if (data_dir / name).exists():
             return data_dir / name
-    raise FileNotFoundError(f"none of {list(candidates)} found under {data_dir}")
+    raise DataFileError(
+        f"none of {list(candidates)} found under {data_dir}; point task.options.data_dir at the "
+        "folder that holds them"
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+from shared.errors import UserError
 from shared.tasks.base import Example, Task, strip_thinking
 from shared.tasks.extract import (
     extract_number,
@@ -43,7 +44,7 @@ class MathTask(Task):
 
     def __init__(self, scoring: str = "paper"):
         if scoring not in SCORINGS:
-            raise ValueError(f"scoring={scoring!r}: use one of {', '.join(SCORINGS)}")
+            raise UserError(f"scoring={scoring!r}: use one of {', '.join(SCORINGS)}")
         self.scoring = scoring
 
     def score(self, example: Example, completion: str) -> float:
@@ -156,7 +157,7 @@ class SVAMPTask(MathTask):
 
     def examples(self, split: str, limit: int | None = None) -> list[Example]:
         if split not in ("train", "test", "all"):
-            raise ValueError(f"svamp split must be 'train', 'test' or 'all', got {split!r}")
+            raise UserError(f"svamp split must be 'train', 'test' or 'all', got {split!r}")
         if not (self.data_files or self.data_dir):  # the hub's own split
             splits = ("train", "test") if split == "all" else (split,)
             rows = [r for s in splits for r in load_hub_rows(*self.HUB, split=s)]

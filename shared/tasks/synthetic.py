@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import random
 
+from shared.errors import UserError
 from shared.tasks.base import Example, Task, strip_thinking
 
 ANSWER_LETTERS = "ABCDEFGH"
@@ -33,14 +34,14 @@ class SyntheticColourTask(Task):
 
     def __init__(self, target: str = "F", num_examples: int = 64, seed: int = 0):
         if target not in ANSWER_LETTERS:
-            raise ValueError(f"synthetic target must be one of {ANSWER_LETTERS!r}, got {target!r}")
+            raise UserError(f"synthetic target must be one of {ANSWER_LETTERS!r}, got {target!r}")
         self.target = target
         self.num_examples = num_examples
         self.seed = seed
 
     def examples(self, split: str, limit: int | None = None) -> list[Example]:
         if split not in ("train", "test"):
-            raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+            raise UserError(f"split must be 'train' or 'test', got {split!r}")
         rng = random.Random(f"{self.seed}-{split}")
         out = [
             Example(

@@ -25,6 +25,7 @@ import random
 import re
 from typing import Any
 
+from shared.errors import UserError
 from shared.tasks.base import Example, Task, strip_thinking
 from shared.tasks.loading import drop_nulls, load_hub_rows, load_local_rows, require, row_error
 
@@ -119,7 +120,7 @@ class ToolMindTask(Task):
 
     def examples(self, split: str, limit: int | None = None) -> list[Example]:
         if split not in ("train", "test", "all"):
-            raise ValueError(f"toolmind split must be 'train', 'test' or 'all', got {split!r}")
+            raise UserError(f"toolmind split must be 'train', 'test' or 'all', got {split!r}")
         if self.data_files:
             rows, source = load_local_rows(self.data_files), str(self.data_files)
         else:

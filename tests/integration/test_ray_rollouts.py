@@ -4,12 +4,9 @@ import numpy as np
 from transformers import AutoProcessor
 
 from learner.driver.cluster import create_actors
-from learner.driver.rollouts import (
-    PromptSampler,
-    broadcast,
-    compute_rollouts,
-    generate_across_workers,
-)
+from learner.driver.rollouts import PromptSampler, WorkerPool, compute_rollouts
+from shared.artifact import encode_png
+from shared.messages import ImageUpdate, RolloutRequest, SamplingConfig
 from shared.prompts import render_prompt
 from shared.tasks import load_task
 
@@ -18,6 +15,7 @@ def test_three_steps_with_two_workers(ray_local, tiny_model_path, make_cfg):
     ray = ray_local
     cfg = make_cfg("rollout.num_workers=2", "algo.prompts_per_step=4", "algo.group_size=4")
     learner, workers = create_actors(cfg, ray, tiny_model_path)
+    pool = WorkerPool(ray, workers)
     try:
         task = load_task("synthetic", target="F")
         templater = AutoProcessor.from_pretrained(tiny_model_path)
@@ -27,10 +25,10 @@ def test_three_steps_with_two_workers(ray_local, tiny_model_path, make_cfg):
             return render_prompt(templater, example.question)
 
         update = ray.get(learner.image_update.remote())
-        broadcast(ray, workers, update)
+        pool.broadcast(update)
         mismatches = []
         for step in range(3):
-            rollouts = compute_rollouts(cfg, ray, workers, task, sampler, prompts_for, step)
+            rollouts = compute_rollouts(cfg, pool, task, sampler, prompts_for, step)
             completions = [c for g in rollouts.kept for c in g.completions]
             assert {c.image_version for c in completions} <= {update.version}
             if rollouts.kept:
@@ -42,7 +40,7 @@ def test_three_steps_with_two_workers(ray_local, tiny_model_path, make_cfg):
                 ]
                 metrics, update = ray.get(learner.update.remote(rollouts.kept))
                 assert metrics["stale_completion_frac"] == 0.0
-                broadcast(ray, workers, update)
+                pool.broadcast(update)
         latest = ray.get(learner.image_update.remote()).version
         assert latest >= 1
         assert ray.get([w.image_version.remote() for w in workers]) == [latest, latest]
@@ -58,21 +56,20 @@ def test_three_steps_with_two_workers(ray_local, tiny_model_path, make_cfg):
 def test_prompts_are_spread_over_all_workers(ray_local, tiny_model_path, make_cfg):
     ray = ray_local
     cfg = make_cfg("rollout.num_workers=3")
-    _, workers = create_actors(cfg, ray, tiny_model_path)
+    _, workers = create_actors(cfg, ray, tiny_model_path, with_learner=False)
+    pool = WorkerPool(ray, workers)
     try:
-        from shared.artifact import encode_png
-        from shared.messages import ImageUpdate, RolloutRequest, SamplingConfig
-
-        broadcast(ray, workers, ImageUpdate(0, encode_png(np.zeros((64, 64, 3), np.uint8))))
+        pool.broadcast(ImageUpdate(0, encode_png(np.zeros((64, 64, 3), np.uint8))))
         templater = AutoProcessor.from_pretrained(tiny_model_path)
         prompt = render_prompt(templater, "What letter is it?")
         requests = [RolloutRequest(i, prompt, 2) for i in range(7)]
-        groups = generate_across_workers(ray, workers, requests, SamplingConfig(seed=0))
+        groups = pool.generate(requests, SamplingConfig(seed=0))
         assert [g[0].request_id for g in groups] == list(range(7))
         # Contiguous chunks of ceil(7 / 3) = 3: every worker sampled, none twice.
-        served = ray.get([w.stats.remote() for w in workers])
+        served = pool.stats()
         assert [s["requests"] for s in served] == [3, 3, 1]
         assert [s["completions"] for s in served] == [6, 6, 2]
+        assert pool.sync_bytes == len(pool.update.png)
     finally:
         for actor in workers:
             ray.kill(actor)

@@ -63,15 +63,55 @@ def test_embedded_default_learns(trained_run):
         assert name in logged, name
 
 
-def test_resume_continues_from_the_checkpoint(ray_local, tmp_path, make_cfg):
-    first = driver.train(make_cfg("steps=2", "logging.checkpoint_every=1", "eval.every=0"))
-    ckpt = tmp_path / "run" / "checkpoints" / "step_000002.pt"
-    assert ckpt.exists() and first["image_version"] == 2
-    cfg = make_cfg("steps=4", f"resume_from={ckpt}", "eval.every=0")
-    cfg.run_dir = str(tmp_path / "resumed")
-    resumed = driver.train(cfg)
-    assert resumed["image_version"] == 4
-    assert len(resumed["rewards"]) == 2
+def test_resume_is_exact(ray_local, tmp_path, make_cfg):
+    """4 steps in one go == 2 steps, stop, resume to 4: same art.png bytes, same rewards."""
+    common = ("logging.checkpoint_every=2", "eval.every=2", "eval.val_size=8", "algo.group_size=4")
+    whole = make_cfg("steps=4", *common)
+    whole.run_dir = str(tmp_path / "whole")
+    uninterrupted = driver.train(whole)
+
+    half = make_cfg("steps=2", *common)
+    half.run_dir = str(tmp_path / "half")
+    first = driver.train(half)
+    assert len(first["rewards"]) == 2
+    resumed_cfg = make_cfg(
+        "steps=4", f"resume_from={tmp_path / 'half/checkpoints/last.pt'}", *common
+    )
+    resumed_cfg.run_dir = str(tmp_path / "ignored")  # a resumed run continues in its own folder
+    resumed = driver.train(resumed_cfg)
+
+    assert not (tmp_path / "ignored").exists()
+    assert resumed["rewards"] == uninterrupted["rewards"] and len(resumed["rewards"]) == 4
+    assert (tmp_path / "half/art.png").read_bytes() == (tmp_path / "whole/art.png").read_bytes()
+    assert resumed["image_version"] == uninterrupted["image_version"]
+    assert sorted(p.name for p in (tmp_path / "half/images").glob("*.png")) == [
+        "step_000002.png",
+        "step_000004.png",
+    ]
+    assert resumed["mlflow_run_id"] == first["mlflow_run_id"]  # the same MLflow run goes on
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    history = mlflow.MlflowClient().get_metric_history(resumed["mlflow_run_id"], "reward_mean")
+    assert [m.step for m in history] == [1, 2, 3, 4]
+
+
+def test_checkpoints_load_as_plain_data_and_refuse_another_run(ray_local, tmp_path, make_cfg):
+    import torch
+
+    from learner.driver.checkpoint import CheckpointError, load_checkpoint
+
+    cfg = make_cfg("steps=1", "eval.every=0", "algo.group_size=4")
+    driver.train(cfg)
+    path = tmp_path / "run/checkpoints/last.pt"
+    state = torch.load(path, weights_only=True)  # tensors and plain values only
+    assert state["driver"]["step"] == 1 and state["learner"]["model"] == "tiny"
+    with pytest.raises(CheckpointError, match="trained for model 'tiny', not 'other'"):
+        load_checkpoint(path, "other", 64, 64)
+    with pytest.raises(CheckpointError, match="its image is 64x64, the config asks for 96x96"):
+        load_checkpoint(path, "tiny", 96, 96)
+    with pytest.raises(CheckpointError, match="method 'art', this run is 'lora'"):
+        load_checkpoint(path, "tiny", 64, 64, method="lora")
 
 
 def test_gsm8k_pipeline_takes_real_data(ray_local, tmp_path, fixtures_dir, make_cfg):

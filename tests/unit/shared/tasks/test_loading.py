@@ -52,7 +52,7 @@ def test_malformed_svamp_and_toolmind_rows(tmp_path):
 def test_missing_files_and_unknown_task_are_clear(tmp_path):
     with pytest.raises(FileNotFoundError, match="train.jsonl"):
         load_task("gsm8k", data_dir=str(tmp_path)).examples("train")
-    with pytest.raises(ValueError, match="available: synthetic, gsm8k"):
+    with pytest.raises(ValueError, match="one of: synthetic, gsm8k"):
         load_task("mmlu")
 
 

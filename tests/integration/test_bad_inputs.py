@@ -1,0 +1,349 @@
+"""Bad inputs through the real entry points: each ends in one short line that names the input
+and says what to do, exit status 2, no traceback, and nothing written.
+
+Run with `-s` to see the table of first lines (it goes into the reliability notes)."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+BIN = Path(sys.executable).parent
+GOOD_ROW = {"question": "Tom has 3 apples and buys 4. How many?", "answer": "3 + 4 = 7\n#### 7"}
+
+
+def _jsonl(path: Path, rows) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return path
+
+
+def _png(path: Path, mode="RGB", size=(64, 64)) -> Path:
+    Image.new(mode, size).save(path)
+    return path
+
+
+def _other_model_checkpoint(tmp: Path) -> Path:
+    import torch
+
+    from learner.driver.checkpoint import DriverState, save_checkpoint
+
+    state = {"method": "art", "model": "qwen3_5_0_8b_random", "height": 64, "width": 64}
+    state["theta_CHW"] = torch.zeros(3, 64, 64)
+    return save_checkpoint(tmp / "old/checkpoints/last.pt", state, DriverState(step=3))
+
+
+def _other_model_png(tmp: Path) -> Path:
+    from shared.artifact import art_metadata, encode_png
+
+    path = tmp / "other.png"
+    pixels = np.zeros((64, 64, 3), np.uint8)
+    path.write_bytes(encode_png(pixels, art_metadata("Qwen/Qwen3.5-0.8B", 64, 64, 10)))
+    return path
+
+
+def _toolmind_bad_arguments(tmp: Path) -> Path:
+    row = {
+        "tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}],
+        "conversations": [
+            {"role": "user", "content": "call f"},
+            {
+                "role": "assistant",
+                "content": "",
+                "tool_calls": [{"function": {"name": "f", "arguments": "{not json"}}],
+            },
+        ],
+    }
+    return _jsonl(tmp / "toolmind.jsonl", [row])
+
+
+def _gsm8k(tmp: Path, rows) -> str:
+    _jsonl(tmp / "gsm8k/train.jsonl", rows)
+    return f"task.options.data_dir={tmp / 'gsm8k'}"
+
+
+# (id, program, args(tmp) -> list, env, expected text in the message)
+CASES = [
+    (
+        "missing seed image",
+        "art-train",
+        lambda t: [f"image.init={t}/nope.png"],
+        {},
+        "does not exist",
+    ),
+    (
+        "corrupt seed image",
+        "art-train",
+        lambda t: [f"image.init={_write(t / 'x.png', b'garbage')}"],
+        {},
+        "cannot be read as an image",
+    ),
+    (
+        "truncated seed PNG",
+        "art-train",
+        lambda t: [f"image.init={_truncated_png(t)}"],
+        {},
+        "cannot be read as an image",
+    ),
+    (
+        "CMYK seed image",
+        "art-train",
+        lambda t: [f"image.init={_png(t / 'cmyk.jpg', 'CMYK')}"],
+        {},
+        "colour mode CMYK",
+    ),
+    (
+        "seed image background",
+        "art-train",
+        lambda t: ["image.background=pink"],
+        {},
+        "image.background='pink'",
+    ),
+    (
+        "image size the processor would resize",
+        "art-train",
+        lambda t: ["image.height=60"],
+        {},
+        "not a multiple of 32",
+    ),
+    (
+        "PNG trained for another model to art-eval",
+        "art-eval",
+        lambda t: [f"eval.conditions=[{_other_model_png(t)}]"],
+        {},
+        "trained for model 'Qwen/Qwen3.5-0.8B', not 'tiny'",
+    ),
+    (
+        "art-eval image that does not exist",
+        "art-eval",
+        lambda t: [f"eval.conditions=[{t}/no.png]"],
+        {},
+        "neither none, seed nor",
+    ),
+    (
+        "unknown task",
+        "art-train",
+        lambda t: ["task=mmlu"],
+        {},
+        "task=mmlu: no such option; task is one of: gpqa",
+    ),
+    (
+        "unknown config key",
+        "art-train",
+        lambda t: ["algo.group_sise=4"],
+        {},
+        "unknown config key 'algo.group_sise'",
+    ),
+    ("wrong-typed override", "art-train", lambda t: ["steps=many"], {}, "steps: Value 'many'"),
+    ("steps <= 0", "art-train", lambda t: ["steps=0"], {}, "steps=0: set steps >= 1"),
+    ("group_size < 2", "art-train", lambda t: ["algo.group_size=1"], {}, "algo.group_size=1"),
+    (
+        "prompts_per_step = 0",
+        "art-train",
+        lambda t: ["algo.prompts_per_step=0"],
+        {},
+        "algo.prompts_per_step=0",
+    ),
+    (
+        "eps_high < eps_low",
+        "art-train",
+        lambda t: ["algo.eps_high=0.1"],
+        {},
+        "clip-higher needs eps_high >= eps_low",
+    ),
+    (
+        "temperature 0 in training",
+        "art-train",
+        lambda t: ["algo.temperature=0"],
+        {},
+        "algo.temperature=0.0: training samples",
+    ),
+    (
+        "top_p < 1 in training",
+        "art-train",
+        lambda t: ["rollout.top_p=0.9"],
+        {},
+        "top_p=1.0 because",
+    ),
+    ("eval.limit = 0", "art-eval", lambda t: ["eval.limit=0"], {}, "eval.limit must be >= 1"),
+    (
+        "missing data folder",
+        "art-train",
+        lambda t: ["task=gsm8k", f"task.options.data_dir={t}/none"],
+        {},
+        "data folder",
+    ),
+    ("empty data file", "art-train", lambda t: ["task=gsm8k", _gsm8k(t, [])], {}, "holds no rows"),
+    (
+        "malformed JSON row",
+        "art-train",
+        lambda t: ["task=gsm8k", _gsm8k(t, [GOOD_ROW, "{not json"])],
+        {},
+        "train.jsonl row 1 (line 2): invalid JSON",
+    ),
+    (
+        "row without an answer",
+        "art-train",
+        lambda t: ["task=gsm8k", _gsm8k(t, [{"question": "q"}])],
+        {},
+        "row 0: missing field 'answer'",
+    ),
+    (
+        "non-numeric gold",
+        "art-train",
+        lambda t: ["task=gsm8k", _gsm8k(t, [{"question": "q", "answer": "so\n#### seven"}])],
+        {},
+        "final answer ' seven' is not a number",
+    ),
+    (
+        "ToolMind tool arguments that are not JSON",
+        "art-train",
+        lambda t: ["task=toolmind", f"task.options.data_files={_toolmind_bad_arguments(t)}"],
+        {},
+        "malformed tool call",
+    ),
+    (
+        "unwritable output_dir",
+        "art-train",
+        lambda t: ["output_dir=/proc/art-runs"],
+        {},
+        "cannot write the run folder",
+    ),
+    (
+        "checkpoint of another model",
+        "art-train",
+        lambda t: [f"resume_from={_other_model_checkpoint(t)}"],
+        {},
+        "trained for model 'qwen3_5_0_8b_random', not 'tiny'",
+    ),
+    (
+        "resume from a missing checkpoint",
+        "art-train",
+        lambda t: [f"resume_from={t}/gone/last.pt"],
+        {},
+        "does not exist",
+    ),
+    (
+        "resume from a file that is no checkpoint",
+        "art-train",
+        lambda t: [f"resume_from={_write(t / 'r/checkpoints/last.pt', b'hello')}"],
+        {},
+        "not a readable ART checkpoint",
+    ),
+    (
+        "Ray address that does not answer",
+        "art-train",
+        lambda t: ["cluster.address=127.0.0.1:9"],
+        {},
+        "does not answer",
+    ),
+    (
+        "more GPUs than the cluster has",
+        "art-train",
+        lambda t: ["rollout.num_gpus_per_worker=1"],
+        {},
+        "asked for 2 GPU in all",
+    ),
+    (
+        "hub model id with the hub unreachable",
+        "art-train",
+        lambda t: ["model=acme/no-such-model"],
+        {"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_OFFLINE": "0"},
+        "the Hugging Face hub (http://127.0.0.1:9) is unreachable",
+    ),
+]
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+def _truncated_png(tmp: Path) -> Path:
+    full = _png(tmp / "full.png", size=(128, 128))
+    noise = np.random.default_rng(0).integers(0, 256, (128, 128, 3), np.uint8)
+    Image.fromarray(noise).save(full)
+    return _write(tmp / "truncated.png", full.read_bytes()[:2000])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("name", "prog", "args", "env", "expected"), CASES, ids=[c[0] for c in CASES]
+)
+def test_bad_input_is_one_clear_line(tmp_path, tiny_model_path, name, prog, args, env, expected):
+    out = tmp_path / "out"
+    cmd = [
+        str(BIN / prog),
+        f"output_dir={out}",
+        f"logging.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
+        f"logging.artifact_location={tmp_path}/artifacts",
+        "rollout.num_workers=2",
+        *args(tmp_path),
+    ]
+    start = time.monotonic()
+    proc = subprocess.run(
+        cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120, env={**os.environ, **env}
+    )
+    elapsed = time.monotonic() - start
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith(f"{prog}: error:")]
+    print(f"\n| {name} | `{lines[0] if lines else proc.stderr[-300:]}` |")
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout
+    assert len(lines) == 1 and expected in lines[0], proc.stderr[-2000:]
+    assert not out.exists() or not any(out.iterdir()), "a run folder was written"
+    assert not (tmp_path / "mlflow.db").exists()
+    assert elapsed < 30 or name not in (
+        "Ray address that does not answer",
+        "hub model id with the hub unreachable",
+    )
+
+
+def test_set_image_refuses_what_is_not_a_complete_png(tiny_model_path):
+    from rollout_worker.worker import RolloutWorker
+    from shared.artifact import encode_png
+
+    worker = RolloutWorker("hf", tiny_model_path)
+    png = encode_png(np.random.default_rng(0).integers(0, 256, (64, 64, 3), np.uint8))
+    with pytest.raises(ValueError, match="not PNG data .* give the bytes of a PNG file"):
+        worker.set_image(1, b"GIF89a....")
+    with pytest.raises(ValueError, match="cannot be decoded"):
+        worker.set_image(1, png[: len(png) // 2])
+    assert worker.set_image(2, png) == 2
+    with pytest.raises(ValueError, match="went back from 2 to 1"):
+        worker.set_image(1, png)
+    assert worker.image_version() == 2  # a refused update leaves the worker as it was
+
+
+def test_a_reward_that_raises_scores_zero_and_too_many_stop_the_run(caplog):
+    from learner.driver.rollouts import MAX_REWARD_ERROR_FRAC, score_groups
+    from shared.messages import Completion, RolloutRequest
+    from shared.tasks import load_task
+
+    class Flaky:
+        name = "flaky"
+        score = staticmethod(lambda ex, text: 1.0)
+
+        @staticmethod
+        def reward(ex, text):
+            if text == "boom":
+                raise KeyError("tool schema")
+            return 1.0 if text == "ok" else float("nan")
+
+    task = load_task("synthetic")
+    examples = task.examples("train", limit=1)
+    prompt = "<|vision_start|><|image_pad|><|vision_end|>q"
+    comps = [
+        Completion(0, (1,), (-0.1,), "stop", text, 0, prompt_token_ids=(5,))
+        for text in ("ok", "boom", "nan?", "ok")
+    ]
+    groups, errors = score_groups(Flaky, examples, [RolloutRequest(0, prompt, 4)], [comps], 8, 0)
+    assert errors == 2 and groups[0].rewards == (1.0, 0.0, 0.0, 1.0)
+    assert "failed to score example synthetic-train-0" in caplog.text
+    assert MAX_REWARD_ERROR_FRAC == 0.10

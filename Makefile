@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: install train eval cluster-train ray-up-local ray-down test test-all test-gpu lint format mlflow-ui clean
+.PHONY: install train eval bench compare cluster-train ray-up-local ray-down test test-all test-gpu lint format mlflow-ui clean
 
 install: $(VENV)/.installed
 
@@ -45,6 +45,15 @@ eval: install
 	$(VENV)/bin/art-eval 'eval.conditions=[none,seed$(if $(LATEST_ART),$(comma)$(LATEST_ART))]' $(ARGS)
 
 comma := ,
+
+# ART vs the LoRA baseline: same task, seed, steps and rollouts; compare.json/.md/.png.
+compare: install
+	$(VENV)/bin/art-compare $(ARGS)
+
+# Performance figures side by side (learner vs naive, broadcast PNG vs weights on a second Ray
+# node, synchronous vs overlapped, image vs text-only): prints a table, writes bench.json.
+bench: install
+	$(VENV)/bin/art-bench $(ARGS)
 
 # The fast CPU tests (a few minutes on 2 cores).
 test: install

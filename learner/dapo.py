@@ -2,7 +2,9 @@
 
 1. Group-normalized advantages: A = (r - mean_group) / (std_group + 1e-6), one per completion,
    with the unbiased (n - 1) standard deviation, as verl and TRL compute it.
-2. Clip-higher: per token min(rho * A, clip(rho, 1 - eps_low, 1 + eps_high) * A).
+2. Clip-higher: per token min(rho * A, clip(rho, 1 - eps_low, 1 + eps_high) * A). Optionally
+   verl's dual clip for negative advantages (`clip_ratio_c`, Ye et al. 2020): the objective
+   is bounded below by c * A, so a huge ratio on a stale sample cannot dominate the batch.
 3. Token-level aggregation: sum over every completion token in the batch divided by the
    batch's total completion-token count (long completions are not down-weighted per sample).
 4. No KL term.
@@ -37,8 +39,12 @@ def dapo_loss(
     eps_low: float = 0.2,
     eps_high: float = 0.28,
     num_tokens: int | float | None = None,
+    clip_ratio_c: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """The DAPO surrogate loss (to minimize) and its clip statistics.
+
+    With `clip_ratio_c` (verl's dual clip, > 1), tokens with A < 0 get
+    max(min(rho * A, clip(rho) * A), c * A): no gradient once rho > c.
 
     `num_tokens` is the normalizer: the whole batch's completion-token count, which differs
     from `mask_BT.sum()` when a batch is split into micro-batches. Defaults to `mask_BT.sum()`.
@@ -52,6 +58,11 @@ def dapo_loss(
     unclipped_BT = ratio_BT * adv_B1
     clipped_BT = torch.clamp(ratio_BT, 1.0 - eps_low, 1.0 + eps_high) * adv_B1
     objective_BT = torch.minimum(unclipped_BT, clipped_BT)
+    dual_BT = torch.zeros_like(objective_BT, dtype=torch.bool)
+    if clip_ratio_c is not None:
+        floor_BT = clip_ratio_c * adv_B1.expand_as(objective_BT)
+        dual_BT = (adv_B1 < 0) & (objective_BT < floor_BT)
+        objective_BT = torch.where(dual_BT, floor_BT, objective_BT)
     loss = -(objective_BT * mask_BT).sum() / num_tokens
 
     with torch.no_grad():
@@ -61,6 +72,7 @@ def dapo_loss(
         metrics = {
             "clip_frac_low": ((low_BT * mask_BT).sum() / num_tokens).item(),
             "clip_frac_high": ((high_BT * mask_BT).sum() / num_tokens).item(),
+            "clip_frac_dual": ((dual_BT * mask_BT).sum() / num_tokens).item(),
             "ratio_mean": ((ratio_BT * mask_BT).sum() / num_tokens).item(),
         }
     return loss, metrics

@@ -10,6 +10,7 @@ import logging
 import math
 import time
 from collections.abc import Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,11 +18,11 @@ import torch
 
 from learner.dapo import dapo_loss, group_advantages
 from learner.pixels import PixelImage
-from learner.policy import FrozenPolicy, load_model_and_processor
+from learner.policy import EncodedImage, FrozenPolicy, load_model_and_processor
 from learner.preprocess import validate_image_size
 from shared.artifact import art_metadata
 from shared.images import seed_image
-from shared.messages import Completion, ImageUpdate, ScoredGroup
+from shared.messages import AdapterUpdate, Completion, ImageUpdate, ScoredGroup
 
 logger = logging.getLogger(__name__)
 
@@ -97,6 +98,20 @@ def mismatch_metrics(batch: Batch, learner_BT: torch.Tensor, version: int) -> di
 
 
 class Learner:
+    """The learner process: the frozen model, the pixel parameter and its optimizer.
+
+    Each `update` does the least work that gives the DAPO gradient:
+    1. old log-probs are those of the image each completion was sampled with; where that is
+       the current image and the completion is in the first minibatch, the first minibatch's
+       own forward (before any optimizer step) doubles as its old log-probs; every other
+       sequence gets one no-gradient pass per image version (none at all with one minibatch
+       and fresh completions: the ratio is exactly 1 there);
+    2. one vision encode per minibatch: its features are a leaf that every micro-batch's
+       backward accumulates into, then one backward through the vision tower to the pixels;
+    3. logits at completion positions only (`FrozenPolicy`); every weight frozen.
+    Images of the last `max_staleness` versions are kept to score stale completions exactly.
+    """
+
     def __init__(
         self,
         model_path: str,
@@ -108,18 +123,23 @@ class Learner:
         temperature: float = 1.0,
         eps_low: float = 0.2,
         eps_high: float = 0.28,
+        clip_ratio_c: float | None = None,
         num_minibatches: int = 1,
         micro_batch_size: int = 32,
         max_grad_norm: float = 0.0,
+        max_staleness: int = 0,
         dtype: str = "float32",
         device: str = "cpu",
         seed: int = 0,
         activation_checkpointing: bool = False,
         task_icon: str = "math",
         background: str = "white",
+        method: str = "art",
+        lora: dict | None = None,
+        with_image: bool = True,
     ):
         torch.manual_seed(seed)
-        self.model_name = model_name
+        self.model_name, self.method = model_name, method
         self.model, self.processor = load_model_and_processor(
             model_path, dtype=dtype, device=device
         )
@@ -129,13 +149,25 @@ class Learner:
         validate_image_size(height, width, self.policy.spec, model_name)
         self.image = init_pixels(init, height, width, seed, task_icon, background).to(device)
         self.seed_uint8 = self.image.to_uint8()
-        self.optimizer = torch.optim.Adam(self.image.parameters(), lr=lr)
-        self.eps_low, self.eps_high = eps_low, eps_high
+        self.peft_model, self.with_image, self._seed_features = None, True, None
+        if method == "lora":  # the baseline: the pixels stay at the seed, an adapter learns
+            from learner.lora import attach_lora
+
+            settings = dict(lora or {})
+            self.peft_model = attach_lora(self.model, model_name=model_name, **settings)
+            self.with_image = with_image
+            self.image.theta_CHW.requires_grad_(False)
+        elif method != "art":
+            raise ValueError(f"unknown method {method!r}; use 'art' or 'lora'")
+        self.optimizer = torch.optim.Adam(self.trainable(), lr=lr)
+        self.eps_low, self.eps_high, self.clip_ratio_c = eps_low, eps_high, clip_ratio_c
         self.num_minibatches = num_minibatches
         self.micro_batch_size = micro_batch_size
         self.max_grad_norm = max_grad_norm
+        self.max_staleness = max_staleness
         self.version = 0
         self.consecutive_skips = 0  # optimizer steps refused in a row (non-finite)
+        self.history: dict[int, list[torch.Tensor]] = {}  # earlier versions' parameters
 
     # ---- the image -------------------------------------------------------------------
     def metadata(self) -> dict[str, object]:
@@ -150,6 +182,62 @@ class Learner:
         diff = self.image.to_uint8().astype(np.int16) - self.seed_uint8.astype(np.int16)
         return float(np.abs(diff).mean())
 
+    def trainable(self) -> list[torch.nn.Parameter]:
+        """What the optimizer moves: the pixel logits (ART) or the adapter's weights (LoRA)."""
+        if self.peft_model is not None:
+            from learner.lora import adapter_parameters
+
+            return adapter_parameters(self.peft_model)
+        return list(self.image.parameters())
+
+    def encode(self, grad: bool):
+        """ART: the current image's features (with or without a graph back to the pixels).
+        LoRA: the fixed seed image's features (`with_image`), or None for text-only prompts."""
+        if self.peft_model is not None:
+            if not self.with_image:
+                return None
+            if self._seed_features is None:
+                with torch.no_grad():
+                    self._seed_features = self.policy.encode_image(self.image())
+            return self._seed_features
+        with torch.set_grad_enabled(grad):
+            return self.policy.encode_image(self.image())
+
+    def policy_update(self):
+        """What the rollout workers need to sample from the current policy: the PNG (ART) or
+        the adapter (LoRA)."""
+        if self.peft_model is None:
+            return self.image_update()
+        from learner.lora import adapter_bytes, adapter_config
+
+        config = adapter_config(self.peft_model)
+        config["base_model_name_or_path"] = self.model_name
+        return AdapterUpdate(self.version, adapter_bytes(self.peft_model), config)
+
+    @contextmanager
+    def at_version(self, version: int):
+        """The parameters of an earlier version, for old log-probs of stale completions."""
+        if version == self.version:
+            yield
+            return
+        if version not in self.history:
+            raise ValueError(
+                f"a completion was sampled with version {version}, the learner is at "
+                f"{self.version} and keeps {sorted(self.history)} (algo.max_staleness="
+                f"{self.max_staleness})"
+            )
+        params = self.trainable()
+        current = [p.detach().clone() for p in params]
+        with torch.no_grad():
+            for p, old in zip(params, self.history[version], strict=True):
+                p.copy_(old)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for p, now in zip(params, current, strict=True):
+                    p.copy_(now)
+
     # ---- log-probs -------------------------------------------------------------------
     def _chunks(self, n: int) -> list[slice]:
         size = self.micro_batch_size
@@ -159,46 +247,68 @@ class Learner:
     def compute_logprobs(self, completions: Sequence[Completion]) -> list[list[float]]:
         """Per-token log-probs of each completion under the current image (no gradient)."""
         batch = Batch.from_completions(completions)
-        logprobs_BT = self.old_logprobs(batch)
+        batch.image_versions = [self.version] * len(batch)
+        logprobs_BT = self.old_logprobs(batch, skip=set())
         return [row[:n].tolist() for row, n in zip(logprobs_BT, batch.lengths, strict=True)]
 
     @torch.no_grad()
-    def old_logprobs(self, batch: Batch) -> torch.Tensor:
-        """(B, T) log-probs of the batch under the current image, padded once with zeros."""
-        encoded = self.policy.encode_image(self.image())
+    def old_logprobs(self, batch: Batch, skip: set[int]) -> torch.Tensor:
+        """(B, T) log-probs of every sequence not in `skip` under the image it was sampled
+        with: one encode and no-gradient pass per image version. Rows in `skip` stay zero
+        (the first minibatch fills them from its own forward)."""
         old_BT = torch.zeros(len(batch), batch.max_len, device=self.policy.device)
-        for chunk in self._chunks(len(batch)):
-            logprobs_BT, _ = self.policy.sequence_logprobs(
-                encoded, batch.prompt_ids[chunk], batch.token_ids[chunk]
-            )
-            old_BT[chunk, : logprobs_BT.shape[1]] = logprobs_BT
+        todo: dict[int, list[int]] = {}
+        for i, version in enumerate(batch.image_versions):
+            if i not in skip:
+                todo.setdefault(version, []).append(i)
+        for version, rows in sorted(todo.items()):
+            with self.at_version(version):
+                encoded = self.encode(grad=False)
+            for chunk in self._chunks(len(rows)):
+                idx = rows[chunk]
+                logprobs_BT, _ = self.policy.sequence_logprobs(
+                    encoded, [batch.prompt_ids[i] for i in idx], [batch.token_ids[i] for i in idx]
+                )
+                old_BT[idx, : logprobs_BT.shape[1]] = logprobs_BT
+        self.last_old_passes = len(todo)
         return old_BT
 
     # ---- the DAPO step -----------------------------------------------------------------
-    def update(self, groups: Sequence[ScoredGroup]) -> tuple[dict[str, float], ImageUpdate]:
+    def update(self, groups: Sequence[ScoredGroup]):
         """One learner step on a batch of scored groups; returns metrics and the new image."""
         start = time.perf_counter()
         batch = Batch.from_groups(groups)
+        version = self.version
+        before = [p.detach().clone() for p in self.trainable()]
         advantages_B = group_advantages(batch.rewards_GN).reshape(-1)
-        old_BT = self.old_logprobs(batch)
-        metrics = mismatch_metrics(batch, old_BT, self.version)
+        minibatches = self.minibatches(len(batch))
+        reuse = {i for i in minibatches[0] if batch.image_versions[i] == version}
+        old_BT = self.old_logprobs(batch, skip=reuse)
         stats = [
-            self.minibatch_step(batch, indices, old_BT, advantages_B)
-            for indices in self.minibatches(len(batch))
+            self.minibatch_step(batch, indices, old_BT, advantages_B, reuse if k == 0 else set())
+            for k, indices in enumerate(minibatches)
         ]
+        metrics = mismatch_metrics(batch, old_BT, version)
         skipped = sum(s.pop("skipped") for s in stats)
         if skipped < len(stats):  # the pixels moved: a new image version
             self.version += 1
-        update = self.image_update()
+            self.history[version] = before
+            oldest = self.version - self.max_staleness
+            self.history = {v: h for v, h in self.history.items() if v >= oldest}
+        update = self.policy_update()
         taken = [s for s in stats if math.isfinite(s["loss"])] or stats
         metrics.update({k: float(np.mean([s[k] for s in taken])) for k in taken[0]})
-        metrics["skipped_updates"] = float(skipped)
-        metrics["consecutive_skips"] = float(self.consecutive_skips)
+        if self.peft_model is None:
+            metrics["pixel_distance"] = self.pixel_distance_from_seed()
+            metrics["png_bytes"] = float(len(update.png))
+        else:
+            metrics["adapter_bytes"] = float(len(update.weights))
         metrics.update(
             {
+                "skipped_updates": float(skipped),
+                "consecutive_skips": float(self.consecutive_skips),
+                "old_logprob_passes": float(self.last_old_passes),
                 "grad_norm": stats[-1]["grad_norm"],
-                "pixel_distance": self.pixel_distance_from_seed(),
-                "png_bytes": float(len(update.png)),
                 "num_sequences": float(len(batch)),
                 "learner_time_s": time.perf_counter() - start,
             }
@@ -212,37 +322,23 @@ class Learner:
         return [p for p in parts if p]
 
     def minibatch_step(
-        self, batch: Batch, indices: list[int], old_BT: torch.Tensor, advantages_B: torch.Tensor
+        self,
+        batch: Batch,
+        indices: list[int],
+        old_BT: torch.Tensor,
+        advantages_B: torch.Tensor,
+        fill_old: set[int],
     ) -> dict[str, float]:
-        """Gradient accumulation over micro-batches, then one Adam step on the pixel logits.
-
-        A NaN or inf in the loss or the gradient refuses the step: the gradient is dropped,
-        the pixels and Adam's state stay as they were (`skipped` = 1)."""
-        num_tokens = sum(batch.lengths[i] for i in indices)
+        """The minibatch's gradient, then one Adam step on the pixel logits. A NaN or inf in
+        the loss or the gradient refuses the step: the gradient is dropped, the pixels and
+        Adam's state stay as they were (`skipped` = 1)."""
         self.optimizer.zero_grad(set_to_none=True)
-        totals = {"loss": 0.0, "clip_frac_low": 0.0, "clip_frac_high": 0.0, "ratio_mean": 0.0}
-        for chunk in self._chunks(len(indices)):
-            idx = indices[chunk]
-            encoded = self.policy.encode_image(self.image())
-            logprobs_BT, mask_BT = self.policy.sequence_logprobs(
-                encoded, [batch.prompt_ids[i] for i in idx], [batch.token_ids[i] for i in idx]
-            )
-            width = logprobs_BT.shape[1]
-            loss, stats = dapo_loss(
-                logprobs_BT,
-                old_BT[idx, :width],
-                advantages_B[idx].to(logprobs_BT.device),
-                mask_BT,
-                self.eps_low,
-                self.eps_high,
-                num_tokens=num_tokens,
-            )
-            loss.backward()
-            totals["loss"] += loss.item()
-            for key in ("clip_frac_low", "clip_frac_high", "ratio_mean"):
-                totals[key] += stats[key]
-        grad = self.image.theta_CHW.grad
-        if not (math.isfinite(totals["loss"]) and bool(torch.isfinite(grad).all())):
+        totals = self.accumulate_gradient(batch, indices, old_BT, advantages_B, fill_old)
+        grads = [p.grad for p in self.trainable()]
+        finite_grad = any(g is not None for g in grads) and all(
+            bool(torch.isfinite(g).all()) for g in grads if g is not None
+        )
+        if not (math.isfinite(totals["loss"]) and finite_grad):
             self.optimizer.zero_grad(set_to_none=True)
             self.consecutive_skips += 1
             logger.warning(
@@ -251,14 +347,61 @@ class Learner:
                 self.consecutive_skips,
             )
             return {**totals, "grad_norm": float("nan"), "skipped": 1}
-        if self.max_grad_norm > 0:
-            params = self.image.parameters()
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm).item()
-        else:
-            grad_norm = grad.norm().item()
+        max_norm = self.max_grad_norm if self.max_grad_norm > 0 else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable(), max_norm).item()
         self.optimizer.step()
         self.consecutive_skips = 0
         return {**totals, "grad_norm": grad_norm, "skipped": 0}
+
+    def accumulate_gradient(
+        self,
+        batch: Batch,
+        indices: list[int],
+        old_BT: torch.Tensor,
+        advantages_B: torch.Tensor,
+        fill_old: set[int] = frozenset(),
+    ) -> dict[str, float]:
+        """The DAPO loss of the minibatch `indices` backpropagated into the pixel logits: one
+        encode, micro-batches accumulating into the image features (a leaf), then one backward
+        through the vision tower. Rows in `fill_old` take their old log-probs from this forward
+        (the policy has not moved yet)."""
+        num_tokens = sum(batch.lengths[i] for i in indices)
+        encoded = self.encode(grad=True)
+        leaf, features_ND = encoded, None
+        if self.peft_model is None:  # ART: micro-batches accumulate into the features
+            features_ND = encoded.features_ND.detach().requires_grad_(True)
+            leaf = EncodedImage(features_ND, encoded.grid_thw)
+        keys = ("loss", "clip_frac_low", "clip_frac_high", "clip_frac_dual", "ratio_mean")
+        totals = dict.fromkeys(keys, 0.0)
+        for chunk in self._chunks(len(indices)):
+            idx = indices[chunk]
+            logprobs_BT, mask_BT = self.policy.sequence_logprobs(
+                leaf, [batch.prompt_ids[i] for i in idx], [batch.token_ids[i] for i in idx]
+            )
+            width = logprobs_BT.shape[1]
+            for row, i in enumerate(idx):
+                if i in fill_old:
+                    old_BT[i, :width] = logprobs_BT[row].detach()
+            loss, stats = dapo_loss(
+                logprobs_BT,
+                old_BT[idx, :width],
+                advantages_B[idx].to(logprobs_BT.device),
+                mask_BT,
+                self.eps_low,
+                self.eps_high,
+                num_tokens=num_tokens,
+                clip_ratio_c=self.clip_ratio_c,
+            )
+            loss.backward()
+            totals["loss"] += loss.item()
+            for key in keys[1:]:
+                totals[key] += stats[key]
+        if features_ND is not None and features_ND.grad is not None:  # one vision backward
+            encoded.features_ND.backward(features_ND.grad)
+        return totals
+
+    def num_trainable(self) -> int:
+        return sum(p.numel() for p in self.trainable())
 
     def info(self) -> dict:
         import os
@@ -277,8 +420,8 @@ class Learner:
         """Everything needed to continue exactly: tensors and plain values only, so that a
         checkpoint loads with `torch.load(weights_only=True)`."""
         height, width = self.image.size
-        return {
-            "method": "art",
+        state = {
+            "method": self.method,
             "model": self.model_name,
             "height": height,
             "width": width,
@@ -288,15 +431,25 @@ class Learner:
             "seed_uint8_HWC": torch.from_numpy(self.seed_uint8.copy()),
             "torch_rng": torch.get_rng_state(),
             "consecutive_skips": self.consecutive_skips,
+            "history": {v: [t.cpu() for t in h] for v, h in self.history.items()},
         }
+        if self.peft_model is not None:
+            state["adapter"] = [p.detach().cpu().clone() for p in self.trainable()]
+        return state
 
     def load_state_dict(self, state: dict) -> int:
         """Restore `state_dict()`; the driver has checked model, size and method."""
         with torch.no_grad():
             self.image.theta_CHW.copy_(state["theta_CHW"].to(self.image.theta_CHW.device))
+            for param, saved in zip(self.trainable(), state.get("adapter", []), strict=False):
+                param.copy_(saved.to(param.device))
         self.optimizer.load_state_dict(state["optimizer"])
         self.version = int(state["version"])
         self.seed_uint8 = state["seed_uint8_HWC"].numpy().copy()
         torch.set_rng_state(state["torch_rng"])
         self.consecutive_skips = int(state["consecutive_skips"])
+        device = self.image.theta_CHW.device
+        self.history = {
+            int(v): [t.to(device) for t in h] for v, h in state.get("history", {}).items()
+        }
         return self.version

@@ -5,9 +5,9 @@
 per-token log-probs of sampled completions given the prompt token ids the engine sampled from
 and the image. It is lean where the model is large:
 - the image is encoded once and its features are shared by every sequence;
-- logits are computed only at completion positions, never for prompt or image tokens, and the
-  log-softmax runs over chunks of positions, each recomputed in backward (checkpointed), so
-  at most one chunk x vocabulary tensor is alive at a time;
+- logits are computed only at completion positions, never for prompt or image tokens, and
+  past one chunk (2**25 logits) the log-softmax runs chunk by chunk, each recomputed in
+  backward (checkpointed), so at most one chunk x vocabulary tensor is alive at a time;
 - optionally (`activation_checkpointing`), the decoder layers keep only their inputs for
   backward and recompute the rest; gradients still reach the pixels through the image
   features with every weight frozen.
@@ -87,6 +87,8 @@ class FrozenPolicy:
     def token_logprobs(self, hidden_ND: torch.Tensor, targets_N: torch.Tensor) -> torch.Tensor:
         """Log-probs (N,) of `targets_N` under the sampling distribution (temperature, vision
         tokens masked) from final hidden states, one chunk of positions at a time."""
+        if hidden_ND.shape[0] <= self.chunk_tokens:  # one chunk: nothing to save by recomputing
+            return self._chunk_logprobs(hidden_ND, targets_N)
         chunks = []
         for start in range(0, hidden_ND.shape[0], self.chunk_tokens):
             h_CD = hidden_ND[start : start + self.chunk_tokens]

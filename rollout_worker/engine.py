@@ -20,6 +20,12 @@ class Engine(Protocol):
         sampling: SamplingConfig,
     ) -> list[list[Completion]]: ...
 
+    def set_adapter(self, version: int, config: dict, weights: bytes) -> None:
+        """Apply a LoRA adapter (safetensors bytes, PEFT config) to every later request."""
+
+    def clear_adapter(self) -> None:
+        """Sample from the base model again."""
+
 
 def make_engine(kind: str, model_path: str, **options) -> Engine:
     match kind:

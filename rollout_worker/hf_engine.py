@@ -63,6 +63,26 @@ class HFEngine:
             {self.tokenizer.convert_tokens_to_ids("<|im_end|>"), self.tokenizer.eos_token_id}
         )
         self.pad_id = self.tokenizer.pad_token_id
+        self.peft_model = None
+
+    def set_adapter(self, version: int, config: dict, weights: bytes) -> None:
+        """Apply a LoRA adapter with PEFT: injected into the model once, its weights replaced
+        on every later version."""
+        import warnings
+
+        from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
+        from safetensors.torch import load
+
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+        warnings.filterwarnings("ignore", message=".*base_model_name_or_path.*")
+
+        if self.peft_model is None:
+            self.peft_model = get_peft_model(self.model, LoraConfig.from_peft_type(**config))
+            self.peft_model.eval()
+        self.peft_model.base_model.enable_adapter_layers()
+        result = set_peft_model_state_dict(self.peft_model, load(weights))
+        if getattr(result, "unexpected_keys", None):
+            raise ValueError(f"adapter weights that fit no module: {result.unexpected_keys[:3]}")
 
     def generation_config(self, sampling: SamplingConfig, n: int):
         from transformers import GenerationConfig
@@ -79,6 +99,10 @@ class HFEngine:
             pad_token_id=self.pad_id,
             eos_token_id=self.eos_ids,
         )
+
+    def clear_adapter(self) -> None:
+        if self.peft_model is not None:
+            self.peft_model.base_model.disable_adapter_layers()
 
     @torch.no_grad()
     def generate(

@@ -16,7 +16,11 @@ Settings every Qwen3.5 engine needs, made here rather than left to the user:
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import tempfile
+from pathlib import Path
 
 from PIL import Image
 
@@ -53,6 +57,31 @@ def engine_kwargs(
     return kwargs
 
 
+# The ranks vLLM accepts for `max_lora_rank`.
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
+def vllm_lora_rank(rank: int) -> int:
+    """The smallest rank vLLM accepts that holds `rank`."""
+    for allowed in VLLM_LORA_RANKS:
+        if allowed >= rank:
+            return allowed
+    raise ValueError(
+        f"LoRA rank {rank} is above vLLM's largest max_lora_rank {VLLM_LORA_RANKS[-1]}"
+    )
+
+
+def write_peft_folder(folder: Path, config: dict, weights: bytes) -> None:
+    """A standard PEFT adapter folder: adapter_config.json + adapter_model.safetensors."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "adapter_config.json").write_text(json.dumps(config, indent=2))
+    (folder / "adapter_model.safetensors").write_bytes(weights)
+
+
+def _shm() -> str | None:
+    return "/dev/shm" if os.path.isdir("/dev/shm") else None
+
+
 def sampling_kwargs(request: RolloutRequest, sampling: SamplingConfig, suppress: dict) -> dict:
     """The `SamplingParams(...)` of one request (pure: tested without vLLM).
 
@@ -83,16 +112,43 @@ class VLLMEngine:
         gpu_memory_utilization: float = 0.85,
         max_model_len: int = 4096,
         seed: int = 0,
+        enable_lora: bool = False,
+        max_lora_rank: int = 16,
         **_,
     ):
         os.environ.setdefault("VLLM_USE_FLASHINFER_SAMPLER", "0")
         from vllm import LLM
 
         self.llm = LLM(
-            **engine_kwargs(model_path, dtype, gpu_memory_utilization, max_model_len, seed)
+            **engine_kwargs(
+                model_path,
+                dtype,
+                gpu_memory_utilization,
+                max_model_len,
+                seed,
+                enable_lora,
+                vllm_lora_rank(max_lora_rank),
+            )
         )
         self.tokenizer = self.llm.get_tokenizer()
         self.suppress = {i: float("-inf") for i in suppressed_token_ids(self.tokenizer)}
+        self.lora_request = None
+        self.adapter_dir = Path(tempfile.mkdtemp(prefix="art-lora-", dir=_shm()))
+
+    def set_adapter(self, version: int, config: dict, weights: bytes) -> None:
+        """A new adapter version: written as a PEFT folder and loaded as a new `LoRARequest`
+        (a new integer id per version, so vLLM loads it; the base model is never reloaded)."""
+        from vllm.lora.request import LoRARequest
+
+        folder = self.adapter_dir / f"v{version}"
+        write_peft_folder(folder, config, weights)
+        previous = self.lora_request
+        self.lora_request = LoRARequest(f"art-v{version}", version + 1, str(folder))
+        if previous is not None:
+            shutil.rmtree(previous.lora_path, ignore_errors=True)
+
+    def clear_adapter(self) -> None:
+        self.lora_request = None
 
     def generate(
         self,
@@ -110,7 +166,7 @@ class VLLMEngine:
                 prompt["multi_modal_data"] = {"image": image}
             prompts.append(prompt)
             params.append(SamplingParams(**sampling_kwargs(request, sampling, self.suppress)))
-        outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        outputs = self.llm.generate(prompts, params, use_tqdm=False, lora_request=self.lora_request)
         results = []
         for request, output in zip(requests, outputs, strict=True):
             group = []

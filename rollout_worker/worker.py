@@ -12,7 +12,13 @@ import socket
 
 from rollout_worker.engine import make_engine
 from shared.artifact import png_to_pil
-from shared.messages import Completion, ImageUpdate, RolloutRequest, SamplingConfig
+from shared.messages import (
+    AdapterUpdate,
+    Completion,
+    ImageUpdate,
+    RolloutRequest,
+    SamplingConfig,
+)
 
 
 class RolloutWorker:
@@ -21,6 +27,7 @@ class RolloutWorker:
         self.engine = make_engine(engine, model_path, **engine_options)
         self.version: int | None = None
         self.image = None
+        self.adapter_version: int | None = None
         self.served = {"requests": 0, "completions": 0, "tokens": 0}
 
     def set_image(self, version: int, png: bytes) -> int:
@@ -40,6 +47,23 @@ class RolloutWorker:
         self.image, self.version = image, version
         return version
 
+    def set_adapter(self, version: int, config: dict, weights: bytes) -> int:
+        """A new version of the LoRA adapter (`method=lora`): the engine applies it to every
+        request from now on; the base model is never reloaded."""
+        update = AdapterUpdate(version=version, weights=weights, config=config)  # validates
+        if self.adapter_version is not None and version < self.adapter_version:
+            raise ValueError(
+                f"set_adapter: adapter version went back from {self.adapter_version} to {version}"
+            )
+        self.engine.set_adapter(update.version, update.config, update.weights)
+        self.adapter_version = version
+        return version
+
+    def clear_adapter(self) -> None:
+        """Sample from the base model again (an adapter applied later comes back)."""
+        self.engine.clear_adapter()
+        self.adapter_version = None
+
     def generate(
         self, requests: list[RolloutRequest], sampling: SamplingConfig
     ) -> list[list[Completion]]:
@@ -47,7 +71,10 @@ class RolloutWorker:
             raise RuntimeError(
                 f"rollout-worker-{self.worker_index} has no image yet: call set_image first"
             )
-        version = -1 if self.version is None else self.version
+        # Completions carry the version of the policy they were sampled with: the adapter's
+        # under LoRA, else the image's.
+        version = self.adapter_version if self.adapter_version is not None else self.version
+        version = -1 if version is None else version
         groups = self.engine.generate(requests, self.image, version, sampling)
         self.served["requests"] += len(requests)
         self.served["completions"] += sum(len(g) for g in groups)

@@ -48,6 +48,12 @@ class AlgoConfig:
     eps_low: float = 0.2
     # Upper clip range (clip-higher: larger than eps_low).
     eps_high: float = 0.28
+    # verl's dual clip for negative advantages: the objective is at least c * A (null: off, as
+    # in the DAPO paper). Guards against huge ratios on stale samples.
+    clip_ratio_c: float | None = 3.0
+    # 0: synchronous; 1: the workers sample step t+1 with image v while the learner computes
+    # the update from step t (old log-probs use the image each completion was sampled with).
+    max_staleness: int = 0
     # Dynamic sampling: extra generation rounds allowed to refill dropped groups.
     max_extra_rounds: int = 2
     # Dynamic sampling keeps a group when its strict accuracies differ ("acc", DAPO's and
@@ -177,6 +183,39 @@ class ClusterConfig:
 
 
 @dataclass
+class LoraSettings:
+    # Adapter rank r.
+    rank: int = 16
+    # Scaling alpha (the update is alpha / r * B A).
+    alpha: float = 32.0
+    # Dropout on the adapter's input; 0 keeps the learner's log-probs those the engine samples.
+    dropout: float = 0.0
+    # Module names adapted (language model only: the vision tower's modules are named otherwise).
+    target_modules: list[str] = field(
+        default_factory=lambda: [
+            "q_proj",
+            "k_proj",
+            "v_proj",
+            "o_proj",
+            "gate_proj",
+            "up_proj",
+            "down_proj",
+        ]
+    )
+
+
+@dataclass
+class MethodConfig:
+    # "art": train the pixels of one image; "lora": the baseline, a LoRA adapter on the
+    # language model trained by the same DAPO loop (rollouts, rewards, loss, optimizer loop).
+    name: str = "art"
+    # lora only: keep the seed image in the prompts (default: text-only prompts).
+    with_image: bool = False
+    # lora only: the adapter.
+    lora: LoraSettings = field(default_factory=LoraSettings)
+
+
+@dataclass
 class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
@@ -187,6 +226,7 @@ class TrainConfig:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
     # Learner steps (each: sample, score, update, broadcast).
     steps: int = 60
     # Seed of prompt order, sampling and image noise.
@@ -234,6 +274,16 @@ def validate(cfg: Any) -> None:
             "model's own distribution); greedy decoding is for evaluation",
         ),
         (
+            algo.clip_ratio_c is None or algo.clip_ratio_c > 1,
+            f"algo.clip_ratio_c={algo.clip_ratio_c}: the dual clip needs c > 1 (verl: 3.0), or "
+            "null to turn it off",
+        ),
+        (
+            algo.max_staleness in (0, 1),
+            f"algo.max_staleness={algo.max_staleness}: use 0 (synchronous) or 1 (sample the "
+            "next step while the learner updates)",
+        ),
+        (
             algo.filter_metric in ("acc", "reward"),
             f"algo.filter_metric={algo.filter_metric!r}: use 'acc' or 'reward'",
         ),
@@ -248,6 +298,14 @@ def validate(cfg: Any) -> None:
             algo.num_minibatches >= 1
             and algo.num_minibatches <= algo.prompts_per_step * algo.group_size,
             f"algo.num_minibatches={algo.num_minibatches} must be in [1, prompts_per_step * group_size]",
+        ),
+        (
+            cfg.method.name in ("art", "lora"),
+            f"method={cfg.method.name!r}: use method=art (the default) or method=lora",
+        ),
+        (
+            cfg.method.lora.rank >= 1 and 0 <= cfg.method.lora.dropout < 1,
+            "method.lora.rank must be >= 1 and method.lora.dropout in [0, 1)",
         ),
         (
             rollout.engine in ("hf", "vllm"),

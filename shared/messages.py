@@ -135,3 +135,24 @@ class ImageUpdate:
                 f"ImageUpdate.png is not PNG data (it starts with {self.png[:8]!r}); give the "
                 "bytes of a PNG file"
             )
+
+
+@dataclass(frozen=True)
+class AdapterUpdate:
+    """A new version of the trained LoRA adapter (`method=lora`, the baseline ART is compared
+    with). Learner -> Driver -> every RolloutWorker.
+
+    `weights` is the adapter's state dict in safetensors format (PEFT's key names, as in
+    `adapter_model.safetensors`); `config` is its `adapter_config.json`. Versions increase by
+    one per learner step; version 0 is the freshly initialized adapter (B = 0: the base model).
+    """
+
+    version: int
+    weights: bytes
+    config: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.version < 0:
+            raise ValueError(f"adapter version must be >= 0, got {self.version}")
+        if not self.weights or not self.config.get("peft_type") == "LORA":
+            raise ValueError("AdapterUpdate needs safetensors weights and a LoRA adapter config")

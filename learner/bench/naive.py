@@ -54,3 +54,64 @@ def full_logits_logprobs(
     for i, c in enumerate(completions):
         mask_BT[i, : len(c)] = 1.0
     return torch.stack(rows), mask_BT
+
+
+def naive_gradient(learner, groups) -> torch.Tensor:
+    """The pixel gradient of one DAPO step over the whole batch, computed naively: a separate
+    no-gradient pass for old log-probs, one image encode per sequence, logits over every
+    position, and every weight with `requires_grad=True` (so backward also computes weight
+    gradients). Leaves the learner as it was; returns d loss / d theta (3, H, W)."""
+    from learner.dapo import dapo_loss, group_advantages
+    from learner.learner import Batch
+
+    policy = learner.policy
+    batch = Batch.from_groups(groups)
+    advantages_B = group_advantages(batch.rewards_GN).reshape(-1)
+    num_tokens = sum(batch.lengths)
+    with torch.no_grad():
+        old = [
+            full_logits_logprobs(policy, policy.encode_image(learner.image()), [p], [c])[0]
+            for p, c in zip(batch.prompt_ids, batch.token_ids, strict=True)
+        ]
+    weights = list(learner.model.parameters())
+    for w in weights:
+        w.requires_grad_(True)
+    try:
+        learner.image.theta_CHW.grad = None
+        for i, (p, c) in enumerate(zip(batch.prompt_ids, batch.token_ids, strict=True)):
+            encoded = policy.encode_image(learner.image())  # once per sequence
+            logprobs_1T, mask_1T = full_logits_logprobs(policy, encoded, [p], [c])
+            loss, _ = dapo_loss(
+                logprobs_1T,
+                old[i],
+                advantages_B[i : i + 1].to(logprobs_1T.device),
+                mask_1T,
+                learner.eps_low,
+                learner.eps_high,
+                num_tokens=num_tokens,
+                clip_ratio_c=learner.clip_ratio_c,
+            )
+            loss.backward()
+        return learner.image.theta_CHW.grad.detach().clone()
+    finally:
+        for w in weights:
+            w.requires_grad_(False)
+            w.grad = None
+        learner.image.theta_CHW.grad = None
+
+
+def optimized_gradient(learner, groups) -> torch.Tensor:
+    """The same gradient through the learner's own path (one minibatch, fresh completions:
+    the forward doubles as the old log-probs). Leaves the learner as it was."""
+    from learner.dapo import group_advantages
+    from learner.learner import Batch
+
+    batch = Batch.from_groups(groups)
+    advantages_B = group_advantages(batch.rewards_GN).reshape(-1)
+    rows = list(range(len(batch)))
+    old_BT = torch.zeros(len(batch), batch.max_len, device=learner.policy.device)
+    learner.image.theta_CHW.grad = None
+    learner.accumulate_gradient(batch, rows, old_BT, advantages_B, fill_old=set(rows))
+    grad = learner.image.theta_CHW.grad.detach().clone()
+    learner.image.theta_CHW.grad = None
+    return grad

@@ -42,6 +42,9 @@ class DriverState:
     rng: dict = field(default_factory=dict)
     mlflow_run_id: str | None = None
     worker_restarts: int = 0
+    # With algo.max_staleness=1: the next step's first round, sampled ahead (plain data).
+    ahead: dict | None = None
+    loop_wall_s: float = 0.0
 
     @property
     def rewards(self) -> list[float]:

@@ -32,7 +32,10 @@ register_configs()  # the structured schema `conf/config.yaml` builds on
 def compose_config(*overrides: str, run_dir: str = "unused"):
     """The `conf/` config with Hydra overrides, outside the CLI (tests, notebooks)."""
     from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
 
+    if GlobalHydra.instance().is_initialized():  # inside an app (art-compare composes per method)
+        GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose("config", overrides=list(rewrite_model_override(list(overrides))))
     OmegaConf.set_struct(cfg, False)

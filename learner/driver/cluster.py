@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 from contextlib import contextmanager
 
+from omegaconf import OmegaConf
+
 from shared.errors import UserError
 
 # Quiet, per-process settings every actor inherits.
@@ -158,6 +160,8 @@ def create_learner(cfg, ray, model_path: str):
         temperature=cfg.algo.temperature,
         eps_low=cfg.algo.eps_low,
         eps_high=cfg.algo.eps_high,
+        clip_ratio_c=cfg.algo.clip_ratio_c,
+        max_staleness=cfg.algo.max_staleness,
         num_minibatches=cfg.algo.num_minibatches,
         micro_batch_size=cfg.learner.micro_batch_size,
         max_grad_norm=cfg.learner.max_grad_norm,
@@ -167,6 +171,9 @@ def create_learner(cfg, ray, model_path: str):
         activation_checkpointing=cfg.learner.activation_checkpointing,
         task_icon=task_icon(cfg.task.name),
         background=cfg.image.background,
+        method=cfg.method.name,
+        lora=OmegaConf.to_container(cfg.method.lora, resolve=True),
+        with_image=cfg.method.with_image,
     )
 
 
@@ -188,6 +195,8 @@ def create_workers(cfg, ray, model_path: str) -> list:
             gpu_memory_utilization=cfg.rollout.gpu_memory_utilization,
             max_model_len=cfg.rollout.max_model_len,
             seed=cfg.seed,
+            enable_lora=cfg.method.name == "lora",
+            max_lora_rank=cfg.method.lora.rank,
         )
     return [
         worker_cls.options(

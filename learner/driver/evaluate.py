@@ -3,7 +3,9 @@
 Accuracy of the frozen model on a held-out split under image conditions:
 - `none`: the text-only baseline (no image part in the prompt);
 - `seed`: the configured seed image (separates "any image" from "the learned image");
-- a path to a PNG: the trained art (its metadata must match the model and size).
+- a path to a PNG: the trained art (its metadata must match the model and size);
+- a path to a LoRA adapter folder (`adapter/` of a `method=lora` run): the baseline, with
+  text-only prompts (or the seed image, if it was trained with one).
 The paper's settings (`configs/learned_image.yaml` of its released code): greedy decoding, at
 most 512 new tokens for math, presence penalty 1.0, thinking off, the image before the
 question, the whole split unless `eval.limit` is given. The same rollout workers and engines
@@ -17,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from omegaconf import DictConfig
@@ -29,7 +32,7 @@ from learner.models import resolve_model_path
 from shared.artifact import art_metadata, check_metadata, decode_png, sha256
 from shared.config import validate
 from shared.errors import UserError
-from shared.messages import ImageUpdate, RolloutRequest, SamplingConfig
+from shared.messages import AdapterUpdate, ImageUpdate, RolloutRequest, SamplingConfig
 from shared.prompts import PROMPT_LAYOUT
 
 logger = logging.getLogger("art.eval")
@@ -108,9 +111,10 @@ def condition_image(cfg, condition: str) -> bytes | None:
         )
         return encode_png(pixels, art_metadata(cfg.model.name, height, width, 0))
     path = Path(condition)
-    if not path.exists():
+    if not path.is_file():
         raise UserError(
-            f"eval condition {condition!r} is neither none, seed nor an existing PNG file"
+            f"eval condition {condition!r} is neither none, seed, an existing PNG file nor a "
+            "LoRA adapter folder"
         )
     png = path.read_bytes()
     _, metadata = decode_png(png)
@@ -126,6 +130,44 @@ def condition_image(cfg, condition: str) -> bytes | None:
     return png
 
 
+@dataclass
+class Condition:
+    """What one evaluation condition puts in front of the frozen model."""
+
+    image: bytes | None  # the PNG in every prompt (None: text-only)
+    adapter: AdapterUpdate | None = None  # a LoRA adapter applied to the model
+
+    @property
+    def sha256(self) -> str | None:
+        if self.adapter is not None:
+            return sha256(self.adapter.weights)
+        return sha256(self.image) if self.image is not None else None
+
+
+def condition_policy(cfg, condition: str) -> Condition:
+    """`none`, `seed`, a trained PNG, or a LoRA adapter folder (`adapter/` of a `method=lora`
+    run), each checked against the model before anything starts."""
+    path = Path(condition)
+    if condition not in ("none", "seed") and (path / "adapter_config.json").is_file():
+        return Condition(*adapter_condition(cfg, path))
+    return Condition(condition_image(cfg, condition))
+
+
+def adapter_condition(cfg, folder: Path) -> tuple[bytes | None, AdapterUpdate]:
+    config = json.loads((folder / "adapter_config.json").read_text())
+    meta_path = folder / "art_lora.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    trained_for = meta.get("model") or config.get("base_model_name_or_path")
+    if trained_for != cfg.model.name:
+        raise UserError(
+            f"refusing adapter {folder}: it was trained for model {trained_for!r}, not "
+            f"{cfg.model.name!r}"
+        )
+    weights = (folder / "adapter_model.safetensors").read_bytes()
+    image = condition_image(cfg, "seed") if meta.get("with_image") else None
+    return image, AdapterUpdate(1, weights, config)
+
+
 def evaluate(cfg: DictConfig) -> dict:
     validate(cfg)
     run_dir = Path(cfg.run_dir)
@@ -138,7 +180,7 @@ def evaluate(cfg: DictConfig) -> dict:
         raise UserError(
             f"task {cfg.task.name} has no examples in split {cfg.eval.split!r}; check eval.split"
         )
-    images = {c: condition_image(cfg, c) for c in cfg.eval.conditions}  # refuse early
+    conditions = {c: condition_policy(cfg, c) for c in cfg.eval.conditions}  # refuse early
     model_path = resolve_model_path(cfg.model.name)
     prompt_for = prompt_builder(cfg, model_path)
     sampling = eval_sampling(cfg, task)
@@ -150,18 +192,24 @@ def evaluate(cfg: DictConfig) -> dict:
     outputs.mlflow = mlflow
     results = {}
     with run_scope(ray, owns_ray, workers, mlflow):
-        for version, (condition, png) in enumerate(images.items(), start=1):
-            if png is not None:
-                pool.broadcast(ImageUpdate(version, png))
+        for version, (condition, policy) in enumerate(conditions.items(), start=1):
+            pool.clear_adapter()
+            if policy.image is not None:
+                pool.broadcast(ImageUpdate(version, policy.image))
+            if policy.adapter is not None:
+                pool.broadcast(
+                    AdapterUpdate(version, policy.adapter.weights, policy.adapter.config)
+                )
             logger.info("evaluating condition %s on %d examples", condition, len(examples))
             metrics = evaluate_condition(
-                pool, task, examples, prompt_for, png is not None, sampling, condition
+                pool, task, examples, prompt_for, policy.image is not None, sampling, condition
             )
             metrics.update(
                 model=cfg.model.name,
                 task=cfg.task.name,
                 split=cfg.eval.split,
-                image_sha256=sha256(png) if png is not None else None,
+                image_sha256=sha256(policy.image) if policy.image is not None else None,
+                adapter_sha256=policy.sha256 if policy.adapter is not None else None,
                 max_new_tokens=sampling.max_new_tokens,
                 presence_penalty=sampling.presence_penalty,
             )
@@ -179,7 +227,10 @@ def evaluate(cfg: DictConfig) -> dict:
 
 
 def _metric_key(condition: str) -> str:
-    return condition if condition in ("none", "seed") else "art_" + Path(condition).stem
+    if condition in ("none", "seed"):
+        return condition
+    path = Path(condition)
+    return f"lora_{path.parent.name}" if path.is_dir() else "art_" + path.stem
 
 
 def format_table(results: dict) -> str:

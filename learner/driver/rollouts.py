@@ -10,7 +10,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from shared.errors import UserError
-from shared.messages import RolloutRequest, SamplingConfig, ScoredGroup
+from shared.messages import (
+    AdapterUpdate,
+    ImageUpdate,
+    RolloutRequest,
+    SamplingConfig,
+    ScoredGroup,
+)
 from shared.sampling import round_seed
 
 logger = logging.getLogger("art.rollouts")
@@ -85,9 +91,16 @@ def prompt_builder(cfg, model_path: str):
     return prompt_for
 
 
-def rollout_requests(examples, prompt_for, group_size: int) -> list[RolloutRequest]:
+def uses_image(cfg) -> bool:
+    """ART prompts hold the image; the LoRA baseline's only with `method.with_image`."""
+    return cfg.method.name == "art" or cfg.method.with_image
+
+
+def rollout_requests(examples, prompt_for, group_size: int, with_image: bool = True):
     return [
-        RolloutRequest(request_id=i, prompt=prompt_for(ex), n=group_size)
+        RolloutRequest(
+            request_id=i, prompt=prompt_for(ex, with_image), n=group_size, with_image=with_image
+        )
         for i, ex in enumerate(examples)
     ]
 
@@ -120,11 +133,26 @@ class WorkerPool:
 
     # ---- broadcast ---------------------------------------------------------------------
     def broadcast(self, update) -> None:
-        """One copy of the PNG into the object store; every worker swaps to it."""
-        self.update, self.update_ref = update, self.ray.put(update.png)
-        self.sync_bytes = len(update.png)
+        """One copy of the policy (the PNG, or the LoRA adapter's weights) into the object
+        store; every worker swaps to it."""
+        payload = update.png if isinstance(update, ImageUpdate) else update.weights
+        self.update, self.update_ref = update, self.ray.put(payload)
+        self.sync_bytes = len(payload)
         for i in range(len(self.workers)):
-            self._call(i, lambda w: w.set_image.remote(update.version, self.update_ref))
+            self._call(i, self._send)
+
+    def clear_adapter(self) -> None:
+        """Back to the base model on every worker (evaluating conditions one after another)."""
+        if isinstance(self.update, AdapterUpdate):
+            self.update, self.update_ref = None, None
+        for i in range(len(self.workers)):
+            self._call(i, lambda w: w.clear_adapter.remote())
+
+    def _send(self, worker):
+        """The current policy to one worker (an ObjectRef: fetched once per node)."""
+        if isinstance(self.update, ImageUpdate):
+            return worker.set_image.remote(self.update.version, self.update_ref)
+        return worker.set_adapter.remote(self.update.version, self.update.config, self.update_ref)
 
     # ---- sampling ----------------------------------------------------------------------
     def launch(self, requests: list[RolloutRequest], sampling: SamplingConfig) -> Pending:
@@ -195,8 +223,7 @@ class WorkerPool:
                     ) from err
                 time.sleep(1)
         if self.update is not None:
-            version = self.update.version
-            self.ray.get(self.workers[i].set_image.remote(version, self.update_ref))
+            self.ray.get(self._send(self.workers[i]))
         logger.warning(
             "rollout-worker-%d is back with image version %s",
             i,
@@ -208,6 +235,7 @@ class WorkerPool:
 class StepRollouts:
     """What the sample/score/filter phases produce for one step."""
 
+    step: int = 0  # 0-based
     kept: list[ScoredGroup] = field(default_factory=list)
     first_round_rewards: list[float] = field(default_factory=list)
     first_round_accuracies: list[float] = field(default_factory=list)
@@ -258,7 +286,7 @@ def compute_rollouts(cfg, pool: WorkerPool, task, sampler, prompt_for, step: int
 
     algo = cfg.algo
     max_new = cfg.rollout.max_new_tokens or task.max_new_tokens
-    out = StepRollouts()
+    out = StepRollouts(step=step)
     while len(out.kept) < algo.prompts_per_step and out.rounds <= algo.max_extra_rounds:
         sampling = SamplingConfig(
             temperature=algo.temperature,
@@ -267,7 +295,7 @@ def compute_rollouts(cfg, pool: WorkerPool, task, sampler, prompt_for, step: int
             seed=round_seed(cfg.seed, step, out.rounds),
         )
         examples = sampler.take(algo.prompts_per_step)
-        requests = rollout_requests(examples, prompt_for, algo.group_size)
+        requests = rollout_requests(examples, prompt_for, algo.group_size, uses_image(cfg))
         groups = pool.generate(requests, sampling)
         scored, errors = score_groups(
             task, examples, requests, groups, max_new, algo.overlong_buffer
@@ -295,3 +323,51 @@ def compute_rollouts(cfg, pool: WorkerPool, task, sampler, prompt_for, step: int
         out.rounds += 1
     out.kept = out.kept[: algo.prompts_per_step]
     return out
+
+
+class Prefetch:
+    """The next step's rollouts, computed in a thread while the learner updates (overlap).
+
+    Only this thread uses the workers until `result()` joins it, and the driver broadcasts the
+    new image only after that, so every completion of the prefetched step is sampled with the
+    same image, exactly one version behind the learner: deterministic, and resumable.
+    """
+
+    def __init__(self, fn):
+        import threading
+
+        self.value, self.error = None, None
+        self.thread = threading.Thread(target=self._run, args=(fn,), daemon=True)
+        self.thread.start()
+
+    def _run(self, fn) -> None:
+        try:
+            self.value = fn()
+        except BaseException as err:  # re-raised in the driver's thread
+            self.error = err
+
+    def result(self) -> StepRollouts:
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+def rollouts_to_state(rollouts: StepRollouts) -> dict:
+    """A step's rollouts as plain data (a checkpoint taken while one is prefetched)."""
+    from dataclasses import asdict
+
+    return asdict(rollouts)
+
+
+def rollouts_from_state(state: dict) -> StepRollouts:
+    from shared.messages import Completion
+
+    def group(g: dict) -> ScoredGroup:
+        completions = tuple(
+            Completion(**{k: tuple(v) if isinstance(v, list) else v for k, v in c.items()})
+            for c in g["completions"]
+        )
+        return ScoredGroup(g["prompt"], completions, tuple(g["rewards"]), tuple(g["accuracies"]))
+
+    return StepRollouts(**{**state, "kept": [group(g) for g in state["kept"]]})

@@ -10,8 +10,9 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from shared.atomic import write_bytes_atomic
+from shared.atomic import write_bytes_atomic, write_folder_atomic
 from shared.errors import UserError
+from shared.messages import ImageUpdate
 
 logger = logging.getLogger("art.train")
 
@@ -33,9 +34,10 @@ def setup_mlflow(cfg, run_name: str, run_id: str | None = None):
             artifacts = root.joinpath(artifacts).resolve().as_uri()
         mlflow.create_experiment(cfg.logging.experiment, artifact_location=artifacts or None)
     mlflow.set_experiment(cfg.logging.experiment)
+    nested = mlflow.active_run() is not None  # art-compare: the training runs are children
     if run_id is not None and _run_exists(mlflow, run_id):  # a resumed run continues its run
-        return mlflow, mlflow.start_run(run_id=run_id)
-    run = mlflow.start_run(run_name=run_name)
+        return mlflow, mlflow.start_run(run_id=run_id, nested=nested)
+    run = mlflow.start_run(run_name=run_name, nested=nested)
     flat = flatten(OmegaConf.to_container(cfg, resolve=True))
     mlflow.log_params({k: str(v)[:500] for k, v in flat.items() if k != "run_dir"})
     return mlflow, run
@@ -81,11 +83,12 @@ def ensure_writable(folder: Path) -> None:
 
 
 class RunOutputs:
-    """The run folder: `art.png`, `seed.png`, `best.png`, `images/`, `checkpoints/`,
-    `config.yaml`, `summary.json`. Every file is written atomically."""
+    """The run folder, every file written atomically. ART: `art.png`, `seed.png`, `best.png`,
+    `images/step_*.png`; LoRA: `adapter/` and `best_adapter/` (standard PEFT folders). Both:
+    `checkpoints/`, `config.yaml`, `summary.json`, `curves.png` (and `images/evolution.png`)."""
 
-    def __init__(self, run_dir: Path, mlflow=None):
-        self.run_dir, self.mlflow = Path(run_dir), mlflow
+    def __init__(self, run_dir: Path, mlflow=None, with_image: bool = True):
+        self.run_dir, self.mlflow, self.with_image = Path(run_dir), mlflow, with_image
         ensure_writable(self.run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.checkpoints = self.run_dir / "checkpoints"
@@ -96,9 +99,21 @@ class RunOutputs:
             self.mlflow.log_artifact(str(path), artifact_path=artifact_path)
         return path
 
-    def step_image(self, step: int, png: bytes) -> None:
-        self.write(f"images/step_{step:06d}.png", png, log=True, artifact_path="images")
-        self.write("art.png", png)
+    def policy(self, update, name: str = "final", log: bool = False) -> Path:
+        """The trained policy as its artifact: `art.png` / `best.png` (ART), or the PEFT
+        folders `adapter/` / `best_adapter/` (LoRA)."""
+        if isinstance(update, ImageUpdate):
+            return self.write("art.png" if name == "final" else f"{name}.png", update.png, log)
+        folder = "adapter" if name == "final" else f"{name}_adapter"
+        path = write_folder_atomic(self.run_dir / folder, adapter_files(update, self.with_image))
+        if log and self.mlflow is not None:
+            self.mlflow.log_artifacts(str(path), artifact_path=folder)
+        return path
+
+    def step_policy(self, step: int, update) -> None:
+        if isinstance(update, ImageUpdate):
+            self.write(f"images/step_{step:06d}.png", update.png, log=True, artifact_path="images")
+        self.policy(update)
 
     def config(self, cfg) -> None:
         self.write("config.yaml", OmegaConf.to_yaml(cfg, resolve=True).encode())
@@ -106,7 +121,37 @@ class RunOutputs:
     def summary(self, summary: dict) -> None:
         self.write("summary.json", json.dumps(summary, indent=2).encode(), log=True)
         if self.mlflow is not None:
-            self.mlflow.log_artifact(str(self.run_dir / "art.png"))
+            path = Path(summary["artifact_path"])
+            if path.is_dir():
+                self.mlflow.log_artifacts(str(path), artifact_path=path.name)
+            else:
+                self.mlflow.log_artifact(str(path))
+
+    def plots(self, history: dict, title: str) -> None:
+        """`curves.png` (reward, accuracy, kept-group fraction per step) and, for ART,
+        `images/evolution.png` (the image at every checkpoint); both logged to MLflow."""
+        from learner.driver.plots import evolution_grid, training_curves
+
+        self.write("curves.png", training_curves(history, title), log=True)
+        steps = sorted((self.run_dir / "images").glob("step_*.png"))
+        if steps:
+            grid = evolution_grid(steps, self.run_dir / "seed.png")
+            self.write("images/evolution.png", grid, log=True, artifact_path="images")
+
+
+def adapter_files(update, with_image: bool) -> dict[str, bytes]:
+    """A standard PEFT adapter folder (what `vllm serve --lora-modules` and
+    `PeftModel.from_pretrained` read) plus `art_lora.json` (what it was trained for)."""
+    meta = {
+        "version": update.version,
+        "model": update.config.get("base_model_name_or_path"),
+        "with_image": with_image,
+    }
+    return {
+        "adapter_config.json": json.dumps(update.config, indent=2).encode(),
+        "adapter_model.safetensors": update.weights,
+        "art_lora.json": json.dumps(meta, indent=2).encode(),
+    }
 
 
 def compute_step_metrics(rollouts, learn_metrics: dict, times) -> dict[str, float]:

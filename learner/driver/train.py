@@ -36,11 +36,15 @@ from learner.driver.checkpoint import (
 from learner.driver.cli import run_folder_of, run_hydra_app
 from learner.driver.cluster import placement, run_scope, start_actors, task_icon
 from learner.driver.rollouts import (
+    Prefetch,
     PromptSampler,
     WorkerPool,
     compute_rollouts,
     prompt_builder,
+    rollouts_from_state,
+    rollouts_to_state,
     split_validation,
+    uses_image,
 )
 from learner.driver.tracking import (
     Progress,
@@ -56,7 +60,8 @@ from shared.errors import RunStoppedError, UserError
 
 logger = logging.getLogger("art.train")
 # Per-step metrics kept in the checkpoint (the summary's rewards and the run's curves).
-HISTORY_KEYS = ("reward_mean", "accuracy", "kept_group_frac", "png_bytes")
+HISTORY_KEYS = ("reward_mean", "accuracy", "kept_group_frac", "generation_rounds", "sync_bytes")
+PHASES = ("time_rollout_s", "time_update_s", "time_broadcast_s", "time_step_s")
 
 
 @dataclass
@@ -90,6 +95,7 @@ class Run:
     mlflow: object
     state: DriverState
     last_good: tuple | None = None  # (ImageUpdate, learner state, DriverState) of the last step
+    ahead: object | None = None  # the next step's rollouts, sampled during the update
 
 
 def prepare(cfg: DictConfig) -> Plan:
@@ -141,7 +147,7 @@ def train(cfg: DictConfig) -> dict:
     wall_start = time.perf_counter()
     plan = prepare(cfg)
     ray, owns_ray, learner, workers = start_actors(cfg, plan.model_path)  # placement checked
-    outputs = RunOutputs(plan.run_dir)  # the first file of the run
+    outputs = RunOutputs(plan.run_dir, with_image=uses_image(cfg))  # the run's first file
     outputs.config(cfg)
     where = placement(ray, learner, workers)
     logger.info("run folder %s; actors placed on nodes: %s", plan.run_dir, where)
@@ -163,17 +169,27 @@ def train(cfg: DictConfig) -> dict:
             pool.restarts = state.worker_restarts
             logger.info("resumed from %s at step %d", plan.checkpoint, state.step)
         final = train_loop(run)
+        artifact = outputs.policy(final)
         summary = {
             "steps": cfg.steps,
             "reward_first5": mean(state.rewards[:5]),
             "reward_last5": mean(state.rewards[-5:]),
             "rewards": state.rewards,
             "wall_time_s": round(time.perf_counter() - wall_start, 2),
-            "image_path": str((outputs.run_dir / "art.png").resolve()),
+            "method": cfg.method.name,
+            "artifact_path": str(artifact.resolve()),
+            "image_path": str(artifact.resolve()) if cfg.method.name == "art" else None,
+            "adapter_path": str(artifact.resolve()) if cfg.method.name == "lora" else None,
+            "artifact_bytes": artifact_bytes(artifact),
             "image_version": final.version,
+            "trainable_parameters": ray.get(learner.num_trainable.remote()),
+            "sync_bytes_mean": mean(state.history.get("sync_bytes", [])),
             "best_eval_accuracy": state.best_accuracy if state.best_step is not None else None,
             "best_step": state.best_step,
             "worker_restarts": pool.restarts,
+            "loop_wall_s": round(state.loop_wall_s, 2),
+            "mean_phase_s": {k: round(mean(state.history.get(k, [])), 4) for k in PHASES},
+            "max_staleness": cfg.algo.max_staleness,
             "resumed_from": str(plan.checkpoint) if plan.checkpoint else None,
             "mlflow_run_id": mlflow_run.info.run_id,
             "placement": where,
@@ -182,36 +198,43 @@ def train(cfg: DictConfig) -> dict:
         }
         outputs.summary(summary)
     logger.info(
-        "done: reward %.3f -> %.3f in %.1fs; image %s",
+        "done: reward %.3f -> %.3f in %.1fs; %s",
         summary["reward_first5"],
         summary["reward_last5"],
         summary["wall_time_s"],
-        summary["image_path"],
+        summary["artifact_path"],
     )
     return summary
 
 
 def train_loop(run: Run):
     """The steps; returns the final ImageUpdate. Any exit leaves `art.png` and `last.pt` of
-    the last good step."""
+    the last good step. With `algo.max_staleness=1` the next step's rollouts are sampled (all
+    of its rounds) with the current image while the learner computes the update; the new image
+    is broadcast once they are in, so they are exactly one version stale."""
     cfg, ray, learner, state = run.cfg, run.ray, run.learner, run.state
-    update = ray.get(learner.image_update.remote())
+    update = ray.get(learner.policy_update.remote())
     run.pool.broadcast(update)
-    if state.step == 0:
+    if state.step == 0 and cfg.method.name == "art":
         run.outputs.write("seed.png", update.png)
-    progress = Progress(cfg, state.step)
+    if state.ahead is not None:
+        run.ahead = rollouts_from_state(state.ahead)
+    progress, loop_start = Progress(cfg, state.step), time.perf_counter() - state.loop_wall_s
     try:
         for step in range(state.step + 1, cfg.steps + 1):
             t0 = time.perf_counter()  # 1-3. sample, score, filter
-            rollouts = compute_rollouts(
-                cfg, run.pool, run.task, run.sampler, run.prompt_for, step - 1
-            )
+            rollouts = run.ahead or rollouts_for(run, step - 1)
+            run.ahead = None
+            if cfg.algo.max_staleness and step < cfg.steps:  # overlap: sample step + 1 now
+                run.ahead = Prefetch(lambda s=step: rollouts_for(run, s))
             t1 = time.perf_counter()  # 4. update
             learn_metrics = {}
             if rollouts.kept:
                 learn_metrics, update = learner_call(run, step, "update", rollouts.kept)
             else:
                 logger.warning("step %d: no informative group in %d rounds", step, rollouts.rounds)
+            if isinstance(run.ahead, Prefetch):
+                run.ahead = run.ahead.result()
             t2 = time.perf_counter()  # 5. broadcast
             if update.version != run.pool.update.version:
                 run.pool.broadcast(update)
@@ -220,8 +243,8 @@ def train_loop(run: Run):
             metrics.update(
                 worker_restarts=float(run.pool.restarts), sync_bytes=float(run.pool.sync_bytes)
             )
-            state.step = step
-            state.record(metrics, HISTORY_KEYS)
+            state.step, state.loop_wall_s = step, time.perf_counter() - loop_start
+            state.record(metrics, HISTORY_KEYS + PHASES)
             run.mlflow.log_metrics(metrics, step=step)
             progress.report(step, metrics)
             check_skips(metrics, cfg.learner.max_consecutive_skips, step)
@@ -233,16 +256,29 @@ def train_loop(run: Run):
                 save_image_and_checkpoint(run, step)
     except BaseException as err:
         progress.close()
+        if isinstance(run.ahead, Prefetch):
+            run.ahead.thread.join(timeout=60)
         stopped_at = save_last_good(run)
         if isinstance(err, KeyboardInterrupt | UserError | RunStoppedError):
             raise
         raise RunStoppedError(
-            f"training stopped in step {state.step + 1} ({type(err).__name__}: {err}); "
+            f"training stopped in step {state.step + 1} ({short_error(err)}); "
             f"{run.outputs.run_dir} holds art.png and checkpoints/last.pt of step {stopped_at}. "
             f"Resume with: art-train resume_from={run.outputs.checkpoints / 'last.pt'}"
         ) from err
     progress.close()
     return update
+
+
+def rollouts_for(run: Run, step: int):
+    return compute_rollouts(run.cfg, run.pool, run.task, run.sampler, run.prompt_for, step)
+
+
+def short_error(err: BaseException) -> str:
+    """`Type: first line` of an error, the original one for an error raised inside an actor."""
+    cause = getattr(err, "cause", None) or err  # RayTaskError wraps the actor's exception
+    lines = str(cause).strip().splitlines()
+    return f"{type(cause).__name__}: {lines[0][:300] if lines else ''}"
 
 
 def learner_call(run: Run, step: int, method: str, *args):
@@ -273,30 +309,33 @@ def check_skips(metrics: dict, limit: int, step: int) -> None:
 
 
 def mark_good(run: Run, update, step: int) -> None:
-    """Remember the state after a completed step: what a crash later on will save."""
-    run.state.sampler = run.sampler.state_dict()
-    run.state.rng = capture_rng()
-    run.state.worker_restarts = run.pool.restarts
+    """Remember the state after a completed step: what a checkpoint, or a crash later on,
+    saves (with overlap, the next step's rollouts too: a resume continues exactly)."""
+    state = run.state
+    state.rng, state.worker_restarts = capture_rng(), run.pool.restarts
+    state.sampler = run.sampler.state_dict()
+    state.ahead = rollouts_to_state(run.ahead) if run.ahead is not None else None
     learner_state = learner_call(run, step, "state_dict")
-    run.last_good = (update, learner_state, copy.deepcopy(run.state))
+    run.last_good = (update, learner_state, copy.deepcopy(state))
 
 
 def save_image_and_checkpoint(run: Run, step: int) -> None:
     update, learner_state, state = run.last_good
-    run.outputs.step_image(step, update.png)
+    run.outputs.step_policy(step, update)
+    run.outputs.plots(state.history, f"{run.cfg.method.name} on {run.cfg.task.name}")
     path = save_checkpoint(run.outputs.checkpoints / f"step_{step:06d}.pt", learner_state, state)
     save_checkpoint(run.outputs.checkpoints / "last.pt", learner_state, state)
     logger.info("checkpoint %s", path)
 
 
 def save_last_good(run: Run) -> int:
-    """On any exit: art.png and last.pt of the last completed step (or the seed)."""
+    """On any exit: art.png (or adapter/) and last.pt of the last completed step."""
     if run.last_good is None:
         if run.pool.update is not None:
-            run.outputs.write("art.png", run.pool.update.png)
+            run.outputs.policy(run.pool.update)
         return run.state.step
     update, learner_state, state = run.last_good
-    run.outputs.write("art.png", update.png)
+    run.outputs.policy(update)
     save_checkpoint(run.outputs.checkpoints / "last.pt", learner_state, state)
     return state.step
 
@@ -307,7 +346,10 @@ def periodic_eval(run: Run, update, step: int) -> None:
     from learner.driver.evaluate import eval_sampling, evaluate_condition
 
     sampling = eval_sampling(run.cfg, run.task)
-    metrics = evaluate_condition(run.pool, run.task, run.held_out, run.prompt_for, True, sampling)
+    with_image = uses_image(run.cfg)
+    metrics = evaluate_condition(
+        run.pool, run.task, run.held_out, run.prompt_for, with_image, sampling
+    )
     keys = ("accuracy", "format_rate", "mean_completion_tokens")
     run.mlflow.log_metrics({f"eval/{k}": metrics[k] for k in keys}, step=step)
     logger.info(
@@ -318,7 +360,14 @@ def periodic_eval(run: Run, update, step: int) -> None:
     )
     if metrics["accuracy"] > run.state.best_accuracy:
         run.state.best_accuracy, run.state.best_step = metrics["accuracy"], step
-        run.outputs.write("best.png", update.png, log=True)
+        run.outputs.policy(update, "best", log=True)
+
+
+def artifact_bytes(path: Path) -> int:
+    """Bytes on disk of the trained artifact (the PNG, or the adapter folder)."""
+    if path.is_dir():
+        return sum(f.stat().st_size for f in path.iterdir() if f.is_file())
+    return path.stat().st_size
 
 
 def main() -> None:

@@ -124,7 +124,7 @@ CASES = [
         "art-eval",
         lambda t: [f"eval.conditions=[{t}/no.png]"],
         {},
-        "neither none, seed nor",
+        "neither none, seed, an existing PNG file nor a LoRA adapter folder",
     ),
     (
         "unknown task",

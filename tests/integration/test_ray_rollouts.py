@@ -21,8 +21,8 @@ def test_three_steps_with_two_workers(ray_local, tiny_model_path, make_cfg):
         templater = AutoProcessor.from_pretrained(tiny_model_path)
         sampler = PromptSampler(task.examples("train"), seed=0)
 
-        def prompts_for(example):
-            return render_prompt(templater, example.question)
+        def prompts_for(example, with_image=True):
+            return render_prompt(templater, example.question, with_image=with_image)
 
         update = ray.get(learner.image_update.remote())
         pool.broadcast(update)

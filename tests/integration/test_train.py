@@ -34,6 +34,7 @@ def test_embedded_default_learns(trained_run):
     assert (run / "checkpoints" / "last.pt").exists()
     assert len(list((run / "images").glob("step_*.png"))) >= 1
     assert (run / "best.png").exists() and summary["best_eval_accuracy"] is not None
+    assert (run / "curves.png").exists() and (run / "images/evolution.png").exists()
 
     import mlflow
 
@@ -84,7 +85,7 @@ def test_resume_is_exact(ray_local, tmp_path, make_cfg):
     assert resumed["rewards"] == uninterrupted["rewards"] and len(resumed["rewards"]) == 4
     assert (tmp_path / "half/art.png").read_bytes() == (tmp_path / "whole/art.png").read_bytes()
     assert resumed["image_version"] == uninterrupted["image_version"]
-    assert sorted(p.name for p in (tmp_path / "half/images").glob("*.png")) == [
+    assert sorted(p.name for p in (tmp_path / "half/images").glob("step_*.png")) == [
         "step_000002.png",
         "step_000004.png",
     ]

@@ -104,3 +104,22 @@ def test_overlong_penalty_at_buffer_edges(length, expected):
 
 def test_overlong_penalty_disabled_without_buffer():
     assert overlong_penalty(20, max_length=20, buffer=0) == 0.0
+
+
+def test_dual_clip_bounds_negative_advantages_from_below():
+    # A = -1 with ratios 5.0 (dual clip active: min(-5, -1.28) = -5 < -3, objective -3),
+    # 2.0 (min(-2, -1.28) = -2 >= -3: not active) and 0.5 (clipped low: -0.8).
+    # A = +1 with ratio 5.0: clip-higher gives 1.28, the dual clip never touches A > 0.
+    logp = torch.log(torch.tensor([[5.0, 2.0, 0.5], [5.0, 1.0, 1.0]])).requires_grad_(True)
+    old, mask = torch.zeros(2, 3), torch.ones(2, 3)
+    adv = torch.tensor([-1.0, 1.0])
+    loss, metrics = dapo_loss(logp, old, adv, mask, clip_ratio_c=3.0)
+    expected = -((-3.0 - 2.0 - 0.8) + (1.28 + 1.0 + 1.0)) / 6
+    assert loss.item() == pytest.approx(expected, abs=1e-6)
+    assert metrics["clip_frac_dual"] == pytest.approx(1 / 6)
+    loss.backward()
+    assert logp.grad[0, 0] == 0  # no gradient through the dual-clipped token
+    assert logp.grad[0, 1].item() == pytest.approx(2.0 / 6, rel=1e-5)  # -A * rho / 6
+    off, off_metrics = dapo_loss(logp.detach(), old, adv, mask, clip_ratio_c=None)
+    assert off.item() == pytest.approx(-((-5.0 - 2.0 - 0.8) + 3.28) / 6, abs=1e-6)
+    assert off_metrics["clip_frac_dual"] == 0.0

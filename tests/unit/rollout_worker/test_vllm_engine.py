@@ -54,3 +54,42 @@ def test_vllm_engine_switches_images_without_reloading(engine, tiny_processor):
         )
         assert {c.image_version for c in groups[0]} == {version}
     assert engine.llm is llm
+
+
+def test_vllm_applies_a_broadcast_lora_adapter_like_the_learner(tiny_model_path, tiny_processor):
+    """The vLLM LoRA path: a new LoRARequest per version, the base model never reloaded."""
+    from learner.learner import Learner
+    from rollout_worker.vllm_engine import VLLMEngine
+    from shared.messages import ScoredGroup
+
+    lora = {"rank": 8, "alpha": 16, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}
+    learner = Learner(
+        tiny_model_path, "tiny", 64, 64, method="lora", lora=lora, with_image=False, device="cuda"
+    )
+    engine = VLLMEngine(
+        tiny_model_path,
+        dtype="float32",
+        gpu_memory_utilization=0.3,
+        max_model_len=512,
+        enable_lora=True,
+        max_lora_rank=8,
+    )
+    prompt = render_prompt(tiny_processor, "What letter is it?", with_image=False)
+    request = [RolloutRequest(0, prompt, 8, with_image=False)]
+    groups = engine.generate(request, None, 0, SamplingConfig(max_new_tokens=6, seed=0))
+    learner.update([ScoredGroup(prompt, tuple(groups[0]), tuple(float(i % 2) for i in range(8)))])
+    update = learner.policy_update()
+    llm = engine.llm
+    engine.set_adapter(update.version, update.config, update.weights)
+    assert engine.lora_request.lora_int_id == update.version + 1
+    groups = engine.generate(
+        request, None, update.version, SamplingConfig(max_new_tokens=6, seed=1)
+    )
+    recomputed = learner.compute_logprobs(groups[0])
+    diffs = [
+        abs(a - b)
+        for c, lp in zip(groups[0], recomputed, strict=True)
+        for a, b in zip(c.logprobs, lp, strict=True)
+    ]
+    assert np.mean(diffs) < 1e-3
+    assert engine.llm is llm

@@ -1,0 +1,148 @@
+"""art-compare (`make compare`): the paper's comparison in one command.
+
+Trains ART (`method=art`) and the LoRA baseline (`method=lora`) with the same task, seed,
+steps and rollout budget (every override given applies to both), then evaluates, on the same
+split with the same greedy settings, the text-only model (`none`), the seed image (`seed`),
+ART's `art.png` and LoRA's `adapter/`. Writes `compare.json`, `compare.md` (the table) and
+`compare.png` (reward curves of both methods, accuracy bars of the four conditions), all under
+one MLflow parent run whose children are the two training runs and the evaluation.
+
+    art-compare task=gsm8k task.options.data_dir=... steps=200
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from learner.driver.cli import compose_config, run_hydra_app
+from learner.driver.plots import comparison_figure
+from learner.driver.tracking import setup_mlflow
+from shared.atomic import write_bytes_atomic
+
+logger = logging.getLogger("art.compare")
+METHODS = ("art", "lora")
+
+
+def compare(overrides: list[str], run_dir: Path) -> dict:
+    """Train both methods with `overrides`, evaluate the four conditions, write the report."""
+    from learner.driver.evaluate import evaluate
+    from learner.driver.train import train
+
+    run_dir = Path(run_dir)
+    base = compose_config(*overrides, run_dir=str(run_dir))
+    mlflow, parent = setup_mlflow(base, f"compare-{run_dir.name}")
+    try:
+        summaries = {}
+        for method in METHODS:
+            logger.info("training %s", method)
+            cfg = compose_config(*overrides, f"method={method}", run_dir=str(run_dir / method))
+            summaries[method] = train(cfg)
+        conditions = [
+            "none",
+            "seed",
+            summaries["art"]["artifact_path"],
+            summaries["lora"]["artifact_path"],
+        ]
+        eval_cfg = compose_config(
+            *overrides, f"eval.conditions=[{','.join(conditions)}]", run_dir=str(run_dir / "eval")
+        )
+        results = evaluate(eval_cfg)
+        report = build_report(base, summaries, results, conditions)
+        write_bytes_atomic(run_dir / "compare.json", json.dumps(report, indent=2).encode())
+        write_bytes_atomic(run_dir / "compare.md", format_markdown(report).encode())
+        accuracy = {name: report["conditions"][name]["accuracy"] for name in report["conditions"]}
+        rewards = {m: summaries[m]["rewards"] for m in METHODS}
+        title = f"ART vs LoRA on {base.task.name}, {base.model.name}, {base.steps} steps"
+        write_bytes_atomic(run_dir / "compare.png", comparison_figure(rewards, accuracy, title))
+        for name in ("compare.json", "compare.md", "compare.png"):
+            mlflow.log_artifact(str(run_dir / name))
+        mlflow.log_metrics({f"{n}/accuracy": a for n, a in accuracy.items()})
+        mlflow.end_run()
+    except BaseException:
+        mlflow.end_run(status="FAILED")
+        raise
+    print(format_markdown(report))
+    return report
+
+
+def build_report(cfg, summaries: dict, results: dict, conditions: list[str]) -> dict:
+    names = {"none": "none", "seed": "seed", conditions[2]: "art", conditions[3]: "lora"}
+    report = {
+        "task": cfg.task.name,
+        "model": cfg.model.name,
+        "steps": cfg.steps,
+        "seed": cfg.seed,
+        "rollouts_per_step": f"{cfg.algo.prompts_per_step} prompts x {cfg.algo.group_size}",
+        "split": cfg.eval.split,
+        "conditions": {},
+        "methods": {},
+    }
+    for condition, metrics in results.items():
+        report["conditions"][names[condition]] = {
+            k: metrics[k] for k in ("accuracy", "format_rate", "mean_completion_tokens", "n")
+        }
+    for method in METHODS:
+        s, ev = summaries[method], report["conditions"][method]
+        report["methods"][method] = {
+            "accuracy": ev["accuracy"],
+            "format_rate": ev["format_rate"],
+            "mean_completion_tokens": ev["mean_completion_tokens"],
+            "reward_first5": s["reward_first5"],
+            "reward_last5": s["reward_last5"],
+            "train_wall_time_s": s["wall_time_s"],
+            "sync_bytes_per_step": s["sync_bytes_mean"],
+            "trainable_parameters": s["trainable_parameters"],
+            "artifact_bytes": s["artifact_bytes"],
+            "artifact_path": s["artifact_path"],
+            "mlflow_run_id": s["mlflow_run_id"],
+        }
+    return report
+
+
+def format_markdown(report: dict) -> str:
+    lines = [
+        f"# ART vs LoRA: {report['task']}, {report['model']}, {report['steps']} steps, "
+        f"{report['rollouts_per_step']} rollouts per step, seed {report['seed']}",
+        "",
+        f"Held-out accuracy ({report['split']} split, greedy):",
+        "",
+        "| condition | accuracy | format rate | mean completion tokens | n |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for name, m in report["conditions"].items():
+        lines.append(
+            f"| {name} | {m['accuracy']:.3f} | {m['format_rate']:.3f} | "
+            f"{m['mean_completion_tokens']:.1f} | {m['n']} |"
+        )
+    lines += [
+        "",
+        "| method | accuracy | reward first 5 -> last 5 | train wall s | sync bytes per step | "
+        "trainable parameters | artifact bytes on disk |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, m in report["methods"].items():
+        lines.append(
+            f"| {name} | {m['accuracy']:.3f} | {m['reward_first5']:.3f} -> {m['reward_last5']:.3f} "
+            f"| {m['train_wall_time_s']:.1f} | {m['sync_bytes_per_step']:,.0f} | "
+            f"{m['trainable_parameters']:,} | {m['artifact_bytes']:,} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def compare_app(cfg: DictConfig) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
+    overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith("method=")]
+    compare(overrides, Path(cfg.run_dir))
+
+
+def main() -> None:
+    run_hydra_app(compare_app, "art-compare")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,125 @@
+"""Figures a run leaves behind: training curves, the image's evolution, the comparison."""
+
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+
+from PIL import Image, ImageDraw, ImageFont
+
+COLOURS = {"none": "#999999", "seed": "#bbbbbb", "art": "tab:orange", "lora": "tab:green"}
+
+
+def _figure_png(fig) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def training_curves(history: dict[str, list[float]], title: str) -> bytes:
+    """Reward, strict accuracy and kept-group fraction per step (a moving average drawn over
+    the raw points)."""
+    plt = _pyplot()
+    series = [
+        ("reward_mean", "reward (first round)"),
+        ("accuracy", "accuracy (first round)"),
+        ("kept_group_frac", "kept-group fraction"),
+    ]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
+    for ax, (key, label) in zip(axes, series, strict=True):
+        values = history.get(key, [])
+        steps = list(range(1, len(values) + 1))
+        ax.plot(steps, values, ".", alpha=0.35, color="tab:blue")
+        if len(values) >= 5:
+            window = max(3, len(values) // 10)
+            smooth = [
+                sum(values[max(0, i - window + 1) : i + 1])
+                / len(values[max(0, i - window + 1) : i + 1])
+                for i in range(len(values))
+            ]
+            ax.plot(steps, smooth, "-", color="tab:blue", label=f"mean of {window}")
+            ax.legend(loc="lower right", fontsize=8)
+        ax.set_title(label, fontsize=10)
+        ax.set_xlabel("step")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+    fig.suptitle(title, fontsize=11, y=1.04)
+    return _figure_png(fig)
+
+
+def evolution_grid(step_images: list[Path], seed: Path | None = None, cell: int = 128) -> bytes:
+    """The image at every checkpoint in one grid, the step under each (the paper's Figure 2)."""
+    items = ([("seed", seed)] if seed is not None and seed.exists() else []) + [
+        (f"step {int(p.stem.split('_')[-1])}", p) for p in step_images
+    ]
+    columns = min(8, len(items))
+    rows = math.ceil(len(items) / columns)
+    label_h, pad = 18, 6
+    grid = Image.new(
+        "RGB", (columns * (cell + pad) + pad, rows * (cell + label_h + pad) + pad), "white"
+    )
+    draw = ImageDraw.Draw(grid)
+    font = ImageFont.load_default(size=12)
+    for k, (label, path) in enumerate(items):
+        r, c = divmod(k, columns)
+        x, y = pad + c * (cell + pad), pad + r * (cell + label_h + pad)
+        with Image.open(path) as img:
+            grid.paste(img.convert("RGB").resize((cell, cell), Image.Resampling.NEAREST), (x, y))
+        draw.text((x + cell // 2, y + cell + 2), label, fill="black", font=font, anchor="mt")
+    buffer = io.BytesIO()
+    grid.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def comparison_figure(rewards: dict[str, list[float]], accuracy: dict[str, float], title: str):
+    """Reward curves of the trained methods and accuracy bars of every evaluated condition."""
+    plt = _pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 3.8))
+    for name, values in rewards.items():
+        steps = list(range(1, len(values) + 1))
+        window = max(3, len(values) // 10)
+        smooth = [
+            sum(values[max(0, i - window + 1) : i + 1])
+            / len(values[max(0, i - window + 1) : i + 1])
+            for i in range(len(values))
+        ]
+        colour = COLOURS.get(name, "tab:blue")
+        left.plot(steps, smooth, "-", color=colour, label=f"{name} (mean of {window})")
+        left.plot(steps, values, ".", alpha=0.25, color=colour)
+    left.set_title("training reward per step", fontsize=10)
+    left.set_xlabel("step")
+    left.set_ylim(-0.02, 1.02)
+    left.grid(alpha=0.3)
+    left.legend(fontsize=8)
+    names = list(accuracy)
+    bars = right.bar(
+        names,
+        [accuracy[n] for n in names],
+        color=["#999", "#bbb", "tab:orange", "tab:green"][: len(names)],
+    )
+    for bar, name in zip(bars, names, strict=True):
+        right.text(
+            bar.get_x() + bar.get_width() / 2,
+            bar.get_height() + 0.01,
+            f"{accuracy[name]:.3f}",
+            ha="center",
+            fontsize=9,
+        )
+    right.set_ylim(0, 1.08)
+    right.set_title("held-out accuracy (greedy)", fontsize=10)
+    right.grid(alpha=0.3, axis="y")
+    fig.suptitle(title, fontsize=11, y=1.04)
+    return _figure_png(fig)

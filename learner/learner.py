@@ -262,14 +262,15 @@ class Learner:
             if i not in skip:
                 todo.setdefault(version, []).append(i)
         for version, rows in sorted(todo.items()):
-            with self.at_version(version):
+            with self.at_version(version):  # the image (ART) or the adapter (LoRA) of then
                 encoded = self.encode(grad=False)
-            for chunk in self._chunks(len(rows)):
-                idx = rows[chunk]
-                logprobs_BT, _ = self.policy.sequence_logprobs(
-                    encoded, [batch.prompt_ids[i] for i in idx], [batch.token_ids[i] for i in idx]
-                )
-                old_BT[idx, : logprobs_BT.shape[1]] = logprobs_BT
+                for chunk in self._chunks(len(rows)):
+                    idx = rows[chunk]
+                    prompts = [batch.prompt_ids[i] for i in idx]
+                    logprobs_BT, _ = self.policy.sequence_logprobs(
+                        encoded, prompts, [batch.token_ids[i] for i in idx]
+                    )
+                    old_BT[idx, : logprobs_BT.shape[1]] = logprobs_BT
         self.last_old_passes = len(todo)
         return old_BT
 
@@ -366,6 +367,7 @@ class Learner:
         through the vision tower. Rows in `fill_old` take their old log-probs from this forward
         (the policy has not moved yet)."""
         num_tokens = sum(batch.lengths[i] for i in indices)
+        self._lora_dropout(True)
         encoded = self.encode(grad=True)
         leaf, features_ND = encoded, None
         if self.peft_model is None:  # ART: micro-batches accumulate into the features
@@ -398,7 +400,16 @@ class Learner:
                 totals[key] += stats[key]
         if features_ND is not None and features_ND.grad is not None:  # one vision backward
             encoded.features_ND.backward(features_ND.grad)
+        self._lora_dropout(False)
         return totals
+
+    def _lora_dropout(self, active: bool) -> None:
+        """LoRA dropout (`method.lora.dropout`) acts in the gradient forward only: never in
+        old log-prob passes, nor in the rollout engines."""
+        if self.peft_model is not None:
+            for name, module in self.peft_model.named_modules():
+                if name.endswith("lora_dropout.default"):
+                    module.train(active)
 
     def num_trainable(self) -> int:
         return sum(p.numel() for p in self.trainable())

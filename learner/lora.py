@@ -45,6 +45,9 @@ def attach_lora(model, rank: int, alpha: float, dropout: float, target_modules, 
         base_model_name_or_path=model_name,
     )
     peft_model = get_peft_model(model, config)
+    for name, module in peft_model.named_modules():  # see Learner._lora_dropout
+        if "lora_dropout" in name:
+            module.eval()
     for name, param in peft_model.named_parameters():
         param.requires_grad_("lora_" in name)
     if not any(p.requires_grad for p in peft_model.parameters()):

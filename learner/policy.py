@@ -71,7 +71,9 @@ class FrozenPolicy:
         self.pad_token_id = int(self.tokenizer.pad_token_id)
         self.device = next(model.parameters()).device
         self.vocab_size = int(model.config.text_config.vocab_size)
-        self.suppress_ids = torch.tensor(suppressed_token_ids(self.tokenizer), device=self.device)
+        self.suppress_ids = torch.tensor(
+            suppressed_token_ids(self.tokenizer), dtype=torch.long, device=self.device
+        )
         self.chunk_tokens = max(1, logits_chunk_elements // self.vocab_size)
         if activation_checkpointing:
             enable_activation_checkpointing(model)

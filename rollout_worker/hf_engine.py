@@ -63,7 +63,7 @@ class HFEngine:
             {self.tokenizer.convert_tokens_to_ids("<|im_end|>"), self.tokenizer.eos_token_id}
         )
         self.pad_id = self.tokenizer.pad_token_id
-        self.peft_model = None
+        self.peft_model, self.peft_config = None, None
 
     def set_adapter(self, version: int, config: dict, weights: bytes) -> None:
         """Apply a LoRA adapter with PEFT: injected into the model once, its weights replaced
@@ -76,9 +76,13 @@ class HFEngine:
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
         warnings.filterwarnings("ignore", message=".*base_model_name_or_path.*")
 
+        if self.peft_model is not None and config != self.peft_config:
+            self.model = self.peft_model.unload()  # another shape: back to the bare base model
+            self.peft_model = None
         if self.peft_model is None:
             self.peft_model = get_peft_model(self.model, LoraConfig.from_peft_type(**config))
             self.peft_model.eval()
+            self.peft_config = dict(config)
         self.peft_model.base_model.enable_adapter_layers()
         result = set_peft_model_state_dict(self.peft_model, load(weights))
         if getattr(result, "unexpected_keys", None):

@@ -127,7 +127,7 @@ class VLLMEngine:
                 max_model_len,
                 seed,
                 enable_lora,
-                vllm_lora_rank(max_lora_rank),
+                vllm_lora_rank(max_lora_rank) if enable_lora else 0,
             )
         )
         self.tokenizer = self.llm.get_tokenizer()
@@ -144,7 +144,7 @@ class VLLMEngine:
         write_peft_folder(folder, config, weights)
         previous = self.lora_request
         self.lora_request = LoRARequest(f"art-v{version}", version + 1, str(folder))
-        if previous is not None:
+        if previous is not None and previous.lora_path != str(folder):  # a resend keeps it
             shutil.rmtree(previous.lora_path, ignore_errors=True)
 
     def clear_adapter(self) -> None:

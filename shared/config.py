@@ -308,6 +308,11 @@ def validate(cfg: Any) -> None:
             "method.lora.rank must be >= 1 and method.lora.dropout in [0, 1)",
         ),
         (
+            not (rollout.engine == "vllm" and cfg.method.name == "lora")
+            or cfg.method.lora.rank <= 512,
+            f"method.lora.rank={cfg.method.lora.rank}: vLLM serves LoRA ranks up to 512",
+        ),
+        (
             rollout.engine in ("hf", "vllm"),
             f"rollout.engine={rollout.engine!r}: use 'hf' or 'vllm'",
         ),
@@ -328,7 +333,10 @@ def validate(cfg: Any) -> None:
         (cfg.image.height > 0 and cfg.image.width > 0, "image.height and image.width must be > 0"),
         (cfg.logging.checkpoint_every >= 1, "logging.checkpoint_every must be >= 1"),
         (cfg.eval.every >= 0, "eval.every must be >= 0 (0 disables periodic evaluation)"),
-        (cfg.eval.val_size >= 1, "eval.val_size must be >= 1 (or set eval.every=0)"),
+        (
+            cfg.eval.every == 0 or cfg.eval.val_size >= 1,
+            "eval.val_size must be >= 1 (or set eval.every=0)",
+        ),
         (
             cfg.eval.limit is None or cfg.eval.limit >= 1,
             "eval.limit must be >= 1 (null: the whole split)",

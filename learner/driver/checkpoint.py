@@ -103,7 +103,8 @@ def load_checkpoint(path: str | Path, model: str, height: int, width: int, metho
     except Exception as err:  # not a checkpoint, truncated, or objects that are not data
         raise CheckpointError(
             f"{path} is not a readable ART checkpoint ({type(err).__name__}: "
-            f"{str(err).splitlines()[0][:200]}); resume from another checkpoint of the run"
+            f"{(str(err).splitlines() or [''])[0][:200]}); resume from another checkpoint of "
+            "the run"
         ) from err
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not an ART checkpoint of format {FORMAT}")

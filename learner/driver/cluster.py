@@ -182,7 +182,7 @@ def task_icon(task_name: str) -> str:
     return "wrench" if task_name == "toolmind" else "math"
 
 
-def create_workers(cfg, ray, model_path: str) -> list:
+def create_workers(cfg, ray, model_path: str, lora_rank: int | None = None) -> list:
     """`rollout.num_workers` RolloutWorker actors named rollout-worker-<i>, each one engine."""
     from hydra.utils import get_class
 
@@ -195,8 +195,8 @@ def create_workers(cfg, ray, model_path: str) -> list:
             gpu_memory_utilization=cfg.rollout.gpu_memory_utilization,
             max_model_len=cfg.rollout.max_model_len,
             seed=cfg.seed,
-            enable_lora=cfg.method.name == "lora",
-            max_lora_rank=cfg.method.lora.rank,
+            enable_lora=cfg.method.name == "lora" or lora_rank is not None,
+            max_lora_rank=lora_rank or cfg.method.lora.rank,
         )
     return [
         worker_cls.options(
@@ -211,7 +211,9 @@ def create_workers(cfg, ray, model_path: str) -> list:
     ]
 
 
-def create_actors(cfg, ray, model_path: str, with_learner: bool = True):
+def create_actors(
+    cfg, ray, model_path: str, with_learner: bool = True, lora_rank: int | None = None
+):
     """Check placement, create the learner (optional) and the workers, wait until started."""
     requests = actor_requests(cfg)
     if not with_learner:
@@ -219,7 +221,7 @@ def create_actors(cfg, ray, model_path: str, with_learner: bool = True):
     if cfg.cluster.check_resources:
         check_placement(requests, ray.nodes())
     learner = create_learner(cfg, ray, model_path) if with_learner else None
-    workers = create_workers(cfg, ray, model_path)
+    workers = create_workers(cfg, ray, model_path, lora_rank)
     actors = {f"rollout-worker-{i}": w for i, w in enumerate(workers)}
     if learner is not None:
         actors["learner"] = learner
@@ -232,13 +234,13 @@ def create_actors(cfg, ray, model_path: str, with_learner: bool = True):
     return learner, workers
 
 
-def start_actors(cfg, model_path: str, with_learner: bool = True):
+def start_actors(cfg, model_path: str, with_learner: bool = True, lora_rank: int | None = None):
     """Ray started or joined and every actor running: (ray, owns_ray, learner, workers). On a
     failure (placement refused, an actor that cannot start) a Ray instance this call started is
     shut down again."""
     ray, owns_ray = start_ray(cfg)
     try:
-        learner, workers = create_actors(cfg, ray, model_path, with_learner)
+        learner, workers = create_actors(cfg, ray, model_path, with_learner, lora_rank)
     except BaseException:
         if owns_ray:
             ray.shutdown()

@@ -47,8 +47,9 @@ def compare(overrides: list[str], run_dir: Path) -> dict:
             summaries["art"]["artifact_path"],
             summaries["lora"]["artifact_path"],
         ]
+        quoted = ",".join(hydra_quote(c) for c in conditions)
         eval_cfg = compose_config(
-            *overrides, f"eval.conditions=[{','.join(conditions)}]", run_dir=str(run_dir / "eval")
+            *overrides, f"eval.conditions=[{quoted}]", run_dir=str(run_dir / "eval")
         )
         results = evaluate(eval_cfg)
         report = build_report(base, summaries, results, conditions)
@@ -67,6 +68,11 @@ def compare(overrides: list[str], run_dir: Path) -> dict:
         raise
     print(format_markdown(report))
     return report
+
+
+def hydra_quote(value: str) -> str:
+    """A list element of a Hydra override, quoted so any path survives the grammar."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def build_report(cfg, summaries: dict, results: dict, conditions: list[str]) -> dict:

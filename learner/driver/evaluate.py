@@ -117,7 +117,12 @@ def condition_image(cfg, condition: str) -> bytes | None:
             "LoRA adapter folder"
         )
     png = path.read_bytes()
-    _, metadata = decode_png(png)
+    try:
+        _, metadata = decode_png(png)
+    except Exception as err:  # not an image, or a truncated one
+        raise UserError(
+            f"eval condition {path} cannot be read as a PNG ({err}); give the art.png of a run"
+        ) from err
     check_metadata(
         metadata,
         cfg.model.name,
@@ -154,18 +159,26 @@ def condition_policy(cfg, condition: str) -> Condition:
 
 
 def adapter_condition(cfg, folder: Path) -> tuple[bytes | None, AdapterUpdate]:
-    config = json.loads((folder / "adapter_config.json").read_text())
-    meta_path = folder / "art_lora.json"
-    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    try:
+        config = json.loads((folder / "adapter_config.json").read_text())
+        meta_path = folder / "art_lora.json"
+        meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+        weights = (folder / "adapter_model.safetensors").read_bytes()
+        adapter = AdapterUpdate(1, weights, config)
+    except (OSError, ValueError) as err:  # missing file, bad JSON, not a LoRA adapter
+        raise UserError(
+            f"eval condition {folder} is not a usable LoRA adapter folder ({err}); give the "
+            "adapter/ folder of a method=lora run (adapter_config.json, "
+            "adapter_model.safetensors)"
+        ) from err
     trained_for = meta.get("model") or config.get("base_model_name_or_path")
     if trained_for != cfg.model.name:
         raise UserError(
             f"refusing adapter {folder}: it was trained for model {trained_for!r}, not "
             f"{cfg.model.name!r}"
         )
-    weights = (folder / "adapter_model.safetensors").read_bytes()
     image = condition_image(cfg, "seed") if meta.get("with_image") else None
-    return image, AdapterUpdate(1, weights, config)
+    return image, adapter
 
 
 def evaluate(cfg: DictConfig) -> dict:
@@ -185,7 +198,9 @@ def evaluate(cfg: DictConfig) -> dict:
     prompt_for = prompt_builder(cfg, model_path)
     sampling = eval_sampling(cfg, task)
 
-    ray, owns_ray, _, workers = start_actors(cfg, model_path, with_learner=False)
+    ranks = [int(c.adapter.config.get("r", 16)) for c in conditions.values() if c.adapter]
+    lora_rank = max(ranks) if ranks else None  # engines that can apply the adapters
+    ray, owns_ray, _, workers = start_actors(cfg, model_path, False, lora_rank)
     outputs = RunOutputs(run_dir)
     pool = WorkerPool(ray, workers, max_attempts=cfg.rollout.max_restarts + 1)
     mlflow, run = setup_mlflow(cfg, cfg.run_name or f"eval-{run_dir.name}")
@@ -214,6 +229,7 @@ def evaluate(cfg: DictConfig) -> dict:
                 presence_penalty=sampling.presence_penalty,
             )
             results[condition] = metrics
+            outputs.write("eval.json", json.dumps(results, indent=2).encode())  # as they come
             key = _metric_key(condition)
             mlflow.log_metrics(
                 {
@@ -227,10 +243,14 @@ def evaluate(cfg: DictConfig) -> dict:
 
 
 def _metric_key(condition: str) -> str:
+    """An MLflow-safe metric prefix for a condition (paths can hold any character)."""
+    import re
+
     if condition in ("none", "seed"):
         return condition
     path = Path(condition)
-    return f"lora_{path.parent.name}" if path.is_dir() else "art_" + path.stem
+    key = f"lora_{path.parent.name}" if path.is_dir() else "art_" + path.stem
+    return re.sub(r"[^\w\-.]", "_", key)
 
 
 def format_table(results: dict) -> str:

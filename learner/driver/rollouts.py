@@ -118,16 +118,17 @@ class WorkerPool:
     """The rollout workers as one: fan-out, broadcast, and recovery from a worker that died.
 
     Requests are split over the workers in contiguous chunks and the groups come back in
-    request order. The pool remembers the current image (one `ray.put`), so a worker that Ray
-    restarted after its process died gets that image before it samples again, and its chunk
-    is sampled again with the same seeds: the step goes on as if nothing happened.
+    request order. The pool remembers the current image and adapter (one `ray.put` each), so a
+    worker that Ray restarted after its process died gets them before it samples again, and its
+    chunk is sampled again with the same seeds: the step goes on as if nothing happened.
     """
 
     def __init__(self, ray, workers: list, max_attempts: int = 3, restart_timeout_s: float = 300):
         self.ray, self.workers = ray, workers
         self.max_attempts, self.restart_timeout_s = max_attempts, restart_timeout_s
-        self.update = None  # the current ImageUpdate
-        self.update_ref = None
+        self.image: tuple | None = None  # (ImageUpdate, ObjectRef of the PNG)
+        self.adapter: tuple | None = None  # (AdapterUpdate, ObjectRef of the weights)
+        self.update = None  # the last policy broadcast (what the learner trains)
         self.restarts = 0
         self.sync_bytes = 0  # bytes of the last broadcast policy
 
@@ -136,23 +137,29 @@ class WorkerPool:
         """One copy of the policy (the PNG, or the LoRA adapter's weights) into the object
         store; every worker swaps to it."""
         payload = update.png if isinstance(update, ImageUpdate) else update.weights
-        self.update, self.update_ref = update, self.ray.put(payload)
-        self.sync_bytes = len(payload)
+        sent = (update, self.ray.put(payload))
+        if isinstance(update, ImageUpdate):
+            self.image = sent
+        else:
+            self.adapter = sent
+        self.update, self.sync_bytes = update, len(payload)
         for i in range(len(self.workers)):
-            self._call(i, self._send)
+            self._call(i, lambda w, sent=sent: self._send(w, *sent))
 
     def clear_adapter(self) -> None:
         """Back to the base model on every worker (evaluating conditions one after another)."""
+        self.adapter = None
         if isinstance(self.update, AdapterUpdate):
-            self.update, self.update_ref = None, None
+            self.update = None
         for i in range(len(self.workers)):
             self._call(i, lambda w: w.clear_adapter.remote())
 
-    def _send(self, worker):
-        """The current policy to one worker (an ObjectRef: fetched once per node)."""
-        if isinstance(self.update, ImageUpdate):
-            return worker.set_image.remote(self.update.version, self.update_ref)
-        return worker.set_adapter.remote(self.update.version, self.update.config, self.update_ref)
+    @staticmethod
+    def _send(worker, update, ref):
+        """A policy to one worker (an ObjectRef: fetched once per node)."""
+        if isinstance(update, ImageUpdate):
+            return worker.set_image.remote(update.version, ref)
+        return worker.set_adapter.remote(update.version, update.config, ref)
 
     # ---- sampling ----------------------------------------------------------------------
     def launch(self, requests: list[RolloutRequest], sampling: SamplingConfig) -> Pending:
@@ -222,10 +229,11 @@ class WorkerPool:
                         "after its process died (rollout.max_restarts may be spent)"
                     ) from err
                 time.sleep(1)
-        if self.update is not None:
-            self.ray.get(self._send(self.workers[i]))
+        for sent in (self.image, self.adapter):  # the image, then the adapter, as they are
+            if sent is not None:
+                self.ray.get(self._send(self.workers[i], *sent))
         logger.warning(
-            "rollout-worker-%d is back with image version %s",
+            "rollout-worker-%d is back with policy version %s",
             i,
             self.update and self.update.version,
         )

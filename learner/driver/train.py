@@ -111,6 +111,12 @@ def prepare(cfg: DictConfig) -> Plan:
     if checkpoint is None and cfg.resume == "auto":
         checkpoint = newest_checkpoint(run_dir)
     task = load_task(cfg.task.name, **cfg.task.options)
+    max_new = cfg.rollout.max_new_tokens or task.max_new_tokens
+    if cfg.algo.overlong_buffer >= max_new:
+        raise UserError(
+            f"algo.overlong_buffer={cfg.algo.overlong_buffer} must be < the completion limit "
+            f"{max_new} (rollout.max_new_tokens, or the task's {task.max_new_tokens})"
+        )
     train_examples, held_out = task.examples(cfg.task.split), []
     if cfg.eval.every:
         train_examples, held_out = split_validation(train_examples, cfg.eval.val_size, cfg.seed)
@@ -122,7 +128,9 @@ def prepare(cfg: DictConfig) -> Plan:
     validate_image_size(height, width, spec, cfg.model.name)
     learner_state, driver_state = None, DriverState()
     if checkpoint is not None:
-        learner_state, driver_state = load_checkpoint(checkpoint, cfg.model.name, height, width)
+        learner_state, driver_state = load_checkpoint(
+            checkpoint, cfg.model.name, height, width, cfg.method.name
+        )
         if driver_state.step >= cfg.steps:
             raise UserError(
                 f"{checkpoint} is at step {driver_state.step} and the run asks for steps="
@@ -213,6 +221,8 @@ def train_loop(run: Run):
     of its rounds) with the current image while the learner computes the update; the new image
     is broadcast once they are in, so they are exactly one version stale."""
     cfg, ray, learner, state = run.cfg, run.ray, run.learner, run.state
+    if cfg.method.name == "lora" and uses_image(cfg):  # the seed image stays in the prompts
+        run.pool.broadcast(ray.get(learner.image_update.remote()))
     update = ray.get(learner.policy_update.remote())
     run.pool.broadcast(update)
     if state.step == 0 and cfg.method.name == "art":
@@ -220,6 +230,7 @@ def train_loop(run: Run):
     if state.ahead is not None:
         run.ahead = rollouts_from_state(state.ahead)
     progress, loop_start = Progress(cfg, state.step), time.perf_counter() - state.loop_wall_s
+    step = state.step + 1
     try:
         for step in range(state.step + 1, cfg.steps + 1):
             t0 = time.perf_counter()  # 1-3. sample, score, filter
@@ -261,10 +272,16 @@ def train_loop(run: Run):
         stopped_at = save_last_good(run)
         if isinstance(err, KeyboardInterrupt | UserError | RunStoppedError):
             raise
+        last = run.outputs.checkpoints / "last.pt"
+        hint = (
+            f"{run.outputs.run_dir} holds the outputs and checkpoints/last.pt of step "
+            f"{stopped_at}. Resume with: art-train resume_from={last}"
+            if last.exists()
+            else f"no step completed, so there is nothing to resume; {run.outputs.run_dir} "
+            "holds the seed outputs"
+        )
         raise RunStoppedError(
-            f"training stopped in step {state.step + 1} ({short_error(err)}); "
-            f"{run.outputs.run_dir} holds art.png and checkpoints/last.pt of step {stopped_at}. "
-            f"Resume with: art-train resume_from={run.outputs.checkpoints / 'last.pt'}"
+            f"training stopped in step {step} ({short_error(err)}); {hint}"
         ) from err
     progress.close()
     return update
@@ -290,8 +307,8 @@ def learner_call(run: Run, step: int, method: str, *args):
         return run.ray.get(getattr(run.learner, method).remote(*args))
     except (RayActorError, ActorUnavailableError) as err:
         raise RunStoppedError(
-            f"the learner died in step {step} ({type(err).__name__}); the run stopped with "
-            f"art.png and checkpoints/last.pt of the last good step in {run.outputs.run_dir}. "
+            f"the learner died in step {step} ({type(err).__name__}); the run stopped with the "
+            f"outputs and checkpoints/last.pt of the last good step in {run.outputs.run_dir}. "
             f"Resume with: art-train resume_from={run.outputs.checkpoints / 'last.pt'}"
         ) from err
 

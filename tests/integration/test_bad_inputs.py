@@ -127,6 +127,20 @@ CASES = [
         "neither none, seed, an existing PNG file nor a LoRA adapter folder",
     ),
     (
+        "art-eval image that is not a PNG",
+        "art-eval",
+        lambda t: [f"eval.conditions=[{_write(t / 'notes.png', b'hello')}]"],
+        {},
+        "cannot be read as a PNG",
+    ),
+    (
+        "art-eval adapter folder without weights",
+        "art-eval",
+        lambda t: [f"eval.conditions=[{_half_adapter(t)}]"],
+        {},
+        "is not a usable LoRA adapter folder",
+    ),
+    (
         "unknown task",
         "art-train",
         lambda t: ["task=mmlu"],
@@ -264,6 +278,12 @@ def _write(path: Path, data: bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
     return path
+
+
+def _half_adapter(tmp: Path) -> Path:
+    folder = tmp / "adapter"
+    _write(folder / "adapter_config.json", json.dumps({"peft_type": "LORA", "r": 8}).encode())
+    return folder
 
 
 def _truncated_png(tmp: Path) -> Path:

@@ -69,3 +69,17 @@ def test_compare_trains_both_methods_and_both_beat_the_text_only_model(ray_local
         experiment_names=["art"], filter_string="tags.mlflow.parentRunId != ''"
     )
     assert len(children) == 3  # the two training runs and the evaluation
+
+
+def test_lora_with_the_seed_image_trains_and_resumes(ray_local, tmp_path, make_cfg):
+    common = ("method=lora", "method.with_image=true", "eval.every=0", "algo.group_size=4")
+    cfg = make_cfg("steps=2", "logging.checkpoint_every=1", *common)
+    first = driver.train(cfg)
+    assert first["method"] == "lora" and len(first["rewards"]) == 2
+    meta = json.loads((Path(cfg.run_dir) / "adapter/art_lora.json").read_text())
+    assert meta["with_image"] is True
+    resumed = make_cfg(
+        "steps=3", f"resume_from={Path(cfg.run_dir) / 'checkpoints/last.pt'}", *common
+    )
+    again = driver.train(resumed)
+    assert len(again["rewards"]) == 3 and again["rewards"][:2] == first["rewards"]

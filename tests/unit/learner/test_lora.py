@@ -84,3 +84,37 @@ def test_rollouts_with_the_broadcast_adapter_agree_with_the_learner(
     for x, y in zip(cleared, base, strict=True):  # the base model again
         assert x.token_ids == y.token_ids
         assert x.logprobs == pytest.approx(y.logprobs, abs=1e-6)
+
+
+def test_stale_completions_are_scored_under_the_adapter_they_were_sampled_with(
+    tiny_model_path, tiny_processor, engine
+):
+    learner = _lora_learner(tiny_model_path, num_minibatches=1, max_staleness=1)
+    stale = _text_groups(engine, tiny_processor, seed=1)  # sampled with version 0 (B = 0)
+    learner.update(_text_groups(engine, tiny_processor))  # version 0 -> 1
+    completions = [c for g in stale for c in g.completions]
+    drift = [
+        abs(a - b)
+        for c, lp in zip(completions, learner.compute_logprobs(completions), strict=True)
+        for a, b in zip(c.logprobs, lp, strict=True)
+    ]
+    assert sum(drift) / len(drift) > 1e-3  # the adapter moved enough to tell them apart
+    metrics, update = learner.update(stale)
+    assert metrics["stale_completion_frac"] == 1.0 and update.version == 2
+    assert metrics["mismatch_abs_mean"] < 1e-5  # scored under version 0's adapter
+
+
+def test_an_engine_takes_adapters_of_different_shapes_one_after_another(
+    tiny_model_path, tiny_processor
+):
+    worker = RolloutWorker("hf", tiny_model_path)
+    prompt = render_prompt(tiny_processor, "What letter is it?", with_image=False)
+    request = [RolloutRequest(0, prompt, 2, with_image=False)]
+    for version, rank in ((1, 8), (2, 4)):
+        settings = dict(LORA, rank=rank, target_modules=["q_proj", "up_proj"][:version])
+        update = Learner(
+            tiny_model_path, "tiny", 64, 64, method="lora", lora=settings, with_image=False
+        ).policy_update()
+        assert worker.set_adapter(version, update.config, update.weights) == version
+        groups = worker.generate(request, SamplingConfig(seed=0, max_new_tokens=4))
+        assert {c.image_version for c in groups[0]} == {version}

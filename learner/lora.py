@@ -1,11 +1,11 @@
 """The LoRA baseline (`method=lora`): a PEFT LoRA adapter on the language model, trained by the
 same DAPO loop as the pixels, for the paper's comparison.
 
-Defaults follow common practice for RL with PEFT: rank 16, alpha 32, no dropout (dropout
-would make the learner's log-probs noisy against the rollout engine's), on the attention and
-MLP projections of the language model (`q_proj k_proj v_proj o_proj gate_proj up_proj
-down_proj`: names that only the language model's layers carry in Qwen3.5; the vision tower
-stays as it is). The base weights stay frozen.
+The defaults (`method.lora` in `shared/config.py`) follow common practice for RL with PEFT:
+rank 16, alpha 32, no dropout (dropout would make the learner's log-probs noisy against the
+rollout engine's), on the attention and MLP projections of the language model (`q_proj k_proj
+v_proj o_proj gate_proj up_proj down_proj`: names that only the language model's layers carry
+in Qwen3.5; the vision tower stays as it is). The base weights stay frozen.
 """
 
 from __future__ import annotations
@@ -13,16 +13,6 @@ from __future__ import annotations
 import json
 
 import torch
-
-DEFAULT_TARGET_MODULES = (
-    "q_proj",
-    "k_proj",
-    "v_proj",
-    "o_proj",
-    "gate_proj",
-    "up_proj",
-    "down_proj",
-)
 
 
 def attach_lora(model, rank: int, alpha: float, dropout: float, target_modules, model_name: str):

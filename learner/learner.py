@@ -271,7 +271,6 @@ class Learner:
                         encoded, prompts, [batch.token_ids[i] for i in idx]
                     )
                     old_BT[idx, : logprobs_BT.shape[1]] = logprobs_BT
-        self.last_old_passes = len(todo)
         return old_BT
 
     # ---- the DAPO step -----------------------------------------------------------------
@@ -308,7 +307,10 @@ class Learner:
             {
                 "skipped_updates": float(skipped),
                 "consecutive_skips": float(self.consecutive_skips),
-                "old_logprob_passes": float(self.last_old_passes),
+                # one no-gradient pass per image version among the rows not reused
+                "old_logprob_passes": float(
+                    len({v for i, v in enumerate(batch.image_versions) if i not in reuse})
+                ),
                 "grad_norm": stats[-1]["grad_norm"],
                 "num_sequences": float(len(batch)),
                 "learner_time_s": time.perf_counter() - start,

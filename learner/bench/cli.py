@@ -19,11 +19,12 @@ import argparse
 import json
 import logging
 import os
-import re
 import statistics
 import sys
 import time
 from pathlib import Path
+
+from learner.bench.memory import reset_peak_rss, status_kib
 
 logger = logging.getLogger("art.bench")
 TARGETS = {
@@ -35,10 +36,6 @@ TARGETS = {
 
 
 # ---- memory and time ----------------------------------------------------------------------
-def _kib(field: str) -> int:
-    return int(re.search(rf"{field}:\s+(\d+) kB", Path("/proc/self/status").read_text()).group(1))
-
-
 def measure(fn, repeats: int = 1) -> dict:
     """Median wall time and the peak RSS above the RSS before, of `fn()` (Linux)."""
     import gc
@@ -46,12 +43,11 @@ def measure(fn, repeats: int = 1) -> dict:
     times, peaks = [], []
     for _ in range(repeats):
         gc.collect()
-        Path("/proc/self/clear_refs").write_text("5")  # peak RSS := current RSS
-        before = _kib("VmRSS")
+        before = reset_peak_rss()
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
-        peaks.append((_kib("VmHWM") - before) / 1024)
+        peaks.append((status_kib("VmHWM") - before) / 1024)
     return {"time_s": statistics.median(times), "peak_mib": max(peaks)}
 
 

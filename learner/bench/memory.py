@@ -33,9 +33,16 @@ QUESTION = (
 )
 
 
-def _status_kib(field: str) -> int:
+def status_kib(field: str) -> int:
+    """A figure of /proc/self/status in KiB (VmRSS: resident now, VmHWM: the peak)."""
     text = Path("/proc/self/status").read_text()
     return int(re.search(rf"{field}:\s+(\d+) kB", text).group(1))
+
+
+def reset_peak_rss() -> int:
+    """Reset the kernel's peak-RSS counter (VmHWM) to the current RSS; returns it in KiB."""
+    Path("/proc/self/clear_refs").write_text("5")
+    return status_kib("VmRSS")
 
 
 def measure(model: str, variant: str, mode: str, completions: int, tokens: int, size: int):
@@ -64,15 +71,14 @@ def measure(model: str, variant: str, mode: str, completions: int, tokens: int, 
     fn = full_logits_logprobs if variant == "naive" else None
 
     gc.collect()
-    Path("/proc/self/clear_refs").write_text("5")  # reset the peak RSS to the current RSS
-    before_kib = _status_kib("VmRSS")
+    before_kib = reset_peak_rss()
     with torch.set_grad_enabled(mode == "forward+backward"):
         encoded = policy.encode_image(image())
         args = (encoded, [prompt_ids] * completions, completion_ids)
         logprobs_BT, mask_BT = fn(policy, *args) if fn else policy.sequence_logprobs(*args)
         if mode == "forward+backward":
             (logprobs_BT * mask_BT).sum().backward()
-    peak_kib = _status_kib("VmHWM")
+    peak_kib = status_kib("VmHWM")
     return {
         "model": model,
         "variant": variant,

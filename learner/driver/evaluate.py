@@ -142,12 +142,6 @@ class Condition:
     image: bytes | None  # the PNG in every prompt (None: text-only)
     adapter: AdapterUpdate | None = None  # a LoRA adapter applied to the model
 
-    @property
-    def sha256(self) -> str | None:
-        if self.adapter is not None:
-            return sha256(self.adapter.weights)
-        return sha256(self.image) if self.image is not None else None
-
 
 def condition_policy(cfg, condition: str) -> Condition:
     """`none`, `seed`, a trained PNG, or a LoRA adapter folder (`adapter/` of a `method=lora`
@@ -224,7 +218,7 @@ def evaluate(cfg: DictConfig) -> dict:
                 task=cfg.task.name,
                 split=cfg.eval.split,
                 image_sha256=sha256(policy.image) if policy.image is not None else None,
-                adapter_sha256=policy.sha256 if policy.adapter is not None else None,
+                adapter_sha256=sha256(policy.adapter.weights) if policy.adapter else None,
                 max_new_tokens=sampling.max_new_tokens,
                 presence_penalty=sampling.presence_penalty,
             )

@@ -48,6 +48,9 @@ class ArtLogitsProcessor:
 
 
 class HFEngine:
+    # Engines built in this process (a worker builds one and never reloads it).
+    builds = 0
+
     def __init__(self, model_path: str, dtype: str = "float32", device: str = "cpu", **_):
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
@@ -64,6 +67,7 @@ class HFEngine:
         )
         self.pad_id = self.tokenizer.pad_token_id
         self.peft_model, self.peft_config = None, None
+        HFEngine.builds += 1
 
     def set_adapter(self, version: int, config: dict, weights: bytes) -> None:
         """Apply a LoRA adapter with PEFT: injected into the model once, its weights replaced

@@ -1,4 +1,4 @@
-"""vLLM engine: the production rollout engine (GPU).
+"""vLLM engine: the production rollout engine, on a GPU or on a CPU (vLLM's CPU build).
 
 `LLM` is created once per worker and never reloaded. A new image is just a new PIL image in
 `multi_modal_data`; vLLM caches encoder outputs by content hash, so the G samples of a prompt
@@ -7,11 +7,21 @@ and all prompts of a step share one encoding. Log-probs of the sampled tokens co
 and the temperature (and after top-p/top-k and penalties, which training therefore refuses:
 the learner scores the full tempered distribution).
 
+vLLM pins its own torch and transformers, so rollout workers usually run in an environment of
+their own (`make install-vllm` builds `.venv-vllm` with vLLM's CPU build; `rollout.python`):
+this module imports only vLLM, PIL and `shared`.
+
 Settings every Qwen3.5 engine needs, made here rather than left to the user:
 - `gdn_prefill_backend="triton"` (through `additional_config`): on Hopper the linear-attention
-  prefill otherwise defaults to FlashInfer, which needs FlashInfer and fp16/bf16;
+  prefill otherwise defaults to FlashInfer, which needs FlashInfer and fp16/bf16 (vLLM's CPU
+  build ignores it and uses its own kernel);
 - `VLLM_USE_FLASHINFER_SAMPLER=0` unless set: without FlashInfer installed the sampler must
   not ask for it (processed log-probs never use it anyway).
+On a CPU: `gpu_memory_utilization` would be a fraction of the machine's RAM, so the KV cache
+is sized in bytes instead (`kv_cache_memory_bytes`, 1 GiB unless set); eager mode by default
+(torch.compile on a CPU costs about 20 s of start-up and buys little for rollouts); vLLM's
+OpenMP threads are not pinned to cores (`VLLM_CPU_OMP_THREADS_BIND=nobind` unless set: its
+automatic binding puts every engine of a machine on the same core).
 """
 
 from __future__ import annotations
@@ -32,6 +42,10 @@ from shared.sampling import request_seed
 _FINISHED = {"stop": "stop", "length": "length"}
 
 
+# On a CPU the KV cache is sized in bytes (gpu_memory_utilization would be a fraction of RAM).
+CPU_KV_CACHE_BYTES = 1 << 30
+
+
 def engine_kwargs(
     model_path: str,
     dtype: str,
@@ -40,18 +54,27 @@ def engine_kwargs(
     seed: int,
     enable_lora: bool = False,
     max_lora_rank: int = 16,
+    device: str = "cuda",
+    kv_cache_memory_bytes: int | None = None,
+    enforce_eager: bool | None = None,
 ) -> dict:
-    """The `LLM(...)` arguments of a rollout engine (pure: tested without vLLM)."""
+    """The `LLM(...)` arguments of a rollout engine."""
     kwargs = {
         "model": model_path,
         "dtype": dtype,
-        "gpu_memory_utilization": gpu_memory_utilization,
         "max_model_len": max_model_len,
         "limit_mm_per_prompt": {"image": 1, "video": 0},
         "logprobs_mode": "processed_logprobs",
         "seed": seed,
         "additional_config": {"gdn_prefill_backend": "triton"},
+        "enforce_eager": device == "cpu" if enforce_eager is None else enforce_eager,
     }
+    if device == "cpu" and kv_cache_memory_bytes is None:
+        kv_cache_memory_bytes = CPU_KV_CACHE_BYTES
+    if kv_cache_memory_bytes is not None:
+        kwargs["kv_cache_memory_bytes"] = int(kv_cache_memory_bytes)
+    else:
+        kwargs["gpu_memory_utilization"] = gpu_memory_utilization
     if enable_lora:
         kwargs.update(enable_lora=True, max_lora_rank=max_lora_rank, max_loras=1)
     return kwargs
@@ -104,7 +127,26 @@ def sampling_kwargs(request: RolloutRequest, sampling: SamplingConfig, suppress:
     }
 
 
+def import_vllm():
+    """`vllm.LLM`, or an error that says which interpreter lacks vLLM and how to get it."""
+    import sys
+
+    try:
+        from vllm import LLM
+    except ImportError as err:
+        raise ImportError(
+            f"rollout.engine=vllm: this rollout worker's Python ({sys.executable}) cannot import "
+            f"vLLM ({err}). On a CPU machine run `make install-vllm` (it builds .venv-vllm, "
+            "which rollout.python=auto finds); on a GPU machine `pip install -e .[gpu]`; or set "
+            "rollout.python to an interpreter that has vLLM"
+        ) from err
+    return LLM
+
+
 class VLLMEngine:
+    # Engines built in this process (a worker builds one and never reloads it).
+    builds = 0
+
     def __init__(
         self,
         model_path: str,
@@ -114,22 +156,29 @@ class VLLMEngine:
         seed: int = 0,
         enable_lora: bool = False,
         max_lora_rank: int = 16,
+        device: str = "cuda",
+        kv_cache_memory_bytes: int | None = None,
+        enforce_eager: bool | None = None,
         **_,
     ):
         os.environ.setdefault("VLLM_USE_FLASHINFER_SAMPLER", "0")
-        from vllm import LLM
-
-        self.llm = LLM(
-            **engine_kwargs(
-                model_path,
-                dtype,
-                gpu_memory_utilization,
-                max_model_len,
-                seed,
-                enable_lora,
-                vllm_lora_rank(max_lora_rank) if enable_lora else 0,
-            )
+        if device == "cpu":
+            os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+        LLM = import_vllm()
+        self.kwargs = engine_kwargs(
+            model_path,
+            dtype,
+            gpu_memory_utilization,
+            max_model_len,
+            seed,
+            enable_lora,
+            vllm_lora_rank(max_lora_rank) if enable_lora else 0,
+            device,
+            kv_cache_memory_bytes,
+            enforce_eager,
         )
+        self.llm = LLM(**self.kwargs)
+        VLLMEngine.builds += 1
         self.tokenizer = self.llm.get_tokenizer()
         self.suppress = {i: float("-inf") for i in suppressed_token_ids(self.tokenizer)}
         self.lora_request = None

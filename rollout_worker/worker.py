@@ -21,7 +21,34 @@ from shared.messages import (
 )
 
 
+def portable(err: Exception) -> Exception:
+    """An error the driver can unpickle: the driver's environment may lack the engine's
+    packages (vLLM runs in its own), and Ray re-raises an actor's exception there. Errors of
+    other libraries become a RuntimeError that names the original type."""
+    module = type(err).__module__
+    if module == "builtins" or module.startswith(("shared.", "rollout_worker.")):
+        return err
+    return RuntimeError(f"{module}.{type(err).__name__}: {err}")
+
+
+def _engine_errors_portable(method):
+    import functools
+
+    @functools.wraps(method)
+    def wrapper(*args, **kwargs):
+        try:
+            return method(*args, **kwargs)
+        except Exception as err:
+            converted = portable(err)
+            if converted is err:
+                raise
+            raise converted from None
+
+    return wrapper
+
+
 class RolloutWorker:
+    @_engine_errors_portable
     def __init__(self, engine: str, model_path: str, worker_index: int = 0, **engine_options):
         self.worker_index = worker_index
         self.engine = make_engine(engine, model_path, **engine_options)
@@ -47,6 +74,7 @@ class RolloutWorker:
         self.image, self.version = image, version
         return version
 
+    @_engine_errors_portable
     def set_adapter(self, version: int, config: dict, weights: bytes) -> int:
         """A new version of the LoRA adapter (`method=lora`): the engine applies it to every
         request from now on; the base model is never reloaded."""
@@ -64,6 +92,7 @@ class RolloutWorker:
         self.engine.clear_adapter()
         self.adapter_version = None
 
+    @_engine_errors_portable
     def generate(
         self, requests: list[RolloutRequest], sampling: SamplingConfig
     ) -> list[list[Completion]]:
@@ -82,8 +111,9 @@ class RolloutWorker:
         return groups
 
     def stats(self) -> dict[str, int]:
-        """What this worker has sampled so far (requests, completions, tokens)."""
-        return dict(self.served)
+        """What this worker has sampled so far (requests, completions, tokens), and how many
+        engines its process has built (one: an engine is never reloaded)."""
+        return {**self.served, "engine_builds": type(self.engine).builds}
 
     def image_version(self) -> int | None:
         return self.version
@@ -100,4 +130,10 @@ class RolloutWorker:
             info["node_id"] = ray.get_runtime_context().get_node_id()
         except Exception:  # not inside Ray
             info["node_id"] = None
+        try:  # the engine's own processes (vLLM's engine core and its workers)
+            import psutil
+
+            info["child_pids"] = [p.pid for p in psutil.Process().children(recursive=True)]
+        except Exception:
+            info["child_pids"] = []
         return info

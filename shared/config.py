@@ -71,8 +71,14 @@ class AlgoConfig:
 
 @dataclass
 class RolloutConfig:
-    # Engine: "hf" (transformers generate, CPU) or "vllm" (GPU).
+    # Engine: "hf" (transformers generate) or "vllm" (the production engine; on a CPU machine
+    # vLLM's CPU build from `make install-vllm`).
     engine: str = "hf"
+    # The Python interpreter of the rollout worker actors (Ray's per-actor `py_executable`):
+    # "auto" runs vLLM workers in $ART_VLLM_PYTHON, else in this checkout's .venv-vllm (built by
+    # `make install-vllm`) when it exists, else in the driver's own interpreter; "self" always
+    # the driver's own; or a path, which must exist on every node that hosts a worker.
+    python: str = "auto"
     # Number of RolloutWorker actors; each step's prompts are spread over all of them.
     num_workers: int = 2
     # Max completion tokens; null takes the task's own limit.
@@ -82,14 +88,21 @@ class RolloutConfig:
     top_p: float = 1.0
     # CPUs reserved per worker actor.
     num_cpus_per_worker: float = 1.0
-    # GPUs reserved per worker actor (1 for vLLM on a GPU node).
-    num_gpus_per_worker: float = 0.0
+    # GPUs reserved per worker actor; the engine runs on cuda when > 0, else on the CPU. null:
+    # 1 where the Ray cluster has GPUs (or may get them: cluster.check_resources=false), else 0
+    # (vLLM's CPU build); the run's config.yaml records what was chosen.
+    num_gpus_per_worker: float | None = 0.0
     # Custom Ray resources per worker actor, e.g. {rollout_node: 1} to pin workers to nodes.
     resources: dict[str, float] = field(default_factory=dict)
     # Torch dtype of the engine's model.
     dtype: str = "float32"
     # vLLM only: fraction of GPU memory the engine may take.
     gpu_memory_utilization: float = 0.85
+    # vLLM only: KV cache size in bytes instead of gpu_memory_utilization (null: the fraction
+    # on a GPU; 1 GiB on a CPU, where vLLM reads gpu_memory_utilization as a fraction of RAM).
+    kv_cache_memory_bytes: int | None = None
+    # vLLM only: no torch.compile / CUDA graphs (null: eager on a CPU, compiled on a GPU).
+    enforce_eager: bool | None = None
     # vLLM only: max model length (prompt + completion).
     max_model_len: int = 4096
     # Times Ray restarts a worker whose process died (its chunk is sampled again).
@@ -318,9 +331,16 @@ def validate(cfg: Any) -> None:
         ),
         (rollout.num_workers >= 1, f"rollout.num_workers={rollout.num_workers}: set >= 1"),
         (
-            not (rollout.engine == "vllm" and rollout.num_gpus_per_worker <= 0),
-            "rollout.engine=vllm needs a GPU per worker: set rollout.num_gpus_per_worker=1 "
-            "(or use the cluster=multi_gpu config)",
+            rollout.engine != "vllm" or algo.temperature <= 2.0,
+            f"algo.temperature={algo.temperature}: vLLM samples at temperatures up to 2",
+        ),
+        (
+            rollout.num_gpus_per_worker is None or rollout.num_gpus_per_worker >= 0,
+            "rollout.num_gpus_per_worker must be >= 0 (null: 1 where the cluster has GPUs)",
+        ),
+        (
+            rollout.kv_cache_memory_bytes is None or rollout.kv_cache_memory_bytes > 0,
+            "rollout.kv_cache_memory_bytes must be > 0 (null: vLLM's default sizing)",
         ),
         (0 < cfg.learner.lr < float("inf"), f"learner.lr={cfg.learner.lr} must be > 0 and finite"),
         (cfg.learner.max_consecutive_skips >= 1, "learner.max_consecutive_skips must be >= 1"),

@@ -6,13 +6,17 @@ path (`rollout.worker_cls`) because `learner/` never imports `rollout_worker/`.
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
 from contextlib import contextmanager
+from pathlib import Path
 
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 
 from shared.errors import UserError
 
+logger = logging.getLogger("art.cluster")
 # Quiet, per-process settings every actor inherits.
 ACTOR_ENV = {"TRANSFORMERS_VERBOSITY": "error", "TOKENIZERS_PARALLELISM": "false"}
 
@@ -44,6 +48,65 @@ def check_ray_address(address: str, timeout_s: float = 10.0) -> None:
             "(`ray start --head`, `make ray-up-local`), fix the address, or set "
             "cluster.address=null for a Ray instance inside this process"
         ) from err
+
+
+REPO = Path(__file__).resolve().parents[2]
+# Where `make install-vllm` builds the rollout workers' vLLM environment.
+VLLM_VENV_PYTHON = REPO / ".venv-vllm" / "bin" / "python"
+
+
+def worker_python(cfg) -> str | None:
+    """The interpreter the rollout worker actors run in, or None for the driver's own
+    (`rollout.python`; see shared/config.py)."""
+    choice = cfg.rollout.python
+    if choice in (None, "", "self"):
+        return None
+    if choice != "auto":
+        if not cfg.cluster.address and not Path(choice).exists():
+            raise UserError(
+                f"rollout.python={choice} does not exist; give the python of an environment "
+                "with vLLM (`make install-vllm` builds .venv-vllm), or rollout.python=auto"
+            )
+        return choice
+    if cfg.rollout.engine != "vllm":
+        return None
+    if os.environ.get("ART_VLLM_PYTHON"):
+        return os.environ["ART_VLLM_PYTHON"]
+    if VLLM_VENV_PYTHON.exists():
+        return str(VLLM_VENV_PYTHON)
+    if not cfg.cluster.address:  # local: the driver's own interpreter must have vLLM then
+        import importlib.util
+
+        if importlib.util.find_spec("vllm") is None:
+            raise UserError(
+                "rollout.engine=vllm needs vLLM, and neither .venv-vllm nor this Python has it: "
+                "run `make install-vllm` (vLLM's CPU build, in its own environment) or, on a GPU "
+                'machine, `pip install -e ".[gpu]"`; or set rollout.python=<python with vLLM>'
+            )
+    return None
+
+
+def worker_runtime_env(cfg) -> dict | None:
+    """The rollout workers' own runtime env: their interpreter, when not the driver's. Ray
+    merges it with the job's (working_dir, env_vars stay)."""
+    python = worker_python(cfg)
+    return {"py_executable": python} if python and python != sys.executable else None
+
+
+def resolve_rollout_gpus(cfg, ray) -> str:
+    """`rollout.num_gpus_per_worker=null` becomes 1 where the cluster has GPUs (or may get
+    them: `cluster.check_resources=false`), else 0, in the config so that the run's
+    config.yaml says what ran. Returns the workers' device: cuda with GPUs, else cpu."""
+    if cfg.rollout.num_gpus_per_worker is None:
+        has_gpus = ray.cluster_resources().get("GPU", 0) > 0 or not cfg.cluster.check_resources
+        with open_dict(cfg):
+            cfg.rollout.num_gpus_per_worker = 1 if has_gpus else 0
+        logger.info(
+            "rollout workers on %s (rollout.num_gpus_per_worker=%d)",
+            "GPUs" if has_gpus else "the CPU",
+            cfg.rollout.num_gpus_per_worker,
+        )
+    return "cuda" if cfg.rollout.num_gpus_per_worker > 0 else "cpu"
 
 
 def start_ray(cfg):
@@ -187,27 +250,33 @@ def create_workers(cfg, ray, model_path: str, lora_rank: int | None = None) -> l
     from hydra.utils import get_class
 
     worker_cls = ray.remote(get_class(cfg.rollout.worker_cls))
-    engine_options = {"dtype": cfg.rollout.dtype}
-    if cfg.rollout.engine == "hf":
-        engine_options["device"] = "cuda" if cfg.rollout.num_gpus_per_worker > 0 else "cpu"
-    if cfg.rollout.engine == "vllm":
+    rollout = cfg.rollout
+    device = resolve_rollout_gpus(cfg, ray)
+    engine_options = {"dtype": rollout.dtype, "device": device}
+    if rollout.engine == "vllm":
         engine_options.update(
-            gpu_memory_utilization=cfg.rollout.gpu_memory_utilization,
-            max_model_len=cfg.rollout.max_model_len,
+            gpu_memory_utilization=rollout.gpu_memory_utilization,
+            kv_cache_memory_bytes=rollout.kv_cache_memory_bytes,
+            enforce_eager=rollout.enforce_eager,
+            max_model_len=rollout.max_model_len,
             seed=cfg.seed,
             enable_lora=cfg.method.name == "lora" or lora_rank is not None,
             max_lora_rank=lora_rank or cfg.method.lora.rank,
         )
+    runtime_env = worker_runtime_env(cfg)
+    if runtime_env:
+        logger.info("rollout workers run in %s", runtime_env["py_executable"])
     return [
         worker_cls.options(
             name=f"rollout-worker-{i}",
-            max_restarts=cfg.rollout.max_restarts,
+            max_restarts=rollout.max_restarts,
             max_task_retries=0,  # the driver re-sends a dead worker's chunk itself
-            num_cpus=cfg.rollout.num_cpus_per_worker,
-            num_gpus=cfg.rollout.num_gpus_per_worker,
-            resources=dict(cfg.rollout.resources) or None,
-        ).remote(engine=cfg.rollout.engine, model_path=model_path, worker_index=i, **engine_options)
-        for i in range(cfg.rollout.num_workers)
+            num_cpus=rollout.num_cpus_per_worker,
+            num_gpus=rollout.num_gpus_per_worker,
+            resources=dict(rollout.resources) or None,
+            runtime_env=runtime_env,
+        ).remote(engine=rollout.engine, model_path=model_path, worker_index=i, **engine_options)
+        for i in range(rollout.num_workers)
     ]
 
 
@@ -215,6 +284,7 @@ def create_actors(
     cfg, ray, model_path: str, with_learner: bool = True, lora_rank: int | None = None
 ):
     """Check placement, create the learner (optional) and the workers, wait until started."""
+    resolve_rollout_gpus(cfg, ray)  # before the GPUs are counted
     requests = actor_requests(cfg)
     if not with_learner:
         requests.pop("learner")

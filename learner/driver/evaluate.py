@@ -25,7 +25,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from learner.driver.cli import run_hydra_app
-from learner.driver.cluster import run_scope, start_actors
+from learner.driver.cluster import run_scope, start_actors, worker_python
 from learner.driver.rollouts import WorkerPool, prompt_builder
 from learner.driver.tracking import RunOutputs, ensure_writable, setup_mlflow
 from learner.models import resolve_model_path
@@ -177,6 +177,7 @@ def adapter_condition(cfg, folder: Path) -> tuple[bytes | None, AdapterUpdate]:
 
 def evaluate(cfg: DictConfig) -> dict:
     validate(cfg)
+    worker_python(cfg)  # the rollout workers' interpreter, before anything starts
     run_dir = Path(cfg.run_dir)
     ensure_writable(run_dir)
     from shared.tasks import load_task

@@ -20,6 +20,7 @@ REPO = Path(__file__).resolve().parents[2]
 # Never uploaded with the job: environments, outputs, local stores, caches.
 EXCLUDES = [
     ".venv/",
+    ".venv-vllm/",
     ".git/",
     "outputs/",
     "multirun/",

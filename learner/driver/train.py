@@ -34,7 +34,7 @@ from learner.driver.checkpoint import (
     save_checkpoint,
 )
 from learner.driver.cli import run_folder_of, run_hydra_app
-from learner.driver.cluster import placement, run_scope, start_actors, task_icon
+from learner.driver.cluster import placement, run_scope, start_actors, task_icon, worker_python
 from learner.driver.rollouts import (
     Prefetch,
     PromptSampler,
@@ -103,6 +103,8 @@ def prepare(cfg: DictConfig) -> Plan:
     checkpoint to resume from; refuse what cannot work before any file or process exists."""
     validate(cfg)
     from learner.preprocess import VisionSpec, validate_image_size
+
+    worker_python(cfg)  # the rollout workers' interpreter, before anything starts
     from shared.images import seed_image
     from shared.tasks import load_task
 

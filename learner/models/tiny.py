@@ -37,7 +37,7 @@ logger = logging.getLogger(__name__)
 
 TINY_MODEL_NAME = "tiny-qwen3.5"
 # Bump when anything below changes what is built: the cache key includes it.
-BUILDER_VERSION = 6
+BUILDER_VERSION = 7
 
 # The real Qwen chat, vision and tool special tokens (ids follow the 256 byte symbols).
 SPECIAL_TOKENS = QWEN_SPECIAL_TOKENS[:16] + QWEN_SPECIAL_TOKENS[-2:]
@@ -102,10 +102,12 @@ def build_config(tokenizer):
         "layer_types": ["linear_attention", "full_attention"],
         "num_attention_heads": 4,
         "num_key_value_heads": 2,
-        "head_dim": 16,
+        # Head sizes vLLM's CPU kernels accept (attention head dim >= 32; the linear-attention
+        # kernel takes key/value head dims 64 or 128), so both engines serve this one model.
+        "head_dim": 32,
         "linear_conv_kernel_dim": 4,
-        "linear_key_head_dim": 16,
-        "linear_value_head_dim": 16,
+        "linear_key_head_dim": 64,
+        "linear_value_head_dim": 64,
         "linear_num_key_heads": 2,
         "linear_num_value_heads": 4,
         "max_position_embeddings": 4096,
@@ -113,7 +115,8 @@ def build_config(tokenizer):
             "rope_type": "default",
             "rope_theta": 10000.0,
             "partial_rotary_factor": 0.5,
-            "mrope_section": [2, 1, 1],
+            # sum == head_dim * partial_rotary_factor / 2 (vLLM checks it)
+            "mrope_section": [4, 2, 2],
             "mrope_interleaved": True,
         },
         "tie_word_embeddings": False,

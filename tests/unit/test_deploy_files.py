@@ -28,12 +28,31 @@ def test_ray_up_config_parses():
     assert any("ray start --head" in c for c in config["head_start_ray_commands"])
 
 
-def test_dockerfile_matches_the_gpu_extra():
+def test_dockerfile_builds_the_learner_and_the_vllm_environments():
     dockerfile = (DEPLOY / "Dockerfile").read_text()
-    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
-    assert "vllm" in " ".join(pyproject["project"]["optional-dependencies"]["gpu"])
     assert re.search(r"^FROM nvidia/cuda:\S+", dockerfile, re.M)
-    assert re.search(r'pip install -e "\.\[gpu\]"', dockerfile)
+    assert re.search(r"pip install -e \. ", dockerfile)
+    assert "/opt/venv-vllm/bin/pip install -r deploy/vllm/requirements-gpu.txt" in dockerfile
+    assert "ENV ART_VLLM_PYTHON=/opt/venv-vllm/bin/python" in dockerfile
     for package in ("shared", "learner", "rollout_worker", "conf"):
         assert f"COPY {package} " in dockerfile, package
     assert (REPO / "deploy" / "serve" / "README.md").exists()
+
+
+def pins(path: Path) -> dict[str, str]:
+    out = {}
+    for line in path.read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if "==" in line:
+            name, version = line.split("==")
+            out[name.split("[")[0].strip().lower()] = version.strip()
+    return out
+
+
+def test_one_ray_version_in_every_environment():
+    """Actors of one cluster run one Ray: the project's pin equals the vLLM environments'."""
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    project = [d for d in pyproject["project"]["dependencies"] if d.startswith("ray")]
+    version = project[0].split("==")[1]
+    for name in ("constraints-cpu.txt", "cpu-lock.txt", "requirements-gpu.txt"):
+        assert pins(DEPLOY / "vllm" / name)["ray"] == version, name

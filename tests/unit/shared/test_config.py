@@ -19,7 +19,7 @@ def test_default_config_is_the_embedded_default():
 def test_real_run_groups_compose():
     cfg = _compose("model=qwen3_5_0_8b", "rollout=vllm", "image=paper")
     assert cfg.model.name == "Qwen/Qwen3.5-0.8B"
-    assert cfg.rollout.num_gpus_per_worker == 1
+    assert cfg.rollout.num_gpus_per_worker is None  # one where the cluster has GPUs
     assert cfg.image.height == 256
     validate(cfg)
 
@@ -34,7 +34,7 @@ def test_unknown_key_is_rejected_by_the_schema():
     [
         (["algo.group_size=1"], "group_size"),
         (["rollout.engine=sglang"], "rollout.engine"),
-        (["rollout.engine=vllm"], "num_gpus_per_worker"),
+        (["rollout=vllm", "algo.temperature=3"], "temperatures up to 2"),
         (["rollout.max_new_tokens=4", "algo.overlong_buffer=4"], "overlong_buffer"),
         (["algo.num_minibatches=0"], "num_minibatches"),
         (["rollout.top_p=0.9"], "top_p=1.0 because the learner"),

@@ -1,11 +1,11 @@
-"""The learner: a frozen model copy, the pixel parameter, Adam, and the DAPO update.
+"""The learner: a frozen model copy, what is trained (`learner/trained.py`), Adam, and the DAPO
+update.
 
 Used directly in tests and wrapped as a Ray actor (`name="learner"`) by the driver.
 """
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import time
@@ -18,11 +18,12 @@ import torch
 
 from learner.dapo import dapo_loss, group_advantages
 from learner.pixels import PixelImage
-from learner.policy import EncodedImage, FrozenPolicy, load_model_and_processor
+from learner.policy import FrozenPolicy, load_model_and_processor
 from learner.preprocess import validate_image_size
+from learner.trained import make_trained
 from shared.artifact import art_metadata
 from shared.images import seed_image
-from shared.messages import AdapterUpdate, Completion, ImageUpdate, ScoredGroup
+from shared.messages import Completion, ImageUpdate, ScoredGroup
 
 logger = logging.getLogger(__name__)
 
@@ -98,18 +99,18 @@ def mismatch_metrics(batch: Batch, learner_BT: torch.Tensor, version: int) -> di
 
 
 class Learner:
-    """The learner process: the frozen model, the pixel parameter and its optimizer.
+    """The learner process: the frozen model, what is trained (`learner/trained.py`: ART's
+    pixels or the LoRA baseline's adapter) and its optimizer.
 
     Each `update` does the least work that gives the DAPO gradient:
-    1. old log-probs are those of the image each completion was sampled with; where that is
-       the current image and the completion is in the first minibatch, the first minibatch's
+    1. old log-probs are those of the policy each completion was sampled with; where that is
+       the current one and the completion is in the first minibatch, the first minibatch's
        own forward (before any optimizer step) doubles as its old log-probs; every other
-       sequence gets one no-gradient pass per image version (none at all with one minibatch
+       sequence gets one no-gradient pass per policy version (none at all with one minibatch
        and fresh completions: the ratio is exactly 1 there);
-    2. one vision encode per minibatch: its features are a leaf that every micro-batch's
-       backward accumulates into, then one backward through the vision tower to the pixels;
+    2. one vision encode per minibatch (`Trained.gradient_pass`);
     3. logits at completion positions only (`FrozenPolicy`); every weight frozen.
-    Images of the last `max_staleness` versions are kept to score stale completions exactly.
+    The parameters of the last `max_staleness` versions are kept to score stale completions.
     """
 
     def __init__(
@@ -139,7 +140,7 @@ class Learner:
         with_image: bool = True,
     ):
         torch.manual_seed(seed)
-        self.model_name, self.method = model_name, method
+        self.model_name = model_name
         self.model, self.processor = load_model_and_processor(
             model_path, dtype=dtype, device=device
         )
@@ -147,19 +148,9 @@ class Learner:
             self.model, self.processor, temperature, activation_checkpointing
         )
         validate_image_size(height, width, self.policy.spec, model_name)
-        self.image = init_pixels(init, height, width, seed, task_icon, background).to(device)
-        self.seed_uint8 = self.image.to_uint8()
-        self.peft_model, self.with_image, self._seed_features = None, True, None
-        if method == "lora":  # the baseline: the pixels stay at the seed, an adapter learns
-            from learner.lora import attach_lora
-
-            settings = dict(lora or {})
-            self.peft_model = attach_lora(self.model, model_name=model_name, **settings)
-            self.with_image = with_image
-            self.image.theta_CHW.requires_grad_(False)
-        elif method != "art":
-            raise ValueError(f"unknown method {method!r}; use 'art' or 'lora'")
-        self.optimizer = torch.optim.Adam(self.trainable(), lr=lr)
+        image = init_pixels(init, height, width, seed, task_icon, background).to(device)
+        self.trained = make_trained(method, self.model, image, model_name, lora, with_image)
+        self.optimizer = torch.optim.Adam(self.trained.parameters(), lr=lr)
         self.eps_low, self.eps_high, self.clip_ratio_c = eps_low, eps_high, clip_ratio_c
         self.num_minibatches = num_minibatches
         self.micro_batch_size = micro_batch_size
@@ -169,7 +160,20 @@ class Learner:
         self.consecutive_skips = 0  # optimizer steps refused in a row (non-finite)
         self.history: dict[int, list[torch.Tensor]] = {}  # earlier versions' parameters
 
-    # ---- the image -------------------------------------------------------------------
+    # ---- what is trained -------------------------------------------------------------
+    @property
+    def method(self) -> str:
+        return self.trained.method
+
+    @property
+    def image(self):
+        """The image in the prompts: trained (ART) or the fixed seed (LoRA)."""
+        return self.trained.image
+
+    @property
+    def seed_uint8(self):
+        return self.trained.seed_uint8
+
     def metadata(self) -> dict[str, object]:
         height, width = self.image.size
         return art_metadata(self.model_name, height, width, self.version)
@@ -177,42 +181,16 @@ class Learner:
     def image_update(self) -> ImageUpdate:
         return ImageUpdate(version=self.version, png=self.image.to_png(self.metadata()))
 
-    def pixel_distance_from_seed(self) -> float:
-        """Mean absolute uint8 difference to the seed image, in [0, 255]."""
-        diff = self.image.to_uint8().astype(np.int16) - self.seed_uint8.astype(np.int16)
-        return float(np.abs(diff).mean())
-
-    def trainable(self) -> list[torch.nn.Parameter]:
-        """What the optimizer moves: the pixel logits (ART) or the adapter's weights (LoRA)."""
-        if self.peft_model is not None:
-            from learner.lora import adapter_parameters
-
-            return adapter_parameters(self.peft_model)
-        return list(self.image.parameters())
-
-    def encode(self, grad: bool):
-        """ART: the current image's features (with or without a graph back to the pixels).
-        LoRA: the fixed seed image's features (`with_image`), or None for text-only prompts."""
-        if self.peft_model is not None:
-            if not self.with_image:
-                return None
-            if self._seed_features is None:
-                with torch.no_grad():
-                    self._seed_features = self.policy.encode_image(self.image())
-            return self._seed_features
-        with torch.set_grad_enabled(grad):
-            return self.policy.encode_image(self.image())
-
     def policy_update(self):
         """What the rollout workers need to sample from the current policy: the PNG (ART) or
         the adapter (LoRA)."""
-        if self.peft_model is None:
-            return self.image_update()
-        from learner.lora import adapter_bytes, adapter_config
+        return self.trained.policy_update(self.version, self.metadata())
 
-        config = adapter_config(self.peft_model)
-        config["base_model_name_or_path"] = self.model_name
-        return AdapterUpdate(self.version, adapter_bytes(self.peft_model), config)
+    def trainable(self) -> list[torch.nn.Parameter]:
+        return self.trained.parameters()
+
+    def encode(self, grad: bool):
+        return self.trained.encode(self.policy, grad)
 
     @contextmanager
     def at_version(self, version: int):
@@ -298,11 +276,7 @@ class Learner:
         update = self.policy_update()
         taken = [s for s in stats if math.isfinite(s["loss"])] or stats
         metrics.update({k: float(np.mean([s[k] for s in taken])) for k in taken[0]})
-        if self.peft_model is None:
-            metrics["pixel_distance"] = self.pixel_distance_from_seed()
-            metrics["png_bytes"] = float(len(update.png))
-        else:
-            metrics["adapter_bytes"] = float(len(update.weights))
+        metrics.update({k: float(v) for k, v in self.trained.update_metrics(update).items()})
         metrics.update(
             {
                 "skipped_updates": float(skipped),
@@ -369,49 +343,33 @@ class Learner:
         through the vision tower. Rows in `fill_old` take their old log-probs from this forward
         (the policy has not moved yet)."""
         num_tokens = sum(batch.lengths[i] for i in indices)
-        self._lora_dropout(True)
-        encoded = self.encode(grad=True)
-        leaf, features_ND = encoded, None
-        if self.peft_model is None:  # ART: micro-batches accumulate into the features
-            features_ND = encoded.features_ND.detach().requires_grad_(True)
-            leaf = EncodedImage(features_ND, encoded.grid_thw)
         keys = ("loss", "clip_frac_low", "clip_frac_high", "clip_frac_dual", "ratio_mean")
         totals = dict.fromkeys(keys, 0.0)
-        for chunk in self._chunks(len(indices)):
-            idx = indices[chunk]
-            logprobs_BT, mask_BT = self.policy.sequence_logprobs(
-                leaf, [batch.prompt_ids[i] for i in idx], [batch.token_ids[i] for i in idx]
-            )
-            width = logprobs_BT.shape[1]
-            for row, i in enumerate(idx):
-                if i in fill_old:
-                    old_BT[i, :width] = logprobs_BT[row].detach()
-            loss, stats = dapo_loss(
-                logprobs_BT,
-                old_BT[idx, :width],
-                advantages_B[idx].to(logprobs_BT.device),
-                mask_BT,
-                self.eps_low,
-                self.eps_high,
-                num_tokens=num_tokens,
-                clip_ratio_c=self.clip_ratio_c,
-            )
-            loss.backward()
-            totals["loss"] += loss.item()
-            for key in keys[1:]:
-                totals[key] += stats[key]
-        if features_ND is not None and features_ND.grad is not None:  # one vision backward
-            encoded.features_ND.backward(features_ND.grad)
-        self._lora_dropout(False)
+        with self.trained.gradient_pass(self.policy) as encoded:
+            for chunk in self._chunks(len(indices)):
+                idx = indices[chunk]
+                logprobs_BT, mask_BT = self.policy.sequence_logprobs(
+                    encoded, [batch.prompt_ids[i] for i in idx], [batch.token_ids[i] for i in idx]
+                )
+                width = logprobs_BT.shape[1]
+                for row, i in enumerate(idx):
+                    if i in fill_old:
+                        old_BT[i, :width] = logprobs_BT[row].detach()
+                loss, stats = dapo_loss(
+                    logprobs_BT,
+                    old_BT[idx, :width],
+                    advantages_B[idx].to(logprobs_BT.device),
+                    mask_BT,
+                    self.eps_low,
+                    self.eps_high,
+                    num_tokens=num_tokens,
+                    clip_ratio_c=self.clip_ratio_c,
+                )
+                loss.backward()
+                totals["loss"] += loss.item()
+                for key in keys[1:]:
+                    totals[key] += stats[key]
         return totals
-
-    def _lora_dropout(self, active: bool) -> None:
-        """LoRA dropout (`method.lora.dropout`) acts in the gradient forward only: never in
-        old log-prob passes, nor in the rollout engines."""
-        if self.peft_model is not None:
-            for name, module in self.peft_model.named_modules():
-                if name.endswith("lora_dropout.default"):
-                    module.train(active)
 
     def num_trainable(self) -> int:
         return sum(p.numel() for p in self.trainable())
@@ -430,35 +388,28 @@ class Learner:
 
     # ---- state (checkpoints are written by the driver) -----------------------------------
     def state_dict(self) -> dict:
-        """Everything needed to continue exactly: tensors and plain values only, so that a
-        checkpoint loads with `torch.load(weights_only=True)`."""
+        """Everything needed to continue exactly: CPU tensors and plain values only, so that a
+        checkpoint loads with `torch.load(weights_only=True)` on a machine without the
+        learner's device (the driver may run on a head node without a GPU)."""
         height, width = self.image.size
-        state = {
+        return {
             "method": self.method,
             "model": self.model_name,
             "height": height,
             "width": width,
             "version": self.version,
-            "theta_CHW": self.image.theta_CHW.detach().cpu().clone(),
-            "optimizer": copy.deepcopy(self.optimizer.state_dict()),  # a snapshot, not views
-            "seed_uint8_HWC": torch.from_numpy(self.seed_uint8.copy()),
+            **self.trained.state_dict(),  # theta_CHW, seed_uint8_HWC (and the LoRA adapter)
+            "optimizer": to_cpu(self.optimizer.state_dict()),  # a snapshot, not views
             "torch_rng": torch.get_rng_state(),
             "consecutive_skips": self.consecutive_skips,
             "history": {v: [t.cpu() for t in h] for v, h in self.history.items()},
         }
-        if self.peft_model is not None:
-            state["adapter"] = [p.detach().cpu().clone() for p in self.trainable()]
-        return state
 
     def load_state_dict(self, state: dict) -> int:
         """Restore `state_dict()`; the driver has checked model, size and method."""
-        with torch.no_grad():
-            self.image.theta_CHW.copy_(state["theta_CHW"].to(self.image.theta_CHW.device))
-            for param, saved in zip(self.trainable(), state.get("adapter", []), strict=False):
-                param.copy_(saved.to(param.device))
-        self.optimizer.load_state_dict(state["optimizer"])
+        self.trained.load_state_dict(state)
+        self.optimizer.load_state_dict(state["optimizer"])  # moved to the parameters' device
         self.version = int(state["version"])
-        self.seed_uint8 = state["seed_uint8_HWC"].numpy().copy()
         torch.set_rng_state(state["torch_rng"])
         self.consecutive_skips = int(state["consecutive_skips"])
         device = self.image.theta_CHW.device
@@ -466,3 +417,14 @@ class Learner:
             int(v): [t.to(device) for t in h] for v, h in state.get("history", {}).items()
         }
         return self.version
+
+
+def to_cpu(obj):
+    """A deep copy with every tensor on the CPU (nested dicts, lists and tuples)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(to_cpu(v) for v in obj)
+    return obj

@@ -11,6 +11,7 @@ in Qwen3.5; the vision tower stays as it is). The base weights stay frozen.
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 
 import torch
 
@@ -35,7 +36,7 @@ def attach_lora(model, rank: int, alpha: float, dropout: float, target_modules, 
         base_model_name_or_path=model_name,
     )
     peft_model = get_peft_model(model, config)
-    for name, module in peft_model.named_modules():  # see Learner._lora_dropout
+    for name, module in peft_model.named_modules():  # see TrainedLora.dropout
         if "lora_dropout" in name:
             module.eval()
     for name, param in peft_model.named_parameters():
@@ -74,10 +75,81 @@ def adapter_config(peft_model) -> dict:
     )
 
 
-def load_adapter_state(peft_model, state: dict[str, torch.Tensor]) -> None:
-    from peft import set_peft_model_state_dict
+class TrainedLora:
+    """The baseline's trained policy (`method=lora`; the `Trained` interface of
+    `learner/trained.py`): a LoRA adapter injected into the frozen model; the image stays the
+    seed (in the prompts with `with_image`, else prompts are text-only)."""
 
-    result = set_peft_model_state_dict(peft_model, state)
-    unexpected = getattr(result, "unexpected_keys", [])
-    if unexpected:
-        raise ValueError(f"adapter weights that fit no module: {unexpected[:3]}")
+    method = "lora"
+
+    def __init__(self, model, image, model_name: str, with_image: bool = False, **settings):
+        self.peft_model = attach_lora(model, model_name=model_name, **settings)
+        self.model_name = model_name
+        self.image, self.with_image = image, with_image
+        self.seed_uint8 = image.to_uint8()
+        image.theta_CHW.requires_grad_(False)
+        self._seed_features = None
+
+    def parameters(self) -> list[torch.nn.Parameter]:
+        return adapter_parameters(self.peft_model)
+
+    def encode(self, policy, grad: bool):
+        """The fixed seed image's features (encoded once), or None for text-only prompts."""
+        if not self.with_image:
+            return None
+        if self._seed_features is None:
+            with torch.no_grad():
+                self._seed_features = policy.encode_image(self.image())
+        return self._seed_features
+
+    @contextmanager
+    def gradient_pass(self, policy):
+        """Micro-batch backwards go straight into the adapter; its dropout acts only here."""
+        self.dropout(True)
+        try:
+            yield self.encode(policy, grad=False)
+        finally:
+            self.dropout(False)
+
+    def dropout(self, active: bool) -> None:
+        """LoRA dropout (`method.lora.dropout`) acts in the gradient forward only: never in
+        old log-prob passes, nor in the rollout engines."""
+        for name, module in self.peft_model.named_modules():
+            if name.endswith("lora_dropout.default"):
+                module.train(active)
+
+    def policy_update(self, version: int, metadata: dict):
+        from shared.messages import AdapterUpdate
+
+        config = adapter_config(self.peft_model)
+        config["base_model_name_or_path"] = self.model_name
+        return AdapterUpdate(version, adapter_bytes(self.peft_model), config)
+
+    def update_metrics(self, update) -> dict[str, float]:
+        return {"adapter_bytes": float(len(update.weights))}
+
+    def state_dict(self) -> dict:
+        from learner.pixels import image_state
+
+        return {
+            **image_state(self),
+            "adapter": [p.detach().cpu().clone() for p in self.parameters()],
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """The adapter's tensors in order, refused when their count or shapes differ (another
+        rank or other target modules than this run's)."""
+        from learner.pixels import load_image_state
+
+        params, saved = self.parameters(), state["adapter"]
+        shapes = [tuple(p.shape) for p in params], [tuple(t.shape) for t in saved]
+        if shapes[0] != shapes[1]:
+            raise ValueError(
+                f"the checkpoint's adapter has {len(saved)} tensors of shapes {shapes[1][:4]}..., "
+                f"this run's {len(params)} of {shapes[0][:4]}...: resume with the run's own "
+                "method.lora settings (rank, target_modules)"
+            )
+        load_image_state(self, state)
+        with torch.no_grad():
+            for param, tensor in zip(params, saved, strict=True):
+                param.copy_(tensor.to(param.device))

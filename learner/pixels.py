@@ -1,4 +1,5 @@
-"""The one trainable tensor: the image's pixel logits.
+"""ART's one trainable tensor: the image's pixel logits (and `TrainedPixels`, what the learner
+trains under `method=art`).
 
 `theta_CHW` is float32; pixels are `sigmoid(theta)`. Rollout engines see a PNG (uint8), so the
 learner sees exactly the same values through a straight-through quantizer: forward uses
@@ -6,6 +7,8 @@ learner sees exactly the same values through a straight-through quantizer: forwa
 """
 
 from __future__ import annotations
+
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -65,3 +68,71 @@ class PixelImage(nn.Module):
 
     def to_png(self, metadata: dict[str, object] | None = None) -> bytes:
         return encode_png(self.to_uint8(), metadata)
+
+
+class TrainedPixels:
+    """ART's trained policy: the pixel logits of the one image (the `Trained` interface of
+    `learner/trained.py`). The image's features enter the frozen model's forward as a float32
+    leaf that every micro-batch's backward accumulates into; one backward through the vision
+    tower then carries that sum to the pixels."""
+
+    method = "art"
+    with_image = True
+
+    def __init__(self, image: PixelImage):
+        self.image = image
+        self.seed_uint8 = image.to_uint8()
+
+    def parameters(self) -> list[nn.Parameter]:
+        return list(self.image.parameters())
+
+    def encode(self, policy, grad: bool):
+        with torch.set_grad_enabled(grad):
+            return policy.encode_image(self.image())
+
+    @contextmanager
+    def gradient_pass(self, policy):
+        from learner.policy import EncodedImage
+
+        encoded = self.encode(policy, grad=True)
+        # float32 whatever the model's dtype: micro-batch gradients accumulate in float32
+        leaf_ND = encoded.features_ND.detach().float().requires_grad_(True)
+        yield EncodedImage(leaf_ND, encoded.grid_thw)
+        if leaf_ND.grad is not None:  # one vision backward for the whole minibatch
+            encoded.features_ND.backward(leaf_ND.grad.to(encoded.features_ND.dtype))
+
+    def policy_update(self, version: int, metadata: dict):
+        from shared.messages import ImageUpdate
+
+        return ImageUpdate(version=version, png=self.image.to_png(metadata))
+
+    def update_metrics(self, update) -> dict[str, float]:
+        return {
+            "pixel_distance": self.pixel_distance_from_seed(),
+            "png_bytes": float(len(update.png)),
+        }
+
+    def pixel_distance_from_seed(self) -> float:
+        """Mean absolute uint8 difference to the seed image, in [0, 255]."""
+        diff = self.image.to_uint8().astype(np.int16) - self.seed_uint8.astype(np.int16)
+        return float(np.abs(diff).mean())
+
+    def state_dict(self) -> dict:
+        return image_state(self)
+
+    def load_state_dict(self, state: dict) -> None:
+        load_image_state(self, state)
+
+
+def image_state(trained) -> dict:
+    """The image part of a learner checkpoint (both methods carry their image)."""
+    return {
+        "theta_CHW": trained.image.theta_CHW.detach().cpu().clone(),
+        "seed_uint8_HWC": torch.from_numpy(trained.seed_uint8.copy()),
+    }
+
+
+def load_image_state(trained, state: dict) -> None:
+    with torch.no_grad():
+        trained.image.theta_CHW.copy_(state["theta_CHW"].to(trained.image.theta_CHW.device))
+    trained.seed_uint8 = state["seed_uint8_HWC"].numpy().copy()

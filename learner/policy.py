@@ -128,7 +128,9 @@ class FrozenPolicy:
         attention_BL = attention_BL.to(self.device)
         inputs = {"input_ids": input_ids_BL, "attention_mask": attention_BL, "use_cache": False}
         if image is not None:
-            encoder_out = BaseModelOutputWithPooling(pooler_output=(image.features_ND,) * batch)
+            # in the model's dtype (ART's gradient leaf is float32 in a bfloat16 model)
+            features_ND = image.features_ND.to(self.model.get_input_embeddings().weight.dtype)
+            encoder_out = BaseModelOutputWithPooling(pooler_output=(features_ND,) * batch)
             inputs.update(
                 image_grid_thw=image.grid_thw.expand(batch, -1),
                 mm_token_type_ids=(input_ids_BL == self.image_token_id).int(),

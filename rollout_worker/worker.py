@@ -115,9 +115,6 @@ class RolloutWorker:
         engines its process has built (one: an engine is never reloaded)."""
         return {**self.served, "engine_builds": type(self.engine).builds}
 
-    def image_version(self) -> int | None:
-        return self.version
-
     def info(self) -> dict:
         info = {
             "worker_index": self.worker_index,

@@ -9,7 +9,8 @@ c. broadcast: the PNG vs the model's full weights (`ray.put` + every worker's `g
    4 and 8 workers on another Ray node with its own object store;
 d. end-to-end steps per second on the embedded default with 2 workers, synchronous
    (`algo.max_staleness=0`) vs overlapped (1), same seed;
-e. rollout tokens per second with the image vs text-only, same prompts.
+e. rollout tokens per second with the image vs text-only, same prompts (HF engine; and vLLM's
+   CPU build when .venv-vllm exists, with its log-prob mismatch against the learner).
 Prints a table (ratios next to figures: these machines are noisy) and writes `bench.json`.
 """
 
@@ -269,6 +270,76 @@ def bench_rollouts(model: str, size: int, prompts: int, group: int, tokens: int)
     return out
 
 
+def bench_vllm_rollouts(model: str, size: int, prompts: int, group: int, tokens: int) -> dict:
+    """Section e with the production engine: vLLM's CPU build in a rollout worker running in
+    .venv-vllm (as `rollout=vllm` runs it), image vs text-only on the same prompts, and how far
+    its bf16 log-probs are from the float32 learner's on the image completions."""
+    import numpy as np
+
+    from learner.driver.cli import compose_config
+    from learner.driver.cluster import create_workers, start_ray
+    from learner.learner import Learner
+    from learner.models import resolve_model_path
+    from shared.messages import RolloutRequest, SamplingConfig
+    from shared.prompts import render_prompt
+
+    cfg = compose_config(
+        "rollout=vllm", "rollout.num_workers=1", "rollout.num_gpus_per_worker=0",
+        # every core, as the HF engine has in this process (Ray sets OMP_NUM_THREADS from it)
+        f"rollout.num_cpus_per_worker={os.cpu_count()}",
+        f"rollout.max_model_len={max(1024, size * size // 256 + tokens + 128)}",
+    )  # fmt: skip
+    path = resolve_model_path(model)
+    ray, owns = start_ray(cfg)
+    start = time.perf_counter()
+    (worker,) = create_workers(cfg, ray, path)
+    ray.get(worker.__ray_ready__.remote())
+    out = {"model": model, "engine_start_s": time.perf_counter() - start}
+    try:
+        learner = Learner(path, model, size, size, init="noise")
+        update = learner.image_update()
+        ray.get(worker.set_image.remote(update.version, update.png))
+        processor = learner.processor
+        for with_image in (True, False):
+            requests = [
+                RolloutRequest(
+                    i,
+                    render_prompt(
+                        processor, f"Question {i}: what is {i} + 2?", with_image=with_image
+                    ),
+                    group,
+                    with_image=with_image,
+                )
+                for i in range(prompts)
+            ]
+            sampling = SamplingConfig(max_new_tokens=tokens, seed=0)
+            ray.get(worker.generate.remote(requests[:1], sampling))  # warm up
+            start = time.perf_counter()
+            groups = ray.get(worker.generate.remote(requests, sampling))
+            elapsed = time.perf_counter() - start
+            n = sum(len(c.token_ids) for g in groups for c in g)
+            out["image" if with_image else "text_only"] = {"tokens": n, "tokens_per_s": n / elapsed}
+            if with_image:
+                completions = [c for g in groups for c in g]
+                recomputed = learner.compute_logprobs(completions)
+                diffs = np.concatenate(
+                    [
+                        np.abs(np.subtract(c.logprobs, lp))
+                        for c, lp in zip(completions, recomputed, strict=True)
+                    ]
+                )
+                out["mismatch"] = {
+                    "tokens": int(diffs.size),
+                    "mean_abs": float(diffs.mean()),
+                    "max_abs": float(diffs.max()),
+                }
+    finally:
+        ray.kill(worker)
+        if owns:
+            ray.shutdown()
+    return out
+
+
 def _png(pixels) -> bytes:
     from shared.artifact import encode_png
 
@@ -335,6 +406,17 @@ def format_report(report: dict) -> str:
                 f"{r['model']:<22} image {r['image']['tokens_per_s']:>8.1f} tok/s   text-only "
                 f"{r['text_only']['tokens_per_s']:>8.1f} tok/s   ratio "
                 f"{r['image']['tokens_per_s'] / r['text_only']['tokens_per_s']:.2f}"
+            )
+    if report.get("vllm_rollouts"):
+        lines += ["", "e. the same with vLLM's CPU build (bf16, .venv-vllm; learner float32)"]
+        for r in report["vllm_rollouts"]:
+            m = r["mismatch"]
+            lines.append(
+                f"{r['model']:<22} image {r['image']['tokens_per_s']:>8.1f} tok/s   text-only "
+                f"{r['text_only']['tokens_per_s']:>8.1f} tok/s   ratio "
+                f"{r['image']['tokens_per_s'] / r['text_only']['tokens_per_s']:.2f}   start "
+                f"{r['engine_start_s']:.0f} s   |logprob delta| mean {m['mean_abs']:.1e} max "
+                f"{m['max_abs']:.1e} ({m['tokens']} tokens)"
             )
     lines += ["", "targets"]
     for name, (value, target, ok) in report["targets"].items():
@@ -413,6 +495,17 @@ def main(argv: list[str] | None = None) -> int:
         report["rollouts"] = [bench_rollouts("tiny", 64, 8, 4, 16)]
         if not args.quick:
             report["rollouts"].append(bench_rollouts("qwen3_5_0_8b_random", 256, 2, 2, 16))
+        from learner.driver.cluster import VLLM_VENV_PYTHON
+
+        if os.environ.get("ART_VLLM_PYTHON") or VLLM_VENV_PYTHON.exists():
+            logger.info("e. vLLM's CPU build (an engine start per model: about a minute)")
+            report["vllm_rollouts"] = [bench_vllm_rollouts("tiny", 64, 8, 4, 16)]
+            if not args.quick:
+                report["vllm_rollouts"].append(
+                    bench_vllm_rollouts("qwen3_5_0_8b_random", 256, 2, 2, 16)
+                )
+        else:
+            logger.info("e. no .venv-vllm (make install-vllm): the vLLM figures are left out")
     report["targets"] = check_targets(report)
     text = format_report(report)
     print(text)

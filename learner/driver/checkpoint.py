@@ -42,7 +42,7 @@ class DriverState:
     rng: dict = field(default_factory=dict)
     mlflow_run_id: str | None = None
     worker_restarts: int = 0
-    # With algo.max_staleness=1: the next step's first round, sampled ahead (plain data).
+    # With algo.max_staleness=1: the whole next step (every round), sampled ahead (plain data).
     ahead: dict | None = None
     loop_wall_s: float = 0.0
 

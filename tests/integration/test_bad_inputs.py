@@ -338,7 +338,7 @@ def test_set_image_refuses_what_is_not_a_complete_png(tiny_model_path):
     assert worker.set_image(2, png) == 2
     with pytest.raises(ValueError, match="went back from 2 to 1"):
         worker.set_image(1, png)
-    assert worker.image_version() == 2  # a refused update leaves the worker as it was
+    assert worker.version == 2  # a refused update leaves the worker as it was
 
 
 def test_a_reward_that_raises_scores_zero_and_too_many_stop_the_run(caplog):

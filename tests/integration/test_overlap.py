@@ -7,41 +7,77 @@ import pytest
 
 from learner.driver import train as driver
 from learner.driver.cluster import create_actors
-from learner.driver.rollouts import PromptSampler, WorkerPool, compute_rollouts, prompt_builder
-from learner.driver.tracking import mean
 from shared.tasks import load_task
 
 COMMON = ("eval.every=0", "algo.group_size=4", "steps=3")
 
 
 def test_max_staleness_0_is_the_synchronous_loop_step_for_step(
-    ray_local, make_cfg, tiny_model_path
+    ray_local, make_cfg, tiny_model_path, tiny_processor
 ):
-    """The driver with max_staleness=0 against the algorithm written out by hand: sample,
-    score, filter, update, broadcast; same seeds, so the same rewards and the same PNG."""
+    """The driver with max_staleness=0 against the algorithm written out here without the
+    driver's code (no PromptSampler, WorkerPool, compute_rollouts or prompt builder): the
+    prompt order, the rounds of dynamic sampling, scoring and the filter by hand, every request
+    sent to one worker (seeds are per request, so the driver's split over two workers must not
+    matter); the learner and the workers are the same classes. Same rewards, same PNG."""
+    import random
+
+    from shared.messages import RolloutRequest, SamplingConfig, ScoredGroup
+    from shared.prompts import render_prompt
+    from shared.sampling import round_seed
+
     cfg = make_cfg(*COMMON, "algo.max_staleness=0")
     summary = driver.train(cfg)
+    algo = cfg.algo
 
     ray = ray_local
     learner, workers = create_actors(cfg, ray, tiny_model_path)
-    pool = WorkerPool(ray, workers)
+    worker = workers[0]
     try:
         task = load_task(cfg.task.name, **cfg.task.options)
-        sampler = PromptSampler(task.examples(cfg.task.split), seed=cfg.seed)
-        prompt_for = prompt_builder(cfg, tiny_model_path)
+        examples, order, rng = task.examples(cfg.task.split), [], random.Random(cfg.seed)
+
+        def take(n):  # shuffle the indices, pop from the end, reshuffle when spent
+            out = []
+            for _ in range(n):
+                if not order:
+                    order.extend(range(len(examples)))
+                    rng.shuffle(order)
+                out.append(examples[order.pop()])
+            return out
+
         update = ray.get(learner.image_update.remote())
-        pool.broadcast(update)
+        ray.get(worker.set_image.remote(update.version, update.png))
         rewards = []
         for step in range(cfg.steps):
-            rollouts = compute_rollouts(cfg, pool, task, sampler, prompt_for, step)
-            rewards.append(mean(rollouts.first_round_rewards))
-            if rollouts.kept:
-                _, update = ray.get(learner.update.remote(rollouts.kept))
-                pool.broadcast(update)
+            kept, rounds = [], 0
+            while len(kept) < algo.prompts_per_step and rounds <= algo.max_extra_rounds:
+                batch = take(algo.prompts_per_step)
+                prompts = [render_prompt(tiny_processor, ex.question) for ex in batch]
+                sampling = SamplingConfig(
+                    temperature=algo.temperature,
+                    max_new_tokens=task.max_new_tokens,
+                    seed=round_seed(cfg.seed, step, rounds),
+                )
+                requests = [RolloutRequest(i, p, algo.group_size) for i, p in enumerate(prompts)]
+                groups = ray.get(worker.generate.remote(requests, sampling))
+                for ex, prompt, group in zip(batch, prompts, groups, strict=True):
+                    acc = tuple(task.score(ex, c.text) for c in group)
+                    rew = tuple(task.reward(ex, c.text) for c in group)
+                    if rounds == 0:
+                        rewards.extend(rew)
+                    if len(set(acc)) > 1:  # some right, some wrong
+                        kept.append(ScoredGroup(prompt, tuple(group), rew, acc))
+                rounds += 1
+            if kept:
+                _, update = ray.get(learner.update.remote(kept[: algo.prompts_per_step]))
+                ray.get(worker.set_image.remote(update.version, update.png))
+            n = algo.prompts_per_step * algo.group_size
+            rewards[-n:] = [sum(rewards[-n:]) / n]  # the step's first-round mean
     finally:
         for actor in [learner, *workers]:
             ray.kill(actor)
-    assert summary["rewards"] == rewards
+    assert summary["rewards"] == pytest.approx(rewards, abs=1e-12)
     assert Path(summary["image_path"]).read_bytes() == update.png
 
 

@@ -43,7 +43,8 @@ def test_three_steps_with_two_workers(ray_local, tiny_model_path, make_cfg):
                 pool.broadcast(update)
         latest = ray.get(learner.image_update.remote()).version
         assert latest >= 1
-        assert ray.get([w.image_version.remote() for w in workers]) == [latest, latest]
+        versions = [w.__ray_call__.remote(lambda self: self.version) for w in workers]
+        assert ray.get(versions) == [latest, latest]
         assert mismatches and np.mean(mismatches) <= 1e-4
         infos = ray.get([w.info.remote() for w in workers])
         node_ids = {i["node_id"] for i in infos}

@@ -115,8 +115,27 @@ def test_checkpoints_load_as_plain_data_and_refuse_another_run(ray_local, tmp_pa
         load_checkpoint(path, "tiny", 64, 64, method="lora")
 
 
-def test_gsm8k_pipeline_takes_real_data(ray_local, tmp_path, fixtures_dir, make_cfg):
-    """A random tiny model scores ~0 on GSM8K; the point is that real rows flow end to end."""
+def test_gsm8k_pipeline_takes_real_data(ray_local, tmp_path, fixtures_dir, make_cfg, monkeypatch):
+    """A random tiny model scores ~0 on GSM8K; the point is that real rows flow end to end:
+    the task's own reward sees training rows of the fixture file, the completions the workers
+    sampled for their prompts, and each step's reward is the mean of what it returned."""
+    import shared.tasks
+
+    calls = []
+    load = shared.tasks.load_task
+
+    def spying_load_task(name, **options):
+        task = load(name, **options)
+        reward = task.reward
+
+        def spy(example, text):
+            calls.append((example.question, text, reward(example, text)))
+            return calls[-1][2]
+
+        task.reward = spy
+        return task
+
+    monkeypatch.setattr(shared.tasks, "load_task", spying_load_task)
     cfg = make_cfg(
         "task=gsm8k",
         f"task.options.data_dir={fixtures_dir / 'gsm8k'}",
@@ -129,5 +148,10 @@ def test_gsm8k_pipeline_takes_real_data(ray_local, tmp_path, fixtures_dir, make_
     )
     summary = driver.train(cfg)
     assert summary["task"] == "gsm8k" and len(summary["rewards"]) == 2
-    assert all(0.0 <= r <= 1.0 for r in summary["rewards"])
+    gsm8k = load("gsm8k", data_dir=fixtures_dir / "gsm8k")
+    train = {ex.question for ex in gsm8k.examples("train")}
+    assert not train & {ex.question for ex in gsm8k.examples("test")}
+    assert len(calls) == 2 * 2 * 2 and {q for q, _, _ in calls} <= train
+    per_step = [[r for _, _, r in calls[i : i + 4]] for i in (0, 4)]
+    assert summary["rewards"] == pytest.approx([sum(r) / 4 for r in per_step])
     assert (tmp_path / "run" / "art.png").exists()

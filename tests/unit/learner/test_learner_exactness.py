@@ -1,5 +1,6 @@
 """The learner does less work than a naive one and gets the same gradient."""
 
+import numpy as np
 import pytest
 
 from learner.bench.naive import naive_gradient, optimized_gradient
@@ -85,3 +86,90 @@ def test_stale_completions_are_scored_under_the_image_they_were_sampled_with(
     assert sorted(learner.history) == [1]  # only what max_staleness=1 can still need
     with pytest.raises(ValueError, match="sampled with version 0, the learner is at 2"):
         learner.update(stale)
+
+
+def test_the_pixel_gradient_equals_hfs_own_pixel_values_forward_with_every_clip_active(
+    tiny_model_path, tiny_processor, engine
+):
+    """An independent path: the model's own forward from the processor's `pixel_values` of
+    the PNG (HF's vision call and feature placement, no `mm_encoder_outputs` injection, logits
+    over every position) and the clipped objective written out here, backpropagated to
+    `pixel_values`; against the gradient the learner's path gives its own patches. The
+    completions were sampled under another image, so the ratios are far from 1 and the
+    low, high and dual clips all act."""
+    import torch
+
+    from learner.dapo import group_advantages
+    from learner.learner import Batch
+
+    sampler = Learner(tiny_model_path, "tiny", 64, 64, init="noise", seed=0)
+    groups = _groups(sampler, engine, tiny_processor, n=8, prompts=2)
+    eps_low, eps_high, c = 0.1, 0.5, 1.5
+    learner = Learner(
+        tiny_model_path, "tiny", 64, 64, init="noise", seed=1, micro_batch_size=3,
+        eps_low=eps_low, eps_high=eps_high, clip_ratio_c=c,
+    )  # fmt: skip
+    batch = Batch.from_groups(groups)
+    advantages_B = group_advantages(batch.rewards_GN).reshape(-1)
+    old_BT = torch.zeros(len(batch), batch.max_len)
+    for i, lp in enumerate(batch.rollout_logprobs):
+        old_BT[i, : len(lp)] = torch.tensor(lp)
+    num_tokens = sum(batch.lengths)
+
+    # the learner's path, with the gradient its patches receive kept
+    visual = learner.model.model
+    encode, kept = visual.get_image_features, {}
+
+    def keep_patches(patches, *args, **kwargs):
+        patches.retain_grad()
+        kept["patches"] = patches
+        return encode(patches, *args, **kwargs)
+
+    visual.get_image_features = keep_patches
+    try:
+        totals = learner.accumulate_gradient(
+            batch, list(range(len(batch))), old_BT, advantages_B, fill_old=set()
+        )
+    finally:
+        visual.get_image_features = encode
+    ours_NP = kept["patches"].grad
+
+    # the reference: the processor's pixel_values, the model's own forward, the loss by hand
+    png = png_to_pil(learner.image_update().png)
+    prompt = groups[0].prompt
+    inputs = tiny_processor(text=[prompt], images=[png], return_tensors="pt")
+    pixel_values = inputs["pixel_values"].clone().requires_grad_(True)
+    np.testing.assert_allclose(  # the same patches: the learner preprocesses as HF does
+        kept["patches"].detach().numpy(), pixel_values.detach().numpy(), atol=1e-6
+    )
+    banned = torch.tensor(learner.policy.suppress_ids)
+    for i in range(len(batch)):
+        ids = torch.tensor([list(batch.prompt_ids[i]) + list(batch.token_ids[i])])
+        logits = (
+            learner.model(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                pixel_values=pixel_values,
+                image_grid_thw=inputs["image_grid_thw"],
+                mm_token_type_ids=(ids == learner.policy.image_token_id).int(),
+            )
+            .logits[0]
+            .float()
+        )
+        logits[:, banned] = float("-inf")
+        logp = torch.log_softmax(logits, -1)
+        start, n = len(batch.prompt_ids[i]), len(batch.token_ids[i])
+        targets = ids[0, start : start + n]
+        lp_T = logp[start - 1 : start - 1 + n].gather(-1, targets[:, None])[:, 0]
+        ratio_T, adv = torch.exp(lp_T - old_BT[i, :n]), float(advantages_B[i])
+        objective_T = torch.minimum(ratio_T * adv, ratio_T.clamp(1 - eps_low, 1 + eps_high) * adv)
+        if adv < 0:
+            objective_T = torch.maximum(objective_T, torch.full_like(objective_T, c * adv))
+        (-objective_T.sum() / num_tokens).backward()
+    reference_NP = pixel_values.grad
+
+    fracs = {k: totals[k] for k in ("clip_frac_low", "clip_frac_high", "clip_frac_dual")}
+    rel = _relative(ours_NP, reference_NP)
+    print(f"clip fractions {fracs}, ratio mean {totals['ratio_mean']:.2f}, relative {rel:.1e}")
+    assert all(v > 0 for v in fracs.values()), fracs
+    assert reference_NP.abs().sum() > 0 and rel <= 1e-5

@@ -40,6 +40,7 @@ def dapo_loss(
     eps_high: float = 0.28,
     num_tokens: int | float | None = None,
     clip_ratio_c: float | None = None,
+    weights_BT: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """The DAPO surrogate loss (to minimize) and its clip statistics.
 
@@ -48,6 +49,8 @@ def dapo_loss(
 
     `num_tokens` is the normalizer: the whole batch's completion-token count, which differs
     from `mask_BT.sum()` when a batch is split into micro-batches. Defaults to `mask_BT.sum()`.
+    `weights_BT` (detached) multiplies each token's clipped objective: the rollout correction's
+    importance weights (`learner/rollout_correction.py`), as verl applies them.
     """
     mask_BT = mask_BT.to(logprobs_BT.dtype)
     if num_tokens is None:
@@ -63,6 +66,8 @@ def dapo_loss(
         floor_BT = clip_ratio_c * adv_B1.expand_as(objective_BT)
         dual_BT = (adv_B1 < 0) & (objective_BT < floor_BT)
         objective_BT = torch.where(dual_BT, floor_BT, objective_BT)
+    if weights_BT is not None:
+        objective_BT = objective_BT * weights_BT.detach()
     loss = -(objective_BT * mask_BT).sum() / num_tokens
 
     with torch.no_grad():

@@ -20,6 +20,7 @@ from learner.dapo import dapo_loss, group_advantages
 from learner.pixels import PixelImage
 from learner.policy import FrozenPolicy, load_model_and_processor
 from learner.preprocess import validate_image_size
+from learner.rollout_correction import correction_metrics, correction_weights
 from learner.trained import make_trained
 from shared.artifact import art_metadata
 from shared.images import seed_image
@@ -80,6 +81,15 @@ class Batch:
     def max_len(self) -> int:
         return max(self.lengths)
 
+    def rollout_logprobs_BT(self, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """The engine's log-probs padded to (B, T), and the mask of real tokens."""
+        rollout_BT = torch.zeros(len(self), self.max_len)
+        mask_BT = torch.zeros(len(self), self.max_len)
+        for i, lp in enumerate(self.rollout_logprobs):
+            rollout_BT[i, : len(lp)] = torch.tensor(lp)
+            mask_BT[i, : len(lp)] = 1.0
+        return rollout_BT.to(device), mask_BT.to(device)
+
 
 def mismatch_metrics(batch: Batch, learner_BT: torch.Tensor, version: int) -> dict[str, float]:
     """How far the rollout engine's log-probs are from the learner's on the sampled tokens."""
@@ -127,8 +137,11 @@ class Learner:
         clip_ratio_c: float | None = None,
         num_minibatches: int = 1,
         micro_batch_size: int = 32,
+        max_tokens_per_micro_batch: int | None = None,
         max_grad_norm: float = 0.0,
         max_staleness: int = 0,
+        rollout_correction: str = "off",
+        rollout_correction_cap: float = 2.0,
         dtype: str = "float32",
         device: str = "cpu",
         seed: int = 0,
@@ -138,6 +151,7 @@ class Learner:
         method: str = "art",
         lora: dict | None = None,
         with_image: bool = True,
+        release_memory: bool = False,
     ):
         torch.manual_seed(seed)
         self.model_name = model_name
@@ -154,8 +168,13 @@ class Learner:
         self.eps_low, self.eps_high, self.clip_ratio_c = eps_low, eps_high, clip_ratio_c
         self.num_minibatches = num_minibatches
         self.micro_batch_size = micro_batch_size
+        self.max_tokens_per_micro_batch = max_tokens_per_micro_batch
         self.max_grad_norm = max_grad_norm
         self.max_staleness = max_staleness
+        self.correction, self.correction_cap = rollout_correction, rollout_correction_cap
+        # after each update, hand the allocator's cached blocks back (a sleeping vLLM engine on
+        # the same GPU wakes up into them: cluster=single_gpu)
+        self.release_memory = release_memory
         self.version = 0
         self.consecutive_skips = 0  # optimizer steps refused in a row (non-finite)
         self.history: dict[int, list[torch.Tensor]] = {}  # earlier versions' parameters
@@ -217,9 +236,29 @@ class Learner:
                     p.copy_(now)
 
     # ---- log-probs -------------------------------------------------------------------
-    def _chunks(self, n: int) -> list[slice]:
-        size = self.micro_batch_size
-        return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+    def micro_batches(self, batch: Batch, rows: Sequence[int]) -> list[list[int]]:
+        """`rows` in forward/backward passes: at most `micro_batch_size` sequences each and,
+        with a token budget (`max_tokens_per_micro_batch`, verl's `ppo_max_token_len_per_gpu`),
+        at most that many padded tokens (sequences x longest prompt + completion), packed
+        longest first so that sequences of like length share a pass. A sequence longer than
+        the budget gets a pass of its own. The gradient is the same either way: the loss is
+        normalized by the minibatch's token count, not the pass's."""
+        rows, size = list(rows), self.micro_batch_size
+        if self.max_tokens_per_micro_batch is None:
+            return [rows[i : i + size] for i in range(0, len(rows), size)]
+        length = {i: len(batch.prompt_ids[i]) + len(batch.token_ids[i]) for i in rows}
+        passes: list[list[int]] = []
+        for i in sorted(rows, key=lambda r: -length[r]):  # longest first: padding stays low
+            current = passes[-1] if passes else None
+            if (
+                current is None
+                or len(current) >= size
+                or (len(current) + 1) * length[current[0]] > self.max_tokens_per_micro_batch
+            ):
+                passes.append([i])
+            else:
+                current.append(i)
+        return passes
 
     @torch.no_grad()
     def compute_logprobs(self, completions: Sequence[Completion]) -> list[list[float]]:
@@ -242,8 +281,7 @@ class Learner:
         for version, rows in sorted(todo.items()):
             with self.at_version(version):  # the image (ART) or the adapter (LoRA) of then
                 encoded = self.encode(grad=False)
-                for chunk in self._chunks(len(rows)):
-                    idx = rows[chunk]
+                for idx in self.micro_batches(batch, rows):
                     prompts = [batch.prompt_ids[i] for i in idx]
                     logprobs_BT, _ = self.policy.sequence_logprobs(
                         encoded, prompts, [batch.token_ids[i] for i in idx]
@@ -260,13 +298,22 @@ class Learner:
         before = [p.detach().clone() for p in self.trainable()]
         advantages_B = group_advantages(batch.rewards_GN).reshape(-1)
         minibatches = self.minibatches(len(batch))
-        reuse = {i for i in minibatches[0] if batch.image_versions[i] == version}
+        # the first minibatch's forward doubles as its old log-probs, unless it is not the
+        # old policy's own (LoRA dropout acts in that forward)
+        reuse = (
+            {i for i in minibatches[0] if batch.image_versions[i] == version}
+            if self.trained.deterministic_forward
+            else set()
+        )
         old_BT = self.old_logprobs(batch, skip=reuse)
         stats = [
             self.minibatch_step(batch, indices, old_BT, advantages_B, reuse if k == 0 else set())
             for k, indices in enumerate(minibatches)
         ]
         metrics = mismatch_metrics(batch, old_BT, version)
+        rollout_BT, mask_BT = batch.rollout_logprobs_BT(old_BT.device)
+        corrections = correction_metrics(old_BT, rollout_BT, mask_BT, self.correction_cap)
+        metrics.update({f"rollout_corr/{k}": v for k, v in corrections.items()})
         skipped = sum(s.pop("skipped") for s in stats)
         if skipped < len(stats):  # the pixels moved: a new image version
             self.version += 1
@@ -285,11 +332,16 @@ class Learner:
                 "old_logprob_passes": float(
                     len({v for i, v in enumerate(batch.image_versions) if i not in reuse})
                 ),
-                "grad_norm": stats[-1]["grad_norm"],
+                # the mean over the minibatches' optimizer steps (skipped ones left out)
+                "grad_norm": mean_finite([s["grad_norm"] for s in stats]),
                 "num_sequences": float(len(batch)),
                 "learner_time_s": time.perf_counter() - start,
             }
         )
+        if self.policy.device.type == "cuda":
+            metrics["peak_memory_bytes"] = float(torch.cuda.max_memory_allocated())
+            if self.release_memory:
+                torch.cuda.empty_cache()
         return metrics, update
 
     def minibatches(self, n: int) -> list[list[int]]:
@@ -343,11 +395,11 @@ class Learner:
         through the vision tower. Rows in `fill_old` take their old log-probs from this forward
         (the policy has not moved yet)."""
         num_tokens = sum(batch.lengths[i] for i in indices)
+        rollout_BT, _ = batch.rollout_logprobs_BT(self.policy.device)
         keys = ("loss", "clip_frac_low", "clip_frac_high", "clip_frac_dual", "ratio_mean")
         totals = dict.fromkeys(keys, 0.0)
         with self.trained.gradient_pass(self.policy) as encoded:
-            for chunk in self._chunks(len(indices)):
-                idx = indices[chunk]
+            for idx in self.micro_batches(batch, indices):
                 logprobs_BT, mask_BT = self.policy.sequence_logprobs(
                     encoded, [batch.prompt_ids[i] for i in idx], [batch.token_ids[i] for i in idx]
                 )
@@ -355,6 +407,13 @@ class Learner:
                 for row, i in enumerate(idx):
                     if i in fill_old:
                         old_BT[i, :width] = logprobs_BT[row].detach()
+                weights_BT = correction_weights(  # after the old log-probs are all in
+                    old_BT[idx, :width],
+                    rollout_BT[idx, :width],
+                    mask_BT,
+                    self.correction,
+                    self.correction_cap,
+                )
                 loss, stats = dapo_loss(
                     logprobs_BT,
                     old_BT[idx, :width],
@@ -364,6 +423,7 @@ class Learner:
                     self.eps_high,
                     num_tokens=num_tokens,
                     clip_ratio_c=self.clip_ratio_c,
+                    weights_BT=weights_BT,
                 )
                 loss.backward()
                 totals["loss"] += loss.item()
@@ -417,6 +477,11 @@ class Learner:
             int(v): [t.to(device) for t in h] for v, h in state.get("history", {}).items()
         }
         return self.version
+
+
+def mean_finite(values: Sequence[float]) -> float:
+    finite = [v for v in values if math.isfinite(v)]
+    return float(np.mean(finite)) if finite else float("nan")
 
 
 def to_cpu(obj):

@@ -89,6 +89,8 @@ class TrainedLora:
         self.seed_uint8 = image.to_uint8()
         image.theta_CHW.requires_grad_(False)
         self._seed_features = None
+        # with dropout the gradient forward is not the policy's own (no reuse as old log-probs)
+        self.deterministic_forward = float(settings.get("dropout", 0.0)) == 0.0
 
     def parameters(self) -> list[torch.nn.Parameter]:
         return adapter_parameters(self.peft_model)

@@ -78,6 +78,7 @@ class TrainedPixels:
 
     method = "art"
     with_image = True
+    deterministic_forward = True  # the gradient forward is the policy's own
 
     def __init__(self, image: PixelImage):
         self.image = image

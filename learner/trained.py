@@ -11,6 +11,8 @@ ever talk to a `Trained`:
 - `policy_update(version, metadata)`: the message the rollout workers need (a PNG or an
   adapter), and `update_metrics(update)` its figures;
 - `image`, `with_image`: the image in the prompts (trained, or the fixed seed);
+- `deterministic_forward`: whether the gradient forward is the policy's own (LoRA dropout
+  is not), so that the first minibatch's forward may double as its old log-probs;
 - `state_dict()` / `load_state_dict(state)`: its part of a checkpoint.
 """
 
@@ -25,6 +27,9 @@ import torch
 class Trained(Protocol):
     method: str
     with_image: bool
+    # whether the gradient forward computes the policy's own log-probs (no dropout): then the
+    # first minibatch's forward doubles as its old log-probs
+    deterministic_forward: bool
 
     def parameters(self) -> list[torch.nn.Parameter]: ...
 

@@ -3,8 +3,9 @@
 Same prompts, same uint8 image through the model's own processor. The sampling distribution
 is defined in one place, `ArtLogitsProcessor`, exactly as vLLM defines it: vision tokens masked
 (-inf), the presence penalty subtracted from every token already generated (evaluation only),
-then the temperature. `generate` gets a fresh `GenerationConfig` (no defaults inherited from
-the checkpoint's `generation_config.json`, which could add penalties or truncation), and the
+then the temperature. `generate` gets a fresh `GenerationConfig` and the model's own is replaced by a neutral one
+(transformers 5 fills unset fields from it: the checkpoint's `generation_config.json` could add
+penalties or truncation), and the
 reported log-probs are the log-softmax of exactly the scores that were sampled from.
 """
 
@@ -62,8 +63,22 @@ class HFEngine:
         self.processor = AutoProcessor.from_pretrained(model_path)
         self.tokenizer = self.processor.tokenizer
         self.suppress_ids = suppressed_token_ids(self.tokenizer)
+        # Stop where vLLM stops: <|im_end|>, the tokenizer's eos and every eos id of the
+        # checkpoint's generation_config.json.
+        own = self.model.generation_config.eos_token_id
+        own = [] if own is None else [own] if isinstance(own, int) else list(own)
         self.eos_ids = sorted(
             {self.tokenizer.convert_tokens_to_ids("<|im_end|>"), self.tokenizer.eos_token_id}
+            | set(own)
+        )
+        # transformers 5 fills every field a generate() config leaves unset from
+        # model.generation_config: a checkpoint's repetition_penalty, min_p, top_k, ... would
+        # silently reshape the sampling distribution, which the learner never applies. A
+        # neutral config instead; the distribution is ArtLogitsProcessor's alone.
+        from transformers import GenerationConfig
+
+        self.model.generation_config = GenerationConfig(
+            eos_token_id=self.eos_ids, pad_token_id=self.tokenizer.pad_token_id
         )
         self.pad_id = self.tokenizer.pad_token_id
         self.peft_model, self.peft_config = None, None

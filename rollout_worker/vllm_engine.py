@@ -12,9 +12,10 @@ their own (`make install-vllm` builds `.venv-vllm` with vLLM's CPU build; `rollo
 this module imports only vLLM, PIL and `shared`.
 
 Settings every Qwen3.5 engine needs, made here rather than left to the user:
-- `gdn_prefill_backend="triton"` (through `additional_config`): on Hopper the linear-attention
-  prefill otherwise defaults to FlashInfer, which needs FlashInfer and fp16/bf16 (vLLM's CPU
-  build ignores it and uses its own kernel);
+- `gdn_prefill_backend="triton"` by default (through `additional_config`;
+  `rollout.gdn_prefill_backend=null` keeps vLLM's choice): on Hopper the linear-attention
+  prefill otherwise defaults to FlashInfer, faster, but it needs FlashInfer installed (vLLM's
+  CPU build ignores the setting and uses its own kernel);
 - `VLLM_USE_FLASHINFER_SAMPLER=0` unless set: without FlashInfer installed the sampler must
   not ask for it (processed log-probs never use it anyway).
 On a CPU: `gpu_memory_utilization` would be a fraction of the machine's RAM, so the KV cache
@@ -57,6 +58,8 @@ def engine_kwargs(
     device: str = "cuda",
     kv_cache_memory_bytes: int | None = None,
     enforce_eager: bool | None = None,
+    sleep_mode: bool = False,
+    gdn_prefill_backend: str | None = "triton",
 ) -> dict:
     """The `LLM(...)` arguments of a rollout engine."""
     kwargs = {
@@ -66,9 +69,10 @@ def engine_kwargs(
         "limit_mm_per_prompt": {"image": 1, "video": 0},
         "logprobs_mode": "processed_logprobs",
         "seed": seed,
-        "additional_config": {"gdn_prefill_backend": "triton"},
         "enforce_eager": device == "cpu" if enforce_eager is None else enforce_eager,
     }
+    if gdn_prefill_backend:
+        kwargs["additional_config"] = {"gdn_prefill_backend": gdn_prefill_backend}
     if device == "cpu" and kv_cache_memory_bytes is None:
         kv_cache_memory_bytes = CPU_KV_CACHE_BYTES
     if kv_cache_memory_bytes is not None:
@@ -77,6 +81,8 @@ def engine_kwargs(
         kwargs["gpu_memory_utilization"] = gpu_memory_utilization
     if enable_lora:
         kwargs.update(enable_lora=True, max_lora_rank=max_lora_rank, max_loras=1)
+    if sleep_mode:
+        kwargs["enable_sleep_mode"] = True
     return kwargs
 
 
@@ -159,6 +165,9 @@ class VLLMEngine:
         device: str = "cuda",
         kv_cache_memory_bytes: int | None = None,
         enforce_eager: bool | None = None,
+        sleep_mode: bool = False,
+        gdn_prefill_backend: str | None = "triton",
+        seeded: bool = True,
         **_,
     ):
         os.environ.setdefault("VLLM_USE_FLASHINFER_SAMPLER", "0")
@@ -176,7 +185,10 @@ class VLLMEngine:
             device,
             kv_cache_memory_bytes,
             enforce_eager,
+            bool(sleep_mode),
+            gdn_prefill_backend,
         )
+        self.sleeping, self.seeded = False, seeded
         self.llm = LLM(**self.kwargs)
         VLLMEngine.builds += 1
         self.tokenizer = self.llm.get_tokenizer()
@@ -199,6 +211,22 @@ class VLLMEngine:
     def clear_adapter(self) -> None:
         self.lora_request = None
 
+    def sleep(self) -> bool:
+        """Free the GPU for the learner's update (sleep mode only): level 1 drops the KV cache
+        and moves the weights to host memory; `wake_up` restores them (they never change)."""
+        if not self.kwargs.get("enable_sleep_mode") or self.sleeping:
+            return False
+        self.llm.sleep(level=1)
+        self.sleeping = True
+        return True
+
+    def wake_up(self) -> bool:
+        if not self.sleeping:
+            return False
+        self.llm.wake_up()
+        self.sleeping = False
+        return True
+
     def generate(
         self,
         requests: list[RolloutRequest],
@@ -208,13 +236,17 @@ class VLLMEngine:
     ) -> list[list[Completion]]:
         from vllm import SamplingParams
 
+        self.wake_up()  # a sleeping engine samples nothing
         prompts, params = [], []
         for request in requests:
             prompt = {"prompt": request.prompt}
             if request.with_image:
                 prompt["multi_modal_data"] = {"image": image}
             prompts.append(prompt)
-            params.append(SamplingParams(**sampling_kwargs(request, sampling, self.suppress)))
+            kwargs = sampling_kwargs(request, sampling, self.suppress)
+            if not self.seeded:  # vLLM's engine seed only: its faster batched sampling path
+                kwargs["seed"] = None
+            params.append(SamplingParams(**kwargs))
         outputs = self.llm.generate(prompts, params, use_tqdm=False, lora_request=self.lora_request)
         results = []
         for request, output in zip(requests, outputs, strict=True):

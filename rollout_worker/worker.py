@@ -110,6 +110,15 @@ class RolloutWorker:
         self.served["tokens"] += sum(len(c.token_ids) for g in groups for c in g)
         return groups
 
+    @_engine_errors_portable
+    def sleep(self) -> bool:
+        """Free the accelerator while the learner updates (engines with a sleep mode)."""
+        return bool(getattr(self.engine, "sleep", lambda: False)())
+
+    @_engine_errors_portable
+    def wake_up(self) -> bool:
+        return bool(getattr(self.engine, "wake_up", lambda: False)())
+
     def stats(self) -> dict[str, int]:
         """What this worker has sampled so far (requests, completions, tokens), and how many
         engines its process has built (one: an engine is never reloaded)."""

@@ -12,6 +12,7 @@ from typing import Any
 from omegaconf import MISSING
 
 from shared.errors import UserError
+from shared.sampling import MAX_ROUNDS_PER_STEP
 
 
 @dataclass
@@ -22,6 +23,14 @@ class ModelConfig:
     dtype: str = "float32"
     # Device of the learner's model ("cpu" or "cuda").
     device: str = "cpu"
+    # The square image size this model's preset trains by default (image.height/width null).
+    image_size: int = 64
+    # Parameter count (cluster=single_gpu's memory model: bfloat16 weights = 2 bytes each).
+    num_parameters: int = 409_736
+    # The learner's activation bytes per token of a micro-batch, with activation checkpointing
+    # in bfloat16 (cluster=single_gpu's memory model; measured for the 0.8B architecture,
+    # scaled by layers x hidden size for the others: conf/model/*.yaml, docs/performance.md).
+    learner_bytes_per_token: float = 60_000.0
 
 
 @dataclass
@@ -67,6 +76,13 @@ class AlgoConfig:
     num_minibatches: int = 2
     # Sampling temperature; the learner divides logits by the same value.
     temperature: float = 1.0
+    # Rollout correction (learner/rollout_correction.py): "token" re-weights each token by the
+    # truncated importance ratio min(pi_old / pi_rollout, cap) between the learner's and the
+    # engine's log-probs (TIS; verl, slime, prime-rl); "sequence" one capped ratio per
+    # completion; "off" trusts the engine's numerics. Its diagnostics are logged either way.
+    rollout_correction: str = "token"
+    # The cap of the truncated ratio.
+    rollout_correction_cap: float = 2.0
 
 
 @dataclass
@@ -103,6 +119,18 @@ class RolloutConfig:
     kv_cache_memory_bytes: int | None = None
     # vLLM only: no torch.compile / CUDA graphs (null: eager on a CPU, compiled on a GPU).
     enforce_eager: bool | None = None
+    # vLLM only: Qwen3.5's linear-attention prefill kernel. "triton" runs everywhere vLLM
+    # runs (and matches the learner's numerics most closely); null leaves vLLM's default
+    # (FlashInfer's bf16 kernel on Hopper: faster prefill, needs FlashInfer installed).
+    gdn_prefill_backend: str | None = "triton"
+    # Seed every request (shared/sampling.py): a completion depends only on its own seed, so a
+    # run is reproducible whatever the number of workers; false leaves vLLM's one engine seed
+    # (vLLM's faster batched sampling; completions then depend on batching and worker count).
+    seeded: bool = True
+    # vLLM only, GPU: put the engine to sleep during the learner's update (its KV cache
+    # dropped, its weights in host memory, restored on wake-up) so that the learner can use
+    # its memory (null: off, except where cluster=single_gpu's memory plan needs it).
+    sleep_mode: bool | None = None
     # vLLM only: max model length (prompt + completion).
     max_model_len: int = 4096
     # Times Ray restarts a worker whose process died (its chunk is sampled again).
@@ -117,6 +145,10 @@ class LearnerConfig:
     lr: float = 0.05
     # Sequences per forward/backward pass (gradient accumulation above this).
     micro_batch_size: int = 32
+    # Padded tokens (sequences x longest prompt + completion) per pass, as verl's
+    # ppo_max_token_len_per_gpu; sequences are packed longest first (null: no budget). The
+    # gradient does not depend on it, the learner's peak memory does.
+    max_tokens_per_micro_batch: int | None = None
     # Clip the pixel-logit gradient norm (0 disables).
     max_grad_norm: float = 0.0
     # Consecutive optimizer steps refused for a NaN/inf loss or gradient that stop the run.
@@ -126,18 +158,19 @@ class LearnerConfig:
     activation_checkpointing: bool = False
     # CPUs reserved for the learner actor.
     num_cpus: float = 1.0
-    # GPUs reserved for the learner actor (never shared with a rollout worker's).
-    num_gpus: float = 0.0
+    # GPUs reserved for the learner actor; null: 1 when model.device is cuda, else 0.
+    num_gpus: float | None = None
     # Custom Ray resources for the learner actor, e.g. {learner_node: 1}.
     resources: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
 class ImageConfig:
-    # Image height in pixels (a multiple of patch x merge, inside the processor's range).
-    height: int = 64
-    # Image width in pixels.
-    width: int = 64
+    # Image height in pixels (a multiple of patch x merge, inside the processor's range);
+    # null: the model preset's image_size.
+    height: int | None = None
+    # Image width in pixels; null: the model preset's image_size.
+    width: int | None = None
     # Seed picture: "gray", "noise", "icon:math", "icon:wrench", "icon:task" (the task's icon),
     # or an image file (any size and mode but CMYK; resized with Lanczos to height x width).
     init: str = "gray"
@@ -193,6 +226,11 @@ class ClusterConfig:
     check_resources: bool = True
     # Seconds to wait for every actor to start before failing with the pending ones named.
     actor_start_timeout_s: float = 900.0
+    # One GPU shared by the learner and one vLLM worker (cluster=single_gpu): the memory
+    # plan of learner/driver/single_gpu.py picks vLLM's share, sleep mode and the token budget.
+    single_gpu: bool = False
+    # The GPU's memory for that plan (null: nvidia-smi's figure for GPU 0).
+    gpu_memory_gib: float | None = None
 
 
 @dataclass
@@ -261,8 +299,22 @@ class ConfigError(UserError):
     """An impossible configuration; the message says what to set."""
 
 
+def resolve(cfg: Any) -> None:
+    """Fill the values that follow from others (the image size from the model preset), in
+    the config itself so that the run's config.yaml says what ran."""
+    from omegaconf import open_dict
+
+    with open_dict(cfg):
+        if cfg.image.height is None:
+            cfg.image.height = cfg.model.image_size
+        if cfg.image.width is None:
+            cfg.image.width = cfg.model.image_size
+
+
 def validate(cfg: Any) -> None:
-    """Cross-field rules, checked once at start-up."""
+    """Derived values filled in (`resolve`), then the cross-field rules, checked once at
+    start-up."""
+    resolve(cfg)
     algo, rollout = cfg.algo, cfg.rollout
     rules = [
         (cfg.steps >= 1, f"steps={cfg.steps}: set steps >= 1"),
@@ -280,7 +332,12 @@ def validate(cfg: Any) -> None:
             f"algo.eps_high={algo.eps_high} < algo.eps_low={algo.eps_low}: clip-higher needs "
             "eps_high >= eps_low (DAPO: 0.28 and 0.2)",
         ),
-        (algo.max_extra_rounds >= 0, "algo.max_extra_rounds must be >= 0"),
+        (
+            0 <= algo.max_extra_rounds < MAX_ROUNDS_PER_STEP,
+            f"algo.max_extra_rounds={algo.max_extra_rounds}: use 0 to "
+            f"{MAX_ROUNDS_PER_STEP - 1} (a step has at most {MAX_ROUNDS_PER_STEP} rounds of "
+            "seeds)",
+        ),
         (
             algo.temperature > 0,
             f"algo.temperature={algo.temperature}: training samples, so set > 0 (1.0 is the "
@@ -301,6 +358,11 @@ def validate(cfg: Any) -> None:
             f"algo.filter_metric={algo.filter_metric!r}: use 'acc' or 'reward'",
         ),
         (algo.min_reward_std >= 0, "algo.min_reward_std must be >= 0"),
+        (
+            algo.rollout_correction in ("off", "token", "sequence"),
+            f"algo.rollout_correction={algo.rollout_correction!r}: use off, token or sequence",
+        ),
+        (algo.rollout_correction_cap >= 1, "algo.rollout_correction_cap must be >= 1"),
         (
             rollout.top_p == 1.0,
             f"rollout.top_p={rollout.top_p}: training needs top_p=1.0 because the learner "
@@ -339,10 +401,30 @@ def validate(cfg: Any) -> None:
             "rollout.num_gpus_per_worker must be >= 0 (null: 1 where the cluster has GPUs)",
         ),
         (
+            not cfg.cluster.single_gpu or rollout.num_workers == 1,
+            f"cluster=single_gpu shares one GPU between the learner and one rollout worker: "
+            f"set rollout.num_workers=1 (not {rollout.num_workers})",
+        ),
+        (
+            not (rollout.sleep_mode and algo.max_staleness),
+            "rollout.sleep_mode puts the engine to sleep during the update, when "
+            "algo.max_staleness=1 would sample: use one of them",
+        ),
+        (
             rollout.kv_cache_memory_bytes is None or rollout.kv_cache_memory_bytes > 0,
             "rollout.kv_cache_memory_bytes must be > 0 (null: vLLM's default sizing)",
         ),
         (0 < cfg.learner.lr < float("inf"), f"learner.lr={cfg.learner.lr} must be > 0 and finite"),
+        (
+            cfg.model.device in ("cpu", "cuda"),
+            f"model.device={cfg.model.device!r}: use cpu or cuda",
+        ),
+        (
+            not (cfg.model.device == "cuda" and cfg.learner.num_gpus == 0),
+            "model.device=cuda puts the learner on a GPU but learner.num_gpus=0 asks Ray for "
+            "none (it would land on another actor's GPU): set learner.num_gpus=1 (or null), or "
+            "model.device=cpu",
+        ),
         (cfg.learner.max_consecutive_skips >= 1, "learner.max_consecutive_skips must be >= 1"),
         (rollout.max_restarts >= 0, "rollout.max_restarts must be >= 0"),
         (
@@ -350,6 +432,11 @@ def validate(cfg: Any) -> None:
             f"resume={cfg.resume!r}: use resume=auto, or resume_from=<run>/checkpoints/last.pt",
         ),
         (cfg.learner.micro_batch_size >= 1, "learner.micro_batch_size must be >= 1"),
+        (
+            cfg.learner.max_tokens_per_micro_batch is None
+            or cfg.learner.max_tokens_per_micro_batch >= 1,
+            "learner.max_tokens_per_micro_batch must be >= 1 (null: no token budget)",
+        ),
         (cfg.image.height > 0 and cfg.image.width > 0, "image.height and image.width must be > 0"),
         (cfg.logging.checkpoint_every >= 1, "logging.checkpoint_every must be >= 1"),
         (cfg.eval.every >= 0, "eval.every must be >= 0 (0 disables periodic evaluation)"),
@@ -379,6 +466,13 @@ def validate(cfg: Any) -> None:
     errors = [msg for ok, msg in rules if not ok]
     if errors:
         raise ConfigError("invalid config: " + "; ".join(errors))
+
+
+def learner_gpus(cfg: Any) -> float:
+    """GPUs the learner actor asks Ray for: `learner.num_gpus`, or 1 on cuda when null."""
+    if cfg.learner.num_gpus is None:
+        return 1.0 if cfg.model.device == "cuda" else 0.0
+    return float(cfg.learner.num_gpus)
 
 
 def register_configs() -> None:

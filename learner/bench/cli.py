@@ -462,8 +462,15 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     out_dir = Path(args.out).resolve()
-    out_dir.mkdir(parents=True, exist_ok=True)
     skip = set(args.skip.split(",")) - {""}
+    if skip - set("acde"):
+        print(
+            f"art-bench: error: --skip {args.skip}: sections are a, c, d and e "
+            "(comma-separated, e.g. --skip c,d)",
+            file=sys.stderr,
+        )
+        return 2
+    out_dir.mkdir(parents=True, exist_ok=True)
     models = ["tiny"] if args.quick else ["tiny", "qwen3_5_0_8b_random"]
     report: dict = {"host": {"cpus": os.cpu_count(), "python": sys.version.split()[0]}}
 

@@ -2,6 +2,7 @@
 
     python -m learner.bench.memory            # Qwen3.5-0.8B architecture, random weights
     python -m learner.bench.memory --model tiny --completions 2 --tokens 16
+    python -m learner.bench.memory --per-token   # bytes per token: the presets' memory model
 
 Every figure comes from a fresh process: load the model, then reset the kernel's peak-RSS
 counter (`/proc/self/clear_refs`), run one forward (no gradient, as for old log-probs) or one
@@ -45,7 +46,15 @@ def reset_peak_rss() -> int:
     return status_kib("VmRSS")
 
 
-def measure(model: str, variant: str, mode: str, completions: int, tokens: int, size: int):
+def measure(
+    model: str,
+    variant: str,
+    mode: str,
+    completions: int,
+    tokens: int,
+    size: int,
+    dtype: str = "float32",
+):
     """One measurement in this process; returns a dict of figures in MiB."""
     import gc
 
@@ -59,7 +68,7 @@ def measure(model: str, variant: str, mode: str, completions: int, tokens: int, 
 
     torch.manual_seed(0)
     path = resolve_model_path(model)
-    hf_model, processor = load_model_and_processor(path, dtype="float32")
+    hf_model, processor = load_model_and_processor(path, dtype=dtype)
     policy = FrozenPolicy(hf_model, processor, activation_checkpointing=variant == "lean+ckpt")
     prompt = render_prompt(processor, QUESTION)
     image = PixelImage.noise(size, size, seed=0)
@@ -87,6 +96,8 @@ def measure(model: str, variant: str, mode: str, completions: int, tokens: int, 
         "peak_above_weights_mib": round((peak_kib - before_kib) / 1024, 1),
         "sequence_len": len(prompt_ids) + tokens,
         "vocab": int(hf_model.config.text_config.vocab_size),
+        "dtype": dtype,
+        "completions": completions,
     }
 
 
@@ -98,25 +109,73 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=256, help="image height = width")
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--json", default=None, help="also write the figures to this file")
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument(
+        "--per-token",
+        action="store_true",
+        help="the learner's activation bytes per sequence token (lean+ckpt, forward+backward): "
+        "the slope between --completions and 3x as many, in float32 and bfloat16",
+    )
     parser.add_argument("--one", nargs=2, metavar=("VARIANT", "MODE"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     shape = (args.completions, args.tokens, args.size)
     if args.one:
-        print(json.dumps(measure(args.model, *args.one, *shape)))
+        print(json.dumps(measure(args.model, *args.one, *shape, dtype=args.dtype)))
         return 0
+    if args.per_token:
+        return per_token(args)
     rows = []
     for variant in args.variants.split(","):
         for mode in MODES:
-            cmd = [sys.executable, "-m", "learner.bench.memory", "--model", args.model]
-            cmd += ["--completions", str(args.completions), "--tokens", str(args.tokens)]
-            cmd += ["--size", str(args.size), "--one", variant, mode]
-            out = subprocess.run(cmd, capture_output=True, text=True)
-            if out.returncode != 0:
-                print(out.stderr[-3000:], file=sys.stderr)
-                return out.returncode
-            rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+            try:
+                rows.append(one(args, variant, mode, args.completions, args.dtype))
+            except RuntimeError as err:
+                print(err, file=sys.stderr)
+                return 1
             print(f"  {variant:<10} {mode:<17} {rows[-1]['peak_above_weights_mib']:>9.1f} MiB")
     print(format_table(rows, args))
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2))
+    return 0
+
+
+def one(args, variant: str, mode: str, completions: int, dtype: str) -> dict:
+    """`measure` in a fresh process (peak RSS is per process)."""
+    cmd = [sys.executable, "-m", "learner.bench.memory", "--model", args.model]
+    cmd += ["--completions", str(completions), "--tokens", str(args.tokens)]
+    cmd += ["--size", str(args.size), "--dtype", dtype, "--one", variant, mode]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr[-3000:])
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def per_token(args) -> int:
+    """Peak bytes per token of the micro-batch (prompt + completion tokens, the image's
+    included), from two batch sizes: what the token budget of a preset is derived from."""
+    rows = []
+    for dtype in ("float32", "bfloat16"):
+        small, large = (
+            one(args, "lean+ckpt", "forward+backward", c, dtype)
+            for c in (args.completions, 3 * args.completions)
+        )
+        extra_tokens = 2 * args.completions * small["sequence_len"]
+        slope = (large["peak_above_weights_mib"] - small["peak_above_weights_mib"]) * 2**20
+        rows.append(
+            {
+                "dtype": dtype,
+                "sequence_len": small["sequence_len"],
+                "peak_small_mib": small["peak_above_weights_mib"],
+                "peak_large_mib": large["peak_above_weights_mib"],
+                "bytes_per_token": round(slope / extra_tokens),
+            }
+        )
+        print(
+            f"{args.model} {dtype:<9} {args.completions} vs {3 * args.completions} sequences of "
+            f"{small['sequence_len']} tokens: {small['peak_above_weights_mib']:.0f} / "
+            f"{large['peak_above_weights_mib']:.0f} MiB -> {rows[-1]['bytes_per_token']:,} "
+            "bytes per token (lean + activation checkpointing, forward+backward)"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
     return 0
@@ -129,7 +188,7 @@ def format_table(rows: list[dict], args) -> str:
         f"peak memory above the loaded weights ({first['weights_mib']:.0f} MiB), model "
         f"{args.model}: {args.completions} completions x {args.tokens} tokens, "
         f"{args.size}x{args.size} image, sequence {first['sequence_len']} tokens, "
-        f"vocabulary {first['vocab']}, float32",
+        f"vocabulary {first['vocab']}, {first['dtype']}",
         f"{'variant':<12} {'forward MiB':>12} {'fwd+bwd MiB':>12} {'fwd+bwd vs naive':>17}",
     ]
     naive = by.get(("naive", "forward+backward"))

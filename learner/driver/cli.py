@@ -40,16 +40,45 @@ def compose_config(*overrides: str, run_dir: str = "unused"):
         cfg = compose("config", overrides=list(rewrite_model_override(list(overrides))))
     OmegaConf.set_struct(cfg, False)
     cfg.run_dir = run_dir
+    from shared.config import resolve
+
+    resolve(cfg)
     return cfg
 
 
+def model_presets() -> dict[str, str]:
+    """Preset file stem -> the `model.name` it sets (conf/model/*.yaml)."""
+    import yaml
+
+    presets = {}
+    for path in sorted((Path(CONF_DIR) / "model").glob("*.yaml")):
+        data = yaml.safe_load(path.read_text()) or {}
+        name = data.get("model", data).get("name") if isinstance(data, dict) else None
+        presets[path.stem] = name
+    return presets
+
+
 def rewrite_model_override(argv: list[str]) -> list[str]:
-    """`model=Qwen/Qwen3.5-0.8B` (not a file in conf/model) -> `model.name=Qwen/Qwen3.5-0.8B`."""
-    presets = {p.stem for p in (Path(CONF_DIR) / "model").glob("*.yaml")}
+    """`model=X` where X is no file in conf/model: a hub id or folder. One a preset names
+    (`model=Qwen/Qwen3.5-9B`) selects that preset; any other gets the `hub` preset (bfloat16
+    on cuda, the settings of a real model; logged) with `model.name=X`."""
+    presets = model_presets()
+    by_name = {name: stem for stem, name in presets.items() if name}
     out = []
     for arg in argv:
         if arg.startswith("model=") and arg.split("=", 1)[1] not in presets:
-            arg = "model.name=" + arg.split("=", 1)[1]
+            name = arg.split("=", 1)[1]
+            if name in by_name:
+                out.append(f"model={by_name[name]}")
+                continue
+            logging.getLogger("art.config").warning(
+                "model=%s has no preset in conf/model: it gets the hub preset (bfloat16 on "
+                "cuda, activation checkpointing, a token budget per micro-batch, 256x256); "
+                "override any of them (model.dtype=..., model.device=...)",
+                name,
+            )
+            out += ["model=hub", f"model.name={name}"]
+            continue
         out.append(arg)
     return out
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf, open_dict
 
+from shared.config import learner_gpus
 from shared.errors import UserError
 
 logger = logging.getLogger("art.cluster")
@@ -143,7 +144,7 @@ class PlacementError(UserError, RuntimeError):
 
 def actor_requests(cfg) -> dict[str, dict[str, float]]:
     """Ray resources each actor asks for, by actor name."""
-    learner = {"CPU": cfg.learner.num_cpus, "GPU": cfg.learner.num_gpus, **cfg.learner.resources}
+    learner = {"CPU": cfg.learner.num_cpus, "GPU": learner_gpus(cfg), **cfg.learner.resources}
     worker = {
         "CPU": cfg.rollout.num_cpus_per_worker,
         "GPU": cfg.rollout.num_gpus_per_worker,
@@ -211,7 +212,7 @@ def create_learner(cfg, ray, model_path: str):
     return learner_cls.options(
         name="learner",
         num_cpus=cfg.learner.num_cpus,
-        num_gpus=cfg.learner.num_gpus,
+        num_gpus=learner_gpus(cfg),
         resources=dict(cfg.learner.resources) or None,
     ).remote(
         model_path=model_path,
@@ -225,8 +226,11 @@ def create_learner(cfg, ray, model_path: str):
         eps_high=cfg.algo.eps_high,
         clip_ratio_c=cfg.algo.clip_ratio_c,
         max_staleness=cfg.algo.max_staleness,
+        rollout_correction=cfg.algo.rollout_correction,
+        rollout_correction_cap=cfg.algo.rollout_correction_cap,
         num_minibatches=cfg.algo.num_minibatches,
         micro_batch_size=cfg.learner.micro_batch_size,
+        max_tokens_per_micro_batch=cfg.learner.max_tokens_per_micro_batch,
         max_grad_norm=cfg.learner.max_grad_norm,
         dtype=cfg.model.dtype,
         device=cfg.model.device,
@@ -237,6 +241,7 @@ def create_learner(cfg, ray, model_path: str):
         method=cfg.method.name,
         lora=OmegaConf.to_container(cfg.method.lora, resolve=True),
         with_image=cfg.method.with_image,
+        release_memory=bool(cfg.rollout.sleep_mode),
     )
 
 
@@ -262,6 +267,9 @@ def create_workers(cfg, ray, model_path: str, lora_rank: int | None = None) -> l
             seed=cfg.seed,
             enable_lora=cfg.method.name == "lora" or lora_rank is not None,
             max_lora_rank=lora_rank or cfg.method.lora.rank,
+            sleep_mode=bool(rollout.sleep_mode),
+            gdn_prefill_backend=rollout.gdn_prefill_backend,
+            seeded=rollout.seeded,
         )
     runtime_env = worker_runtime_env(cfg)
     if runtime_env:
@@ -290,13 +298,21 @@ def create_actors(
         requests.pop("learner")
     if cfg.cluster.check_resources:
         check_placement(requests, ray.nodes())
-    learner = create_learner(cfg, ray, model_path) if with_learner else None
-    workers = create_workers(cfg, ray, model_path, lora_rank)
-    actors = {f"rollout-worker-{i}": w for i, w in enumerate(workers)}
-    if learner is not None:
-        actors["learner"] = learner
+    actors: dict[str, object] = {}
+    timeout = cfg.cluster.actor_start_timeout_s
     try:
-        wait_until_started(ray, actors, cfg.cluster.actor_start_timeout_s)
+        if cfg.cluster.single_gpu:  # vLLM first: it takes its share of the free memory
+            workers = create_workers(cfg, ray, model_path, lora_rank)
+            actors.update({f"rollout-worker-{i}": w for i, w in enumerate(workers)})
+            wait_until_started(ray, actors, timeout)
+            learner = create_learner(cfg, ray, model_path) if with_learner else None
+        else:
+            learner = create_learner(cfg, ray, model_path) if with_learner else None
+            workers = create_workers(cfg, ray, model_path, lora_rank)
+            actors.update({f"rollout-worker-{i}": w for i, w in enumerate(workers)})
+        if learner is not None:
+            actors["learner"] = learner
+        wait_until_started(ray, actors, timeout)
     except BaseException:
         for actor in actors.values():  # leave nothing pending in the cluster
             ray.kill(actor)

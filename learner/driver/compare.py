@@ -27,8 +27,33 @@ logger = logging.getLogger("art.compare")
 METHODS = ("art", "lora")
 
 
-def compare(overrides: list[str], run_dir: Path) -> dict:
-    """Train both methods with `overrides`, evaluate the four conditions, write the report."""
+# Overrides for one method only (`art:...`, `lora:...` on the command line).
+PER_METHOD: dict[str, list[str]] = {m: [] for m in METHODS}
+
+
+def split_method_overrides(argv: list[str]) -> tuple[list[str], dict[str, list[str]]]:
+    """`lora:learner.lr=1e-3` applies to LoRA only; a plain `learner.lr=` is refused: the two
+    methods need learning rates 25x apart (ART 0.05 on pixel logits, LoRA 2e-3)."""
+    from shared.errors import UserError
+
+    common, per = [], {m: [] for m in METHODS}
+    for arg in argv:
+        method, sep, rest = arg.partition(":")
+        if sep and method in METHODS and "=" in rest:
+            per[method].append(rest)
+        elif arg.startswith("learner.lr="):
+            raise UserError(
+                f"{arg}: art-compare trains two methods whose learning rates differ (ART 0.05, "
+                "LoRA 2e-3, conf/method/); give art:learner.lr=... and/or lora:learner.lr=..."
+            )
+        else:
+            common.append(arg)
+    return common, per
+
+
+def compare(overrides: list[str], run_dir: Path, per_method: dict | None = None) -> dict:
+    """Train both methods with `overrides` (and each with its `per_method` ones), evaluate the
+    four conditions, write the report."""
     from learner.driver.evaluate import evaluate
     from learner.driver.train import train
 
@@ -39,7 +64,10 @@ def compare(overrides: list[str], run_dir: Path) -> dict:
         summaries = {}
         for method in METHODS:
             logger.info("training %s", method)
-            cfg = compose_config(*overrides, f"method={method}", run_dir=str(run_dir / method))
+            extra = (per_method or {}).get(method, [])
+            cfg = compose_config(
+                *overrides, f"method={method}", *extra, run_dir=str(run_dir / method)
+            )
             summaries[method] = train(cfg)
         conditions = [
             "none",
@@ -143,10 +171,27 @@ def compare_app(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
     overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith("method=")]
-    compare(overrides, Path(cfg.run_dir))
+    compare(overrides, Path(cfg.run_dir), PER_METHOD)
 
 
 def main() -> None:
+    import sys
+
+    from learner.driver.cli import fail
+    from shared.errors import UserError
+
+    try:
+        sys.argv[1:], per = split_method_overrides(sys.argv[1:])
+        for method, extra in per.items():  # each checked as the method's own config
+            if extra:
+                compose_config(f"method={method}", *extra)
+    except UserError as err:
+        fail("art-compare", str(err))
+    except Exception as err:
+        from learner.driver.cli import describe_override_error
+
+        fail("art-compare", describe_override_error(err))
+    PER_METHOD.update(per)
     run_hydra_app(compare_app, "art-compare")
 
 

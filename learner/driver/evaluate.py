@@ -27,7 +27,7 @@ from omegaconf import DictConfig
 from learner.driver.cli import run_hydra_app
 from learner.driver.cluster import run_scope, start_actors, worker_python
 from learner.driver.rollouts import WorkerPool, prompt_builder
-from learner.driver.tracking import RunOutputs, ensure_writable, setup_mlflow
+from learner.driver.tracking import RunOutputs, check_tracking_uri, ensure_writable, setup_mlflow
 from learner.models import resolve_model_path
 from shared.artifact import art_metadata, check_metadata, decode_png, sha256
 from shared.config import validate
@@ -178,6 +178,17 @@ def adapter_condition(cfg, folder: Path) -> tuple[bytes | None, AdapterUpdate]:
 def evaluate(cfg: DictConfig) -> dict:
     validate(cfg)
     worker_python(cfg)  # the rollout workers' interpreter, before anything starts
+    check_tracking_uri(cfg.logging.tracking_uri)
+    if not cfg.eval.conditions:
+        raise UserError(
+            "eval.conditions is empty: nothing to evaluate; give e.g. "
+            "eval.conditions=[none,seed,outputs/<run>/art.png]"
+        )
+    if cfg.cluster.single_gpu:  # no learner here: the vLLM worker may have the whole GPU
+        from omegaconf import open_dict
+
+        with open_dict(cfg):
+            cfg.rollout.num_gpus_per_worker = 1
     run_dir = Path(cfg.run_dir)
     ensure_writable(run_dir)
     from shared.tasks import load_task

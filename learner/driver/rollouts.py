@@ -186,6 +186,15 @@ class WorkerPool:
     def generate(self, requests: list[RolloutRequest], sampling: SamplingConfig) -> list[list]:
         return self.collect(self.launch(requests, sampling))
 
+    def sleep(self) -> None:
+        """Every worker's engine asleep (sleep mode: the learner updates on the same GPU)."""
+        for i in range(len(self.workers)):
+            self._call(i, lambda w: w.sleep.remote())
+
+    def wake_up(self) -> None:
+        for i in range(len(self.workers)):
+            self._call(i, lambda w: w.wake_up.remote())
+
     def stats(self) -> list[dict]:
         return [self._call(i, lambda w: w.stats.remote()) for i in range(len(self.workers))]
 

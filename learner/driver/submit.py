@@ -51,6 +51,22 @@ def use_token_if_available() -> None:
         os.environ["RAY_AUTH_MODE"] = "token"
 
 
+def dashboard_problem(address: str, timeout_s: float = 5.0) -> str | None:
+    """Why the Ray dashboard (job server) at `address` cannot take a job, or None."""
+    import socket
+    from urllib.parse import urlparse
+
+    parsed = urlparse(address)
+    try:
+        with socket.create_connection((parsed.hostname, parsed.port or 8265), timeout=timeout_s):
+            return None
+    except (OSError, ValueError) as err:
+        return (
+            f"no Ray cluster answers at {address} ({err}); start one (`make ray-up-local`, "
+            "deploy/README.md) or set RAY_ADDRESS / --address to its dashboard"
+        )
+
+
 def submit_with_retry(client, retry_s: float = 90.0, **job) -> str:
     """A fresh head node's job agent needs a few seconds: retry 'no available agent' only."""
     deadline = time.monotonic() + retry_s
@@ -87,6 +103,21 @@ def main(argv: list[str] | None = None) -> int:
     from ray.job_submission import JobSubmissionClient
 
     address = args.address if "://" in args.address else f"http://{args.address}"
+    from learner.driver.cli import check_overrides, compose_config, rewrite_model_override
+    from shared.config import validate
+    from shared.errors import UserError
+
+    try:  # the job's config, checked here before any cluster is contacted
+        overrides = rewrite_model_override(list(args.overrides))
+        check_overrides(overrides)
+        validate(compose_config(*overrides))
+    except UserError as err:
+        print(f"art-submit: error: {err}", file=sys.stderr)
+        return 2
+    problem = dashboard_problem(address)
+    if problem:
+        print(f"art-submit: error: {problem}", file=sys.stderr)
+        return 2
     from learner.driver.cluster import actor_env
 
     env_vars = {**actor_env(), **dict(kv.split("=", 1) for kv in args.env)}

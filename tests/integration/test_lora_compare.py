@@ -71,6 +71,7 @@ def test_compare_trains_both_methods_and_both_beat_the_text_only_model(ray_local
     assert len(children) == 3  # the two training runs and the evaluation
 
 
+@pytest.mark.slow
 def test_lora_with_the_seed_image_trains_and_resumes(ray_local, tmp_path, make_cfg):
     common = ("method=lora", "method.with_image=true", "eval.every=0", "algo.group_size=4")
     cfg = make_cfg("steps=2", "logging.checkpoint_every=1", *common)

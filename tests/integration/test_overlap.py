@@ -81,6 +81,7 @@ def test_max_staleness_0_is_the_synchronous_loop_step_for_step(
     assert Path(summary["image_path"]).read_bytes() == update.png
 
 
+@pytest.mark.slow
 def test_overlap_samples_one_step_stale_and_resumes_exactly(ray_local, tmp_path, make_cfg):
     import mlflow
 

@@ -88,3 +88,36 @@ def test_a_non_finite_loss_skips_the_step_and_never_reaches_the_pixels(
 def test_bad_image_size_is_refused_at_start(tiny_model_path):
     with pytest.raises(ValueError, match="multiple of 32"):
         Learner(tiny_model_path, "tiny", 60, 64)
+
+
+def test_the_state_sent_to_the_driver_is_a_cpu_snapshot(tiny_model_path, tiny_processor, engine):
+    """The driver (possibly on a head node without the learner's device) receives the learner's
+    state after every step: every tensor in it is on the CPU and shares no memory with the
+    learner's own (a snapshot: later steps do not change it). Shown here with the optimizer's
+    state moved to the meta device, as a GPU's would be off the CPU: state_dict must copy it
+    out, so it raises rather than hand over a meta tensor."""
+    import torch
+
+    from learner.learner import to_cpu
+
+    learner = Learner(tiny_model_path, "tiny", 64, 64, init="noise", max_staleness=1)
+    learner.update(_groups(learner, engine, tiny_processor))
+    state = learner.state_dict()
+    tensors = []
+
+    def collect(obj):
+        if isinstance(obj, torch.Tensor):
+            tensors.append(obj)
+        elif isinstance(obj, dict):
+            [collect(v) for v in obj.values()]
+        elif isinstance(obj, list | tuple):
+            [collect(v) for v in obj]
+
+    collect(state)
+    own = {p.data_ptr() for p in learner.trainable()}
+    own |= {t.data_ptr() for s in learner.optimizer.state.values() for t in s.values()}
+    assert tensors and all(t.device.type == "cpu" for t in tensors)
+    assert not own & {t.data_ptr() for t in tensors}
+    meta = {"state": {0: {"exp_avg": torch.zeros(3, device="meta")}}, "param_groups": [{}]}
+    with pytest.raises(NotImplementedError, match="meta"):
+        to_cpu(meta)  # copied out, never passed through as a device tensor

@@ -142,7 +142,7 @@ def test_the_pixel_gradient_equals_hfs_own_pixel_values_forward_with_every_clip_
     np.testing.assert_allclose(  # the same patches: the learner preprocesses as HF does
         kept["patches"].detach().numpy(), pixel_values.detach().numpy(), atol=1e-6
     )
-    banned = torch.tensor(learner.policy.suppress_ids)
+    banned = learner.policy.suppress_ids
     for i in range(len(batch)):
         ids = torch.tensor([list(batch.prompt_ids[i]) + list(batch.token_ids[i])])
         logits = (
@@ -173,3 +173,44 @@ def test_the_pixel_gradient_equals_hfs_own_pixel_values_forward_with_every_clip_
     print(f"clip fractions {fracs}, ratio mean {totals['ratio_mean']:.2f}, relative {rel:.1e}")
     assert all(v > 0 for v in fracs.values()), fracs
     assert reference_NP.abs().sum() > 0 and rel <= 1e-5
+
+
+def test_a_token_budget_packs_passes_and_leaves_the_gradient_as_it_was(tiny_model_path):
+    """Completions of 1 to 24 tokens: micro-batches under a budget of 160 padded tokens hold
+    sequences of like length, never exceed it, and give the one-pass gradient."""
+    import dataclasses
+
+    import torch
+
+    from learner.bench.cli import synthetic_groups
+    from learner.learner import Batch
+
+    one = Learner(tiny_model_path, "tiny", 64, 64, init="noise", micro_batch_size=64)
+    groups = synthetic_groups(one, prompts=3, group=6, tokens=24, seed=1)
+    gen = torch.Generator().manual_seed(0)
+    groups = [
+        dataclasses.replace(
+            g,
+            completions=tuple(
+                dataclasses.replace(c, token_ids=c.token_ids[:n], logprobs=c.logprobs[:n])
+                for c, n in zip(
+                    g.completions, torch.randint(1, 25, (6,), generator=gen).tolist(), strict=True
+                )
+            ),
+        )
+        for g in groups
+    ]
+    budget = 160
+    packed = Learner(
+        tiny_model_path, "tiny", 64, 64, init="noise", micro_batch_size=64,
+        max_tokens_per_micro_batch=budget,
+    )  # fmt: skip
+    batch = Batch.from_groups(groups)
+    passes = packed.micro_batches(batch, range(len(batch)))
+    length = [len(p) + len(c) for p, c in zip(batch.prompt_ids, batch.token_ids, strict=True)]
+    assert sorted(i for p in passes for i in p) == list(range(len(batch)))
+    assert len(passes) > 1
+    assert all(len(p) * max(length[i] for i in p) <= budget for p in passes if len(p) > 1)
+    reference = optimized_gradient(one, groups)
+    assert _relative(optimized_gradient(packed, groups), reference) <= 1e-6
+    assert one.micro_batches(batch, range(len(batch))) == [list(range(len(batch)))]

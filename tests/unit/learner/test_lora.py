@@ -118,3 +118,27 @@ def test_an_engine_takes_adapters_of_different_shapes_one_after_another(
         assert worker.set_adapter(version, update.config, update.weights) == version
         groups = worker.generate(request, SamplingConfig(seed=0, max_new_tokens=4))
         assert {c.image_version for c in groups[0]} == {version}
+
+
+def test_with_dropout_the_old_log_probs_come_from_the_policy_not_the_dropout_forward(
+    tiny_model_path, tiny_processor, engine
+):
+    """LoRA dropout acts in the gradient forward only, so that forward cannot double as the
+    old log-probs: they take their own pass, which equals what the engine sampled with."""
+    learner = Learner(
+        tiny_model_path, "tiny", 64, 64, method="lora", with_image=False, num_minibatches=1,
+        lora=dict(LORA, dropout=0.5),
+    )  # fmt: skip
+    learner.update(_text_groups(engine, tiny_processor))  # B != 0: dropout now matters
+    worker = RolloutWorker("hf", tiny_model_path)
+    update = learner.policy_update()
+    worker.set_adapter(update.version, update.config, update.weights)
+    prompt = render_prompt(tiny_processor, "What letter is it?", with_image=False)
+    groups = worker.generate(
+        [RolloutRequest(i, prompt, 4, with_image=False) for i in range(2)],
+        SamplingConfig(seed=5, max_new_tokens=6),
+    )
+    scored = [ScoredGroup(prompt, tuple(g), tuple(float(i % 2) for i in range(4))) for g in groups]
+    metrics, _ = learner.update(scored)
+    assert metrics["old_logprob_passes"] == 1
+    assert metrics["mismatch_abs_mean"] < 1e-5

@@ -95,3 +95,35 @@ def test_generate_samples_through_the_presence_penalty(engine, tiny_processor):
     assert plain.finish_reason == "stop" and len(plain.token_ids) == 2
     assert pushed.token_ids == (plain.token_ids[0],) * 6 and pushed.finish_reason == "length"
     assert pushed.logprobs[1] > -1e-3  # after the penalty the repeat is all but certain
+
+
+def test_a_checkpoints_generation_config_never_reshapes_the_sampling(
+    tiny_model_path, tiny_processor, tmp_path
+):
+    """transformers 5 fills a generate() config's unset fields from the model's
+    generation_config.json; a checkpoint that asks for repetition_penalty=1.3, min_p=0.1 and
+    top_k=3 must not change what the engine samples from: its log-probs stay the learner's."""
+    import json
+    import shutil
+
+    import numpy as np
+
+    from learner.learner import Learner
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_path, folder)
+    config = json.loads((folder / "generation_config.json").read_text())
+    config.update(repetition_penalty=1.3, min_p=0.1, top_k=3, temperature=0.3, do_sample=True)
+    (folder / "generation_config.json").write_text(json.dumps(config))
+    engine = HFEngine(str(folder))
+    learner = Learner(str(folder), "tiny", 64, 64, init="noise")
+    update = learner.image_update()
+    prompt = render_prompt(tiny_processor, "What letter is it?")
+    groups = engine.generate(
+        [RolloutRequest(0, prompt, 8)], png_to_pil(update.png), 0, SamplingConfig(seed=2)
+    )
+    recomputed = learner.compute_logprobs(groups[0])
+    diffs = np.concatenate(
+        [np.abs(np.subtract(c.logprobs, lp)) for c, lp in zip(groups[0], recomputed, strict=True)]
+    )
+    assert diffs.max() < 1e-5, diffs.max()

@@ -93,3 +93,21 @@ def test_vllm_applies_a_broadcast_lora_adapter_like_the_learner(tiny_model_path,
     ]
     assert np.mean(diffs) < 1e-3
     assert engine.llm is llm
+
+
+def test_one_gpu_mode_trains_with_the_engine_asleep_during_the_update(tmp_path):
+    """cluster=single_gpu for real: the learner and one vLLM worker on one GPU, vLLM's share
+    from the memory plan, the engine put to sleep for every update and woken for sampling."""
+    from learner.driver.cli import compose_config
+    from learner.driver.train import train
+
+    cfg = compose_config(
+        "cluster=single_gpu", "rollout.python=self", "rollout.sleep_mode=true", "steps=3",
+        "eval.every=0", "model.dtype=float32", "rollout.max_model_len=512",
+        f"logging.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
+        run_dir=str(tmp_path / "run"),
+    )  # fmt: skip
+    summary = train(cfg)
+    assert len(summary["rewards"]) == 3 and summary["worker_restarts"] == 0
+    assert len(set(summary["placement"].values())) == 1  # one node, one GPU
+    assert 0 < cfg.rollout.gpu_memory_utilization < 0.95

@@ -59,7 +59,8 @@ def test_model_hub_id_override_becomes_model_name():
     from learner.driver.cli import rewrite_model_override
 
     assert rewrite_model_override(["model=Qwen/Qwen3.5-0.8B", "task=gsm8k"]) == [
-        "model.name=Qwen/Qwen3.5-0.8B",
+        "model=qwen3_5_0_8b",  # the preset that names it
         "task=gsm8k",
     ]
     assert rewrite_model_override(["model=qwen3_5_0_8b"]) == ["model=qwen3_5_0_8b"]
+    assert rewrite_model_override(["model=/data/my-vlm"]) == ["model=hub", "model.name=/data/my-vlm"]

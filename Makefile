@@ -81,9 +81,10 @@ test-all: install install-vllm
 test-vllm: install install-vllm
 	$(VENV)/bin/pytest -m vllm $(PYTEST_ARGS)
 
-# vLLM and CUDA tests, on a GPU machine.
+# On a GPU machine: the CUDA tests and the real-vLLM tests on the GPU, with vLLM's GPU build in
+# its own environment (ART_VLLM_PYTHON, default .venv-vllm: deploy/vllm/requirements-gpu.txt).
 test-gpu: install
-	$(VENV)/bin/pytest -m gpu $(PYTEST_ARGS)
+	ART_VLLM_TEST_GPUS=1 $(VENV)/bin/pytest -m "gpu or vllm" $(PYTEST_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -56,7 +56,9 @@ def dapo_loss(
     if num_tokens is None:
         num_tokens = mask_BT.sum().item()
     num_tokens = max(float(num_tokens), 1.0)
-    ratio_BT = torch.exp(logprobs_BT - old_logprobs_BT)
+    # the log-ratio clamped to +-20 as verl does: one overflowing token must not make the
+    # minibatch's gradient NaN (the clipped objective is flat there anyway)
+    ratio_BT = torch.exp((logprobs_BT - old_logprobs_BT).clamp(-20.0, 20.0))
     adv_B1 = advantages_B.unsqueeze(1)
     unclipped_BT = ratio_BT * adv_B1
     clipped_BT = torch.clamp(ratio_BT, 1.0 - eps_low, 1.0 + eps_high) * adv_B1
@@ -100,8 +102,11 @@ def keep_informative_groups(
 
     `metric="acc"`: the strict accuracies are not all equal (some right, some wrong).
     `metric="reward"`: the rewards' population std is above `min_reward_std`.
+    `metric="none"`: every group (dynamic sampling off).
     """
     match metric:
+        case "none":  # dynamic sampling off (plain GRPO): every group, signal or not
+            return list(range(len(accuracies)))
         case "acc":
             return [i for i, group in enumerate(accuracies) if len(set(group)) > 1]
         case "reward":
@@ -109,7 +114,9 @@ def keep_informative_groups(
                 raise ValueError("metric='reward' needs the rewards")
             return [i for i, group in enumerate(rewards) if _std(group) > min_reward_std]
         case _:
-            raise ValueError(f"unknown dynamic-sampling metric {metric!r}; use 'acc' or 'reward'")
+            raise ValueError(
+                f"unknown dynamic-sampling metric {metric!r}; use 'acc', 'reward' or 'none'"
+            )
 
 
 def _std(values: Sequence[float]) -> float:

@@ -179,6 +179,10 @@ class Learner:
         self.consecutive_skips = 0  # optimizer steps refused in a row (non-finite)
         self.history: dict[int, list[torch.Tensor]] = {}  # earlier versions' parameters
 
+    @property
+    def on_cuda(self) -> bool:
+        return self.policy.device.type == "cuda"
+
     # ---- what is trained -------------------------------------------------------------
     @property
     def method(self) -> str:
@@ -293,6 +297,8 @@ class Learner:
     def update(self, groups: Sequence[ScoredGroup]):
         """One learner step on a batch of scored groups; returns metrics and the new image."""
         start = time.perf_counter()
+        if self.on_cuda:
+            torch.cuda.reset_peak_memory_stats()  # peak_memory_bytes: this update's
         batch = Batch.from_groups(groups)
         version = self.version
         before = [p.detach().clone() for p in self.trainable()]
@@ -338,7 +344,7 @@ class Learner:
                 "learner_time_s": time.perf_counter() - start,
             }
         )
-        if self.policy.device.type == "cuda":
+        if self.on_cuda:
             metrics["peak_memory_bytes"] = float(torch.cuda.max_memory_allocated())
             if self.release_memory:
                 torch.cuda.empty_cache()
@@ -461,6 +467,7 @@ class Learner:
             **self.trained.state_dict(),  # theta_CHW, seed_uint8_HWC (and the LoRA adapter)
             "optimizer": to_cpu(self.optimizer.state_dict()),  # a snapshot, not views
             "torch_rng": torch.get_rng_state(),
+            **({"cuda_rng": torch.cuda.get_rng_state()} if self.on_cuda else {}),
             "consecutive_skips": self.consecutive_skips,
             "history": {v: [t.cpu() for t in h] for v, h in self.history.items()},
         }
@@ -471,6 +478,8 @@ class Learner:
         self.optimizer.load_state_dict(state["optimizer"])  # moved to the parameters' device
         self.version = int(state["version"])
         torch.set_rng_state(state["torch_rng"])
+        if self.on_cuda and "cuda_rng" in state:
+            torch.cuda.set_rng_state(state["cuda_rng"])
         self.consecutive_skips = int(state["consecutive_skips"])
         device = self.image.theta_CHW.device
         self.history = {

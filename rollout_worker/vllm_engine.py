@@ -60,13 +60,21 @@ def engine_kwargs(
     enforce_eager: bool | None = None,
     sleep_mode: bool = False,
     gdn_prefill_backend: str | None = "triton",
+    image_size: tuple[int, int] | None = None,
 ) -> dict:
     """The `LLM(...)` arguments of a rollout engine."""
     kwargs = {
         "model": model_path,
         "dtype": dtype,
         "max_model_len": max_model_len,
-        "limit_mm_per_prompt": {"image": 1, "video": 0},
+        # one image of the training size: vLLM profiles and budgets its encoder for that
+        # size instead of the processor's largest (16,384 image tokens for Qwen3.5)
+        "limit_mm_per_prompt": {
+            "image": {"count": 1, "width": image_size[1], "height": image_size[0]}
+            if image_size
+            else 1,
+            "video": 0,
+        },
         "logprobs_mode": "processed_logprobs",
         "seed": seed,
         "enforce_eager": device == "cpu" if enforce_eager is None else enforce_eager,
@@ -143,10 +151,25 @@ def import_vllm():
         raise ImportError(
             f"rollout.engine=vllm: this rollout worker's Python ({sys.executable}) cannot import "
             f"vLLM ({err}). On a CPU machine run `make install-vllm` (it builds .venv-vllm, "
-            "which rollout.python=auto finds); on a GPU machine `pip install -e .[gpu]`; or set "
+            "which rollout.python=auto finds); on a GPU machine the environment of "
+            "deploy/vllm/requirements-gpu.txt (README, 'On a GPU'); or set "
             "rollout.python to an interpreter that has vLLM"
         ) from err
     return LLM
+
+
+def check_platform(device: str) -> None:
+    """vLLM's build must be the one the worker was placed for: its CPU build reads
+    gpu_memory_utilization as a fraction of RAM, its GPU build takes a GPU Ray did not give."""
+    from vllm.platforms import current_platform
+
+    if current_platform.is_cpu() != (device == "cpu"):
+        build = "CPU" if current_platform.is_cpu() else "GPU"
+        raise RuntimeError(
+            f"this worker's vLLM is the {build} build but the worker was placed for {device} "
+            "(rollout.num_gpus_per_worker): use a vLLM environment of the other build "
+            "(rollout.python), or set rollout.num_gpus_per_worker to match"
+        )
 
 
 class VLLMEngine:
@@ -168,12 +191,14 @@ class VLLMEngine:
         sleep_mode: bool = False,
         gdn_prefill_backend: str | None = "triton",
         seeded: bool = True,
+        image_size: tuple[int, int] | None = None,
         **_,
     ):
         os.environ.setdefault("VLLM_USE_FLASHINFER_SAMPLER", "0")
         if device == "cpu":
             os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
         LLM = import_vllm()
+        check_platform(device)
         self.kwargs = engine_kwargs(
             model_path,
             dtype,
@@ -187,6 +212,7 @@ class VLLMEngine:
             enforce_eager,
             bool(sleep_mode),
             gdn_prefill_backend,
+            tuple(image_size) if image_size else None,
         )
         self.sleeping, self.seeded = False, seeded
         self.llm = LLM(**self.kwargs)
@@ -236,7 +262,8 @@ class VLLMEngine:
     ) -> list[list[Completion]]:
         from vllm import SamplingParams
 
-        self.wake_up()  # a sleeping engine samples nothing
+        if self.sleeping:  # the driver owns sleep and wake-up (the learner may hold the GPU)
+            raise RuntimeError("the vLLM engine is asleep: call wake_up before generate")
         prompts, params = [], []
         for request in requests:
             prompt = {"prompt": request.prompt}

@@ -66,7 +66,8 @@ class AlgoConfig:
     # Dynamic sampling: extra generation rounds allowed to refill dropped groups.
     max_extra_rounds: int = 2
     # Dynamic sampling keeps a group when its strict accuracies differ ("acc", DAPO's and
-    # verl's filter) or when its reward std exceeds min_reward_std ("reward").
+    # verl's filter) or when its reward std exceeds min_reward_std ("reward"); "none" keeps
+    # every group (dynamic sampling off, as plain GRPO).
     filter_metric: str = "acc"
     # With filter_metric=reward: the smallest reward std (population) a kept group has.
     min_reward_std: float = 0.0
@@ -354,8 +355,8 @@ def validate(cfg: Any) -> None:
             "next step while the learner updates)",
         ),
         (
-            algo.filter_metric in ("acc", "reward"),
-            f"algo.filter_metric={algo.filter_metric!r}: use 'acc' or 'reward'",
+            algo.filter_metric in ("acc", "reward", "none"),
+            f"algo.filter_metric={algo.filter_metric!r}: use 'acc', 'reward' or 'none'",
         ),
         (algo.min_reward_std >= 0, "algo.min_reward_std must be >= 0"),
         (

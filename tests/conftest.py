@@ -11,24 +11,17 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def pytest_collection_modifyitems(config, items):
-    """`gpu` tests need CUDA and vLLM; skip them cleanly elsewhere."""
-    if config.getoption("-m") and "gpu" in config.getoption("-m"):
-        return
+    """`gpu` tests need a CUDA GPU (their vLLM runs in the vLLM environment, as in
+    production); skip them cleanly elsewhere."""
     try:
         import torch
 
         has_gpu = torch.cuda.is_available()
     except Exception:
         has_gpu = False
-    try:
-        import vllm  # noqa: F401
-
-        has_vllm = True
-    except Exception:
-        has_vllm = False
-    if has_gpu and has_vllm:
+    if has_gpu:
         return
-    reason = "needs a CUDA GPU and vLLM (`pip install -e .[gpu]` on a GPU machine)"
+    reason = "needs a CUDA GPU (make test-gpu on a GPU machine)"
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(pytest.mark.skip(reason=reason))

@@ -75,23 +75,40 @@ def worker_python(cfg) -> str | None:
         return os.environ["ART_VLLM_PYTHON"]
     if VLLM_VENV_PYTHON.exists():
         return str(VLLM_VENV_PYTHON)
-    if not cfg.cluster.address:  # local: the driver's own interpreter must have vLLM then
+    if cfg.cluster.address:
+        logger.warning(
+            "rollout.engine=vllm: neither ART_VLLM_PYTHON nor .venv-vllm here; the workers use "
+            "the driver's interpreter (%s), which must have vLLM on every node",
+            sys.executable,
+        )
+    else:  # local: the driver's own interpreter must have vLLM then
         import importlib.util
 
         if importlib.util.find_spec("vllm") is None:
             raise UserError(
                 "rollout.engine=vllm needs vLLM, and neither .venv-vllm nor this Python has it: "
                 "run `make install-vllm` (vLLM's CPU build, in its own environment) or, on a GPU "
-                'machine, `pip install -e ".[gpu]"`; or set rollout.python=<python with vLLM>'
+                "machine, the environment of deploy/vllm/requirements-gpu.txt (README, 'On a GPU'); or "
+                "set rollout.python=<python with vLLM>"
             )
     return None
 
 
+# Ray leaves CUDA_VISIBLE_DEVICES alone for an actor with no GPU (it sees every GPU): an actor
+# placed on the CPU is told so, so that no library picks GPU 0 outside Ray's accounting.
+NO_GPU = {"CUDA_VISIBLE_DEVICES": ""}
+
+
 def worker_runtime_env(cfg) -> dict | None:
-    """The rollout workers' own runtime env: their interpreter, when not the driver's. Ray
-    merges it with the job's (working_dir, env_vars stay)."""
+    """The rollout workers' own runtime env: their interpreter, when not the driver's, and no
+    GPU when they have none. Ray merges it with the job's (working_dir, env_vars stay)."""
+    env: dict = {}
     python = worker_python(cfg)
-    return {"py_executable": python} if python and python != sys.executable else None
+    if python and python != sys.executable:
+        env["py_executable"] = python
+    if not cfg.rollout.num_gpus_per_worker:
+        env["env_vars"] = dict(NO_GPU)
+    return env or None
 
 
 def resolve_rollout_gpus(cfg, ray) -> str:
@@ -214,6 +231,7 @@ def create_learner(cfg, ray, model_path: str):
         num_cpus=cfg.learner.num_cpus,
         num_gpus=learner_gpus(cfg),
         resources=dict(cfg.learner.resources) or None,
+        runtime_env=None if learner_gpus(cfg) else {"env_vars": dict(NO_GPU)},
     ).remote(
         model_path=model_path,
         model_name=cfg.model.name,
@@ -270,9 +288,10 @@ def create_workers(cfg, ray, model_path: str, lora_rank: int | None = None) -> l
             sleep_mode=bool(rollout.sleep_mode),
             gdn_prefill_backend=rollout.gdn_prefill_backend,
             seeded=rollout.seeded,
+            image_size=(cfg.image.height, cfg.image.width),
         )
     runtime_env = worker_runtime_env(cfg)
-    if runtime_env:
+    if runtime_env and "py_executable" in runtime_env:
         logger.info("rollout workers run in %s", runtime_env["py_executable"])
     return [
         worker_cls.options(

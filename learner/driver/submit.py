@@ -121,9 +121,16 @@ def main(argv: list[str] | None = None) -> int:
     from learner.driver.cluster import actor_env
 
     env_vars = {**actor_env(), **dict(kv.split("=", 1) for kv in args.env)}
-    for key in ("MLFLOW_TRACKING_URI", "HF_TOKEN"):
+    for key in ("MLFLOW_TRACKING_URI", "HF_TOKEN", "ART_VLLM_PYTHON"):
         if key in os.environ and key not in env_vars:
             env_vars[key] = os.environ[key]
+    from learner.driver.cluster import VLLM_VENV_PYTHON
+
+    if "ART_VLLM_PYTHON" not in env_vars and VLLM_VENV_PYTHON.exists():
+        # the job runs from an uploaded copy without .venv-vllm: name this one (right when the
+        # cluster is this machine, or shares this path; images set ART_VLLM_PYTHON themselves)
+        env_vars["ART_VLLM_PYTHON"] = str(VLLM_VENV_PYTHON)
+        print(f"rollout workers' vLLM: {VLLM_VENV_PYTHON} (ART_VLLM_PYTHON)")
     entrypoint = f"{args.python} -m learner.driver.train {shlex.join(args.overrides)}".strip()
     client = JobSubmissionClient(address)
     job_id = submit_with_retry(

@@ -295,7 +295,12 @@ CASES = [
     (
         "one GPU mode without a GPU",
         "art-train",
-        lambda t: ["cluster=single_gpu", "rollout.python=self", "rollout.engine=hf"],
+        lambda t: [
+            "cluster=single_gpu",
+            "rollout.python=self",
+            "rollout.engine=hf",
+            "rollout.num_workers=1",
+        ],
         {},
         "cluster=single_gpu needs a GPU",
     ),

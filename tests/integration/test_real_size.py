@@ -49,8 +49,10 @@ def test_hf_rollouts_and_a_learner_step_at_real_size(real_size_path):
 
 def test_training_runs_at_real_size(ray_local, make_cfg, fixtures_dir):
     """The issue's command (art-train model=qwen3_5_0_8b_random image=paper steps=2 ...) on
-    GSM8K rows; random weights write random bytes, so groups are kept on reward spread (some
-    completions hold a digit: 0.01) to make the learner step at least once."""
+    GSM8K rows. Random weights over the real 248k-token vocabulary almost never write a digit
+    (Qwen tokenizes numbers digit by digit: 10 of 248,044 tokens), so every reward is 0 and
+    dynamic sampling would keep nothing: it is off here (filter_metric=none) to make the
+    learner step at real size through the driver."""
     from learner.driver.train import train
 
     cfg = make_cfg(
@@ -62,8 +64,7 @@ def test_training_runs_at_real_size(ray_local, make_cfg, fixtures_dir):
         "rollout.max_new_tokens=16",
         "task=gsm8k",
         f"task.options.data_dir={fixtures_dir / 'gsm8k'}",
-        "algo.filter_metric=reward",
-        "algo.max_extra_rounds=3",
+        "algo.filter_metric=none",
         "eval.every=0",
     )
     summary = train(cfg)

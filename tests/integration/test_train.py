@@ -64,6 +64,7 @@ def test_embedded_default_learns(trained_run):
         assert name in logged, name
 
 
+@pytest.mark.slow
 def test_resume_is_exact(ray_local, tmp_path, make_cfg):
     """4 steps in one go == 2 steps, stop, resume to 4: same art.png bytes, same rewards."""
     common = ("logging.checkpoint_every=2", "eval.every=2", "eval.val_size=8", "algo.group_size=4")

@@ -16,6 +16,13 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 
 
+# `make test-gpu` runs these on a GPU: ART_VLLM_TEST_GPUS=1 (and ART_VLLM_PYTHON: the GPU
+# build's environment); the engine's dtype from ART_VLLM_TEST_DTYPE (bfloat16 by default:
+# vLLM's CPU linear-attention kernel has no float32).
+GPUS = int(os.environ.get("ART_VLLM_TEST_GPUS", "0"))
+DTYPE = os.environ.get("ART_VLLM_TEST_DTYPE", "bfloat16")
+
+
 def vllm_python_path() -> Path:
     return Path(os.environ.get("ART_VLLM_PYTHON", REPO / ".venv-vllm" / "bin" / "python"))
 
@@ -41,8 +48,8 @@ def vllm_cfg(tmp_path, vllm_python):
         return compose_config(
             f"logging.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
             f"logging.artifact_location={tmp_path}/artifacts",
-            "rollout=vllm", f"rollout.python={vllm_python}",
-            "rollout.max_model_len=512", *overrides,
+            "rollout=vllm", f"rollout.python={vllm_python}", f"rollout.num_gpus_per_worker={GPUS}",
+            f"rollout.dtype={DTYPE}", "rollout.max_model_len=512", *overrides,
             run_dir=str(run_dir or tmp_path / "run"),
         )  # fmt: skip
 

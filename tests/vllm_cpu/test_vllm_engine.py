@@ -19,6 +19,8 @@ from shared.prompts import render_prompt, suppressed_token_ids
 from shared.sampling import completion_seeds
 
 pytestmark = pytest.mark.vllm
+GPUS = int(os.environ.get("ART_VLLM_TEST_GPUS", "0"))
+DTYPE = os.environ.get("ART_VLLM_TEST_DTYPE", "bfloat16")
 
 QUESTION = "What letter is it?"
 LORA = {"rank": 8, "alpha": 16.0, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}
@@ -31,7 +33,8 @@ def cfg(vllm_python, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("vllm-engine")
     return compose_config(
         f"logging.tracking_uri=sqlite:///{tmp}/mlflow.db",
-        "rollout=vllm", f"rollout.python={vllm_python}", "rollout.num_gpus_per_worker=0",
+        "rollout=vllm", f"rollout.python={vllm_python}", f"rollout.num_gpus_per_worker={GPUS}",
+        f"rollout.dtype={DTYPE}",
         "rollout.max_model_len=512", "rollout.num_workers=1", "rollout.max_restarts=1",
         f"method.lora.rank={LORA['rank']}",
         run_dir=str(tmp / "run"),

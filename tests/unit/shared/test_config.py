@@ -63,4 +63,7 @@ def test_model_hub_id_override_becomes_model_name():
         "task=gsm8k",
     ]
     assert rewrite_model_override(["model=qwen3_5_0_8b"]) == ["model=qwen3_5_0_8b"]
-    assert rewrite_model_override(["model=/data/my-vlm"]) == ["model=hub", "model.name=/data/my-vlm"]
+    assert rewrite_model_override(["model=/data/my-vlm"]) == [
+        "model=hub",
+        "model.name=/data/my-vlm",
+    ]

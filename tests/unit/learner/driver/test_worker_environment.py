@@ -22,10 +22,17 @@ def test_vllm_workers_run_in_the_vllm_environment_hf_workers_in_the_drivers(monk
     python.parent.mkdir()
     python.write_text("")
     monkeypatch.setenv("ART_VLLM_PYTHON", str(python))
-    assert cluster.worker_runtime_env(compose_config("rollout=vllm")) == {
-        "py_executable": str(python)
+    on_gpu = compose_config("rollout=vllm", "rollout.num_gpus_per_worker=1")
+    assert cluster.worker_runtime_env(on_gpu) == {"py_executable": str(python)}
+    # a worker without a GPU is told so (Ray leaves CUDA_VISIBLE_DEVICES alone at zero GPUs)
+    on_cpu = compose_config("rollout=vllm", "rollout.num_gpus_per_worker=0")
+    assert cluster.worker_runtime_env(on_cpu) == {
+        "py_executable": str(python),
+        "env_vars": {"CUDA_VISIBLE_DEVICES": ""},
     }
-    assert cluster.worker_runtime_env(compose_config("rollout=hf")) is None
+    assert cluster.worker_runtime_env(compose_config("rollout=hf")) == {
+        "env_vars": {"CUDA_VISIBLE_DEVICES": ""}
+    }
     assert cluster.worker_python(compose_config("rollout=vllm", "rollout.python=self")) is None
     monkeypatch.delenv("ART_VLLM_PYTHON")
     monkeypatch.setattr(cluster, "VLLM_VENV_PYTHON", python)

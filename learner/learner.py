@@ -121,6 +121,15 @@ class Learner:
     2. one vision encode per minibatch (`Trained.gradient_pass`);
     3. logits at completion positions only (`FrozenPolicy`); every weight frozen.
     The parameters of the last `max_staleness` versions are kept to score stale completions.
+
+    Data parallel (`world_size` N > 1, after `init_group`): every replica gets the whole batch
+    and draws the same minibatch split (same seed); replica r computes the old log-probs and
+    the gradient of its share of each minibatch only (`share`), with the loss still divided by
+    the minibatch's global token count, so that the sum over replicas is the one learner's
+    gradient. Only the trained tensors' gradient is all-reduced (for ART: 3 x H x W floats),
+    with the loss statistics; every replica then takes the same optimizer step (same gradient,
+    same Adam state), and the old log-probs are all-reduced so that every replica reports
+    the same metrics.
     """
 
     def __init__(
@@ -152,8 +161,12 @@ class Learner:
         lora: dict | None = None,
         with_image: bool = True,
         release_memory: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
     ):
-        torch.manual_seed(seed)
+        torch.manual_seed(seed)  # the same seed on every replica: the same minibatch split
+        self.rank, self.world_size = rank, world_size  # data-parallel replicas (`init_group`)
+        self.allreduce_s = 0.0  # time in all-reduces (waiting for the slowest replica too)
         self.model_name = model_name
         self.model, self.processor = load_model_and_processor(
             model_path, dtype=dtype, device=device
@@ -239,6 +252,62 @@ class Learner:
                 for p, now in zip(params, current, strict=True):
                     p.copy_(now)
 
+    # ---- data parallel -----------------------------------------------------------------
+    def rendezvous(self) -> tuple[str, int]:
+        """Replica 0: the address and a free port the replicas' process group meets at."""
+        import socket
+
+        import ray
+
+        with socket.socket() as sock:
+            sock.bind(("", 0))
+            port = sock.getsockname()[1]
+        return ray.util.get_node_ip_address(), port
+
+    def init_group(self, address: str, port: int, timeout_s: float = 1800.0) -> int:
+        """Join the replicas' torch.distributed group: NCCL on GPUs, gloo on CPUs."""
+        from datetime import timedelta
+
+        import torch.distributed as dist
+
+        dist.init_process_group(
+            "nccl" if self.on_cuda else "gloo",
+            init_method=f"tcp://{address}:{port}",
+            rank=self.rank,
+            world_size=self.world_size,
+            timeout=timedelta(seconds=timeout_s),
+        )
+        return self.rank
+
+    def share(self, batch: Batch, rows: Sequence[int]) -> list[int]:
+        """This replica's rows of a minibatch: longest first, dealt in turn, so that every
+        replica gets about the same number of tokens."""
+        if self.world_size == 1:
+            return list(rows)
+        length = {i: len(batch.prompt_ids[i]) + len(batch.token_ids[i]) for i in rows}
+        dealt = sorted(rows, key=lambda i: (-length[i], i))
+        return sorted(dealt[self.rank :: self.world_size])
+
+    def all_reduce_(self, tensors: Sequence[torch.Tensor]) -> None:
+        """Sum in place over the replicas (nothing with one)."""
+        if self.world_size == 1:
+            return
+        import torch.distributed as dist
+
+        start = time.perf_counter()
+        for tensor in tensors:
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        self.allreduce_s += time.perf_counter() - start
+
+    def parameter_hash(self) -> str:
+        """sha256 of the trained tensors (replicas must agree at every checkpoint)."""
+        import hashlib
+
+        digest = hashlib.sha256()
+        for p in self.trainable():
+            digest.update(p.detach().float().cpu().numpy().tobytes())
+        return digest.hexdigest()
+
     # ---- log-probs -------------------------------------------------------------------
     def micro_batches(self, batch: Batch, rows: Sequence[int]) -> list[list[int]]:
         """`rows` in forward/backward passes: at most `micro_batch_size` sequences each and,
@@ -296,7 +365,7 @@ class Learner:
     # ---- the DAPO step -----------------------------------------------------------------
     def update(self, groups: Sequence[ScoredGroup]):
         """One learner step on a batch of scored groups; returns metrics and the new image."""
-        start = time.perf_counter()
+        start, self.allreduce_s = time.perf_counter(), 0.0
         if self.on_cuda:
             torch.cuda.reset_peak_memory_stats()  # peak_memory_bytes: this update's
         batch = Batch.from_groups(groups)
@@ -304,18 +373,28 @@ class Learner:
         before = [p.detach().clone() for p in self.trainable()]
         advantages_B = group_advantages(batch.rewards_GN).reshape(-1)
         minibatches = self.minibatches(len(batch))
+        mine = [self.share(batch, indices) for indices in minibatches]  # all of it with N = 1
         # the first minibatch's forward doubles as its old log-probs, unless it is not the
         # old policy's own (LoRA dropout acts in that forward)
         reuse = (
-            {i for i in minibatches[0] if batch.image_versions[i] == version}
+            {i for i in mine[0] if batch.image_versions[i] == version}
             if self.trained.deterministic_forward
             else set()
         )
-        old_BT = self.old_logprobs(batch, skip=reuse)
+        others = set(range(len(batch))).difference(*mine)  # other replicas' rows
+        old_BT = self.old_logprobs(batch, skip=reuse | others)
         stats = [
-            self.minibatch_step(batch, indices, old_BT, advantages_B, reuse if k == 0 else set())
-            for k, indices in enumerate(minibatches)
+            self.minibatch_step(
+                batch,
+                rows,
+                old_BT,
+                advantages_B,
+                reuse if k == 0 else set(),
+                num_tokens=sum(batch.lengths[i] for i in minibatches[k]),
+            )
+            for k, rows in enumerate(mine)
         ]
+        self.all_reduce_([old_BT])  # every row was computed by exactly one replica
         metrics = mismatch_metrics(batch, old_BT, version)
         rollout_BT, mask_BT = batch.rollout_logprobs_BT(old_BT.device)
         corrections = correction_metrics(old_BT, rollout_BT, mask_BT, self.correction_cap)
@@ -336,7 +415,13 @@ class Learner:
                 "consecutive_skips": float(self.consecutive_skips),
                 # one no-gradient pass per image version among the rows not reused
                 "old_logprob_passes": float(
-                    len({v for i, v in enumerate(batch.image_versions) if i not in reuse})
+                    len(
+                        {
+                            v
+                            for i, v in enumerate(batch.image_versions)
+                            if i not in reuse and i not in others
+                        }
+                    )
                 ),
                 # the mean over the minibatches' optimizer steps (skipped ones left out)
                 "grad_norm": mean_finite([s["grad_norm"] for s in stats]),
@@ -344,6 +429,8 @@ class Learner:
                 "learner_time_s": time.perf_counter() - start,
             }
         )
+        if self.world_size > 1:  # what data parallelism costs: the all-reduces and the wait
+            metrics["learner_allreduce_s"] = self.allreduce_s
         if self.on_cuda:
             metrics["peak_memory_bytes"] = float(torch.cuda.max_memory_allocated())
             if self.release_memory:
@@ -363,12 +450,13 @@ class Learner:
         old_BT: torch.Tensor,
         advantages_B: torch.Tensor,
         fill_old: set[int],
+        num_tokens: int | None = None,
     ) -> dict[str, float]:
         """The minibatch's gradient, then one Adam step on the pixel logits. A NaN or inf in
         the loss or the gradient refuses the step: the gradient is dropped, the pixels and
-        Adam's state stay as they were (`skipped` = 1)."""
-        self.optimizer.zero_grad(set_to_none=True)
-        totals = self.accumulate_gradient(batch, indices, old_BT, advantages_B, fill_old)
+        Adam's state stay as they were (`skipped` = 1). With replicas, `indices` is this
+        replica's share and `num_tokens` the whole minibatch's."""
+        totals = self.minibatch_gradient(batch, indices, old_BT, advantages_B, fill_old, num_tokens)
         grads = [p.grad for p in self.trainable()]
         finite_grad = any(g is not None for g in grads) and all(
             bool(torch.isfinite(g).all()) for g in grads if g is not None
@@ -388,6 +476,47 @@ class Learner:
         self.consecutive_skips = 0
         return {**totals, "grad_norm": grad_norm, "skipped": 0}
 
+    def minibatch_gradient(
+        self,
+        batch: Batch,
+        indices: list[int],
+        old_BT: torch.Tensor,
+        advantages_B: torch.Tensor,
+        fill_old: set[int],
+        num_tokens: int | None = None,
+    ) -> dict[str, float]:
+        """The minibatch's gradient in the trained tensors' `.grad`, and its loss statistics:
+        with replicas, both summed over them (the only all-reduce of a step)."""
+        self.optimizer.zero_grad(set_to_none=True)
+        totals = self.accumulate_gradient(
+            batch, indices, old_BT, advantages_B, fill_old, num_tokens=num_tokens
+        )
+        if self.world_size > 1:
+            for p in self.trainable():
+                if p.grad is None:  # an empty share: it adds zero
+                    p.grad = torch.zeros_like(p)
+            totals_K = torch.tensor(
+                list(totals.values()), dtype=torch.float64, device=self.policy.device
+            )
+            self.all_reduce_([p.grad for p in self.trainable()] + [totals_K])
+            totals = dict(zip(totals, totals_K.tolist(), strict=True))
+        return totals
+
+    def batch_gradient(self, groups: Sequence[ScoredGroup]) -> list[torch.Tensor]:
+        """The DAPO gradient of a batch of fresh completions as one minibatch (the update's
+        first gradient; with replicas, all-reduced), without a step: CPU copies, in the order
+        of `trainable()`. For tests and art-bench; the learner stays as it was."""
+        batch = Batch.from_groups(groups)
+        batch.image_versions = [self.version] * len(batch)
+        advantages_B = group_advantages(batch.rewards_GN).reshape(-1)
+        rows = list(range(len(batch)))
+        mine = self.share(batch, rows)
+        old_BT = torch.zeros(len(batch), batch.max_len, device=self.policy.device)
+        self.minibatch_gradient(batch, mine, old_BT, advantages_B, set(mine), sum(batch.lengths))
+        grads = [p.grad.detach().cpu().clone() for p in self.trainable()]
+        self.optimizer.zero_grad(set_to_none=True)
+        return grads
+
     def accumulate_gradient(
         self,
         batch: Batch,
@@ -395,12 +524,15 @@ class Learner:
         old_BT: torch.Tensor,
         advantages_B: torch.Tensor,
         fill_old: set[int] = frozenset(),
+        num_tokens: int | None = None,
     ) -> dict[str, float]:
         """The DAPO loss of the minibatch `indices` backpropagated into the pixel logits: one
         encode, micro-batches accumulating into the image features (a leaf), then one backward
         through the vision tower. Rows in `fill_old` take their old log-probs from this forward
-        (the policy has not moved yet)."""
-        num_tokens = sum(batch.lengths[i] for i in indices)
+        (the policy has not moved yet). `num_tokens`: the loss's denominator, the minibatch's
+        token count (default: that of `indices`)."""
+        if num_tokens is None:
+            num_tokens = sum(batch.lengths[i] for i in indices)
         rollout_BT, _ = batch.rollout_logprobs_BT(self.policy.device)
         keys = ("loss", "clip_frac_low", "clip_frac_high", "clip_frac_dual", "ratio_mean")
         totals = dict.fromkeys(keys, 0.0)

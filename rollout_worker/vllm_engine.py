@@ -61,6 +61,7 @@ def engine_kwargs(
     sleep_mode: bool = False,
     gdn_prefill_backend: str | None = "triton",
     image_size: tuple[int, int] | None = None,
+    tensor_parallel_size: int = 1,
 ) -> dict:
     """The `LLM(...)` arguments of a rollout engine."""
     kwargs = {
@@ -91,6 +92,11 @@ def engine_kwargs(
         kwargs.update(enable_lora=True, max_lora_rank=max_lora_rank, max_loras=1)
     if sleep_mode:
         kwargs["enable_sleep_mode"] = True
+    if tensor_parallel_size > 1:
+        # vLLM's own worker processes on the GPUs Ray gave this actor (all of them, one node):
+        # "mp", not vLLM's Ray executor, which inside a placement group would try to reserve
+        # one-GPU bundles of its own (verl does the same)
+        kwargs.update(tensor_parallel_size=tensor_parallel_size, distributed_executor_backend="mp")
     return kwargs
 
 
@@ -192,6 +198,7 @@ class VLLMEngine:
         gdn_prefill_backend: str | None = "triton",
         seeded: bool = True,
         image_size: tuple[int, int] | None = None,
+        tensor_parallel_size: int = 1,
         **_,
     ):
         os.environ.setdefault("VLLM_USE_FLASHINFER_SAMPLER", "0")
@@ -213,6 +220,7 @@ class VLLMEngine:
             bool(sleep_mode),
             gdn_prefill_backend,
             tuple(image_size) if image_size else None,
+            tensor_parallel_size,
         )
         self.sleeping, self.seeded = False, seeded
         self.llm = LLM(**self.kwargs)

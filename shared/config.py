@@ -96,8 +96,18 @@ class RolloutConfig:
     # `make install-vllm`) when it exists, else in the driver's own interpreter; "self" always
     # the driver's own; or a path, which must exist on every node that hosts a worker.
     python: str = "auto"
-    # Number of RolloutWorker actors; each step's prompts are spread over all of them.
+    # Number of RolloutWorker actors a run starts with; each step's prompts are spread over
+    # all of them. A running run changes it at a step boundary with `art-scale --workers N`.
     num_workers: int = 2
+    # The most workers `art-scale` may ask for (null: num_workers, a fixed pool).
+    max_workers: int | None = None
+    # Workers that must be up before the first step (null: num_workers). With fewer, the run
+    # starts as soon as these are, and the others join at a step boundary once their
+    # resources arrive (an autoscaling cluster: cluster.check_resources=false).
+    min_workers: int | None = None
+    # GPUs per vLLM engine (tensor parallelism): each worker gets a placement group of this
+    # many GPU bundles packed on one node, and vLLM shards the model over them.
+    tensor_parallel_size: int = 1
     # Max completion tokens; null takes the task's own limit.
     max_new_tokens: int | None = None
     # Nucleus sampling in training; must be 1.0: the learner scores the full tempered
@@ -163,6 +173,11 @@ class LearnerConfig:
     num_gpus: float | None = None
     # Custom Ray resources for the learner actor, e.g. {learner_node: 1}.
     resources: dict[str, float] = field(default_factory=dict)
+    # Data-parallel learner replicas: each holds the frozen model and computes the DAPO
+    # gradient of its share of the step's sequences; only the trained tensors' gradient (the
+    # pixels: 3 x H x W floats) is all-reduced (gloo on CPU, NCCL on GPU), then every replica
+    # takes the same optimizer step. Each replica asks for num_cpus/num_gpus/resources.
+    num_replicas: int = 1
 
 
 @dataclass
@@ -393,6 +408,33 @@ def validate(cfg: Any) -> None:
             f"rollout.engine={rollout.engine!r}: use 'hf' or 'vllm'",
         ),
         (rollout.num_workers >= 1, f"rollout.num_workers={rollout.num_workers}: set >= 1"),
+        (
+            rollout.max_workers is None or rollout.max_workers >= rollout.num_workers,
+            f"rollout.max_workers={rollout.max_workers} must be >= rollout.num_workers="
+            f"{rollout.num_workers} (null: a fixed pool of num_workers)",
+        ),
+        (
+            rollout.min_workers is None or 1 <= rollout.min_workers <= rollout.num_workers,
+            f"rollout.min_workers={rollout.min_workers} must be in [1, rollout.num_workers="
+            f"{rollout.num_workers}] (null: wait for all of them)",
+        ),
+        (
+            rollout.tensor_parallel_size >= 1,
+            f"rollout.tensor_parallel_size={rollout.tensor_parallel_size}: set >= 1",
+        ),
+        (
+            rollout.tensor_parallel_size == 1 or rollout.engine == "vllm",
+            f"rollout.tensor_parallel_size={rollout.tensor_parallel_size} needs rollout=vllm "
+            "(the HF engine runs on one device)",
+        ),
+        (
+            cfg.learner.num_replicas >= 1,
+            f"learner.num_replicas={cfg.learner.num_replicas}: set >= 1",
+        ),
+        (
+            cfg.learner.num_replicas == 1 or not cfg.cluster.single_gpu,
+            "cluster=single_gpu runs one learner: set learner.num_replicas=1",
+        ),
         (
             rollout.engine != "vllm" or algo.temperature <= 2.0,
             f"algo.temperature={algo.temperature}: vLLM samples at temperatures up to 2",

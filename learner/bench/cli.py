@@ -10,13 +10,17 @@ c. broadcast: the PNG vs the model's full weights (`ray.put` + every worker's `g
 d. end-to-end steps per second on the embedded default with 2 workers, synchronous
    (`algo.max_staleness=0`) vs overlapped (1), same seed;
 e. rollout tokens per second with the image vs text-only, same prompts (HF engine; and vLLM's
-   CPU build when .venv-vllm exists, with its log-prob mismatch against the learner).
+   CPU build when .venv-vllm exists, with its log-prob mismatch against the learner);
+f. scaling: one all-reduce of the image gradient vs a full-weight and a rank-16 LoRA gradient
+   of the same model (gloo, two processes; `learner/bench/allreduce.py`), and the update time
+   of 1 vs 2 data-parallel learner replicas on the same batch (with the all-reduce time).
 Prints a table (ratios next to figures: these machines are noisy) and writes `bench.json`.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -340,6 +344,65 @@ def bench_vllm_rollouts(model: str, size: int, prompts: int, group: int, tokens:
     return out
 
 
+def bench_replicas(model: str, size: int, prompts: int, group: int, tokens: int, repeats: int):
+    """The update of 1 and of 2 learner replicas (Ray actors, gloo) on the same batch: the
+    machine's cores split between the replicas (Ray sets each actor's threads to its CPUs)."""
+    import ray
+
+    from learner.driver.learners import LearnerGroup
+    from learner.learner import Learner
+    from learner.models import resolve_model_path
+
+    path = resolve_model_path(model)
+    groups = synthetic_groups(
+        Learner(path, model, size, size, init="noise"), prompts, group, tokens
+    )
+    cores = os.cpu_count() or 2
+    ray.init(num_cpus=cores, include_dashboard=False, log_to_driver=False)
+    rows = []
+    try:
+        for n in (1, 2):
+            actor = ray.remote(Learner).options(num_cpus=max(cores // n, 1))
+            replicas = [
+                actor.remote(path, model, size, size, init="noise", rank=r, world_size=n)
+                for r in range(n)
+            ]
+            learners = LearnerGroup(ray, replicas)
+            runs, version = [], 0
+            for _ in range(repeats + 1):  # the first one warms up
+                fresh = [  # sampled with the learner's current image: no stale pass
+                    dataclasses.replace(
+                        g,
+                        completions=tuple(
+                            dataclasses.replace(c, image_version=version) for c in g.completions
+                        ),
+                    )
+                    for g in groups
+                ]
+                start = time.perf_counter()
+                metrics, update = learners.update(fresh)
+                runs.append((time.perf_counter() - start, metrics))
+                version = update.version
+            runs = runs[1:]
+            rows.append(
+                {
+                    "model": model,
+                    "replicas": n,
+                    "sequences": prompts * group,
+                    "update_s": statistics.median(t for t, _ in runs),
+                    "learner_time_s": statistics.median(m["learner_time_s"] for _, m in runs),
+                    "allreduce_s": statistics.median(
+                        m.get("learner_allreduce_s", 0.0) for _, m in runs
+                    ),
+                }
+            )
+            for replica in replicas:
+                ray.kill(replica)
+    finally:
+        ray.shutdown()
+    return rows
+
+
 def _png(pixels) -> bytes:
     from shared.artifact import encode_png
 
@@ -348,11 +411,13 @@ def _png(pixels) -> bytes:
 
 # ---- the table ----------------------------------------------------------------------------
 def format_report(report: dict) -> str:
-    lines = ["", "a, b. learner update (same batch, CPU, float32)"]
-    lines.append(
-        f"{'model':<22}{'batch':<22}{'ours s':>9}{'naive s':>9}{'speedup':>9}"
-        f"{'ours MiB':>10}{'naive MiB':>10}{'fwd s':>8}{'fwd+bwd s':>10}{'ratio':>7}"
-    )
+    lines = []
+    if report.get("learner"):
+        lines += ["", "a, b. learner update (same batch, CPU, float32)"]
+        lines.append(
+            f"{'model':<22}{'batch':<22}{'ours s':>9}{'naive s':>9}{'speedup':>9}"
+            f"{'ours MiB':>10}{'naive MiB':>10}{'fwd s':>8}{'fwd+bwd s':>10}{'ratio':>7}"
+        )
     for r in report.get("learner", []):
         lines.append(
             f"{r['model']:<22}{r['batch']:<22}{r['optimized']['time_s']:>9.2f}"
@@ -418,6 +483,21 @@ def format_report(report: dict) -> str:
                 f"{r['engine_start_s']:.0f} s   |logprob delta| mean {m['mean_abs']:.1e} max "
                 f"{m['max_abs']:.1e} ({m['tokens']} tokens)"
             )
+    if report.get("allreduce"):
+        from learner.bench.allreduce import format_table
+
+        lines += ["", "f. " + format_table(report["allreduce"]).lstrip()]
+    if report.get("replicas"):
+        lines += ["", "f. learner update, 1 vs 2 data-parallel replicas, same batch (CPU)"]
+        rows = report["replicas"]
+        for r in rows:
+            one = next(o for o in rows if o["model"] == r["model"] and o["replicas"] == 1)
+            lines.append(
+                f"{r['model']:<22}{r['replicas']} replica(s)  {r['sequences']} sequences  "
+                f"update {r['update_s']:.3f} s  in the learner {r['learner_time_s']:.3f} s  "
+                f"all-reduce + wait {r['allreduce_s']:.4f} s  speedup "
+                f"{one['update_s'] / r['update_s']:.2f}x"
+            )
     lines += ["", "targets"]
     for name, (value, target, ok) in report["targets"].items():
         lines.append(f"{name:<24}{value:>9.2f}   target {target:g}   {'met' if ok else 'NOT met'}")
@@ -455,7 +535,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="ART performance figures, side by side.")
     parser.add_argument("--out", default="outputs/bench", help="folder for bench.json and runs")
     parser.add_argument("--quick", action="store_true", help="tiny model only, fewer repeats")
-    parser.add_argument("--skip", default="", help="comma list of sections to skip: a,c,d,e")
+    parser.add_argument("--skip", default="", help="comma list of sections to skip: a,c,d,e,f")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     for noisy in ("transformers", "httpx", "urllib3", "alembic", "mlflow"):
@@ -463,9 +543,9 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     out_dir = Path(args.out).resolve()
     skip = set(args.skip.split(",")) - {""}
-    if skip - set("acde"):
+    if skip - set("acdef"):
         print(
-            f"art-bench: error: --skip {args.skip}: sections are a, c, d and e "
+            f"art-bench: error: --skip {args.skip}: sections are a, c, d, e and f "
             "(comma-separated, e.g. --skip c,d)",
             file=sys.stderr,
         )
@@ -513,6 +593,14 @@ def main(argv: list[str] | None = None) -> int:
                 )
         else:
             logger.info("e. no .venv-vllm (make install-vllm): the vLLM figures are left out")
+    if "f" not in skip:
+        from learner.bench.allreduce import bench_allreduce
+
+        logger.info("f. gradient all-reduce (the 0.8B full gradient: 3.4 GB per process)")
+        scaled = models if not args.quick else ["tiny"]
+        report["allreduce"] = bench_allreduce(scaled, (256, 256), repeats=1 if args.quick else 3)
+        logger.info("f. learner update with 1 and 2 replicas")
+        report["replicas"] = bench_replicas("tiny", 64, 8, 8, 48, repeats=2 if args.quick else 5)
     report["targets"] = check_targets(report)
     text = format_report(report)
     print(text)

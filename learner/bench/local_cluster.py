@@ -89,8 +89,11 @@ def two_node_cluster(
     num_cpus: int = 2,
     object_store_bytes: int = 300_000_000,
     dashboard: bool = True,
+    start_worker: bool = True,
 ) -> Iterator[dict]:
-    """Yields {"gcs", "dashboard", "env", "nodes"}; `env` is what a process joining it needs."""
+    """Yields {"gcs", "dashboard", "env", "nodes", "start_worker"}; `env` is what a process
+    joining it needs. With `start_worker=False` only the head runs until `start_worker()` is
+    called (a node that arrives later, as an autoscaler's would)."""
     temp_dir = Path("/tmp") / f"art-cluster-{os.getpid()}-{free_port()}"  # short socket paths
     gcs_port, dash_port = free_port(), free_port()
     env = {
@@ -127,15 +130,20 @@ def two_node_cluster(
         f"--resources={json.dumps(worker_resources)}",
         *common,
     ]
+
+    def start() -> dict:
+        subprocess.run(worker, env=env, check=True, capture_output=True, timeout=180)
+        return wait_for_nodes(f"127.0.0.1:{gcs_port}", env, count=2)
+
     try:
         subprocess.run(head, env=env, check=True, capture_output=True, timeout=180)
-        subprocess.run(worker, env=env, check=True, capture_output=True, timeout=180)
-        nodes = wait_for_nodes(f"127.0.0.1:{gcs_port}", env, count=2)
+        nodes = start() if start_worker else wait_for_nodes(f"127.0.0.1:{gcs_port}", env, 1)
         yield {
             "nodes": nodes,
             "gcs": f"127.0.0.1:{gcs_port}",
             "dashboard": f"http://127.0.0.1:{dash_port}",
             "env": env,
+            "start_worker": start,
         }
     finally:
         stop_processes(str(temp_dir))  # also matches the worker's "<temp_dir>-w"

@@ -167,9 +167,18 @@ def actor_requests(cfg) -> dict[str, dict[str, float]]:
         "GPU": cfg.rollout.num_gpus_per_worker,
         **cfg.rollout.resources,
     }
-    requests = {"learner": learner}
+    tp = cfg.rollout.tensor_parallel_size
+    if tp > 1:  # tensor parallel: tp GPUs per worker, on one node (tensor_parallel_plan)
+        worker["GPU"] = float(cfg.rollout.num_gpus_per_worker or 0) * tp
+    requests = {name: dict(learner) for name in learner_names(cfg.learner.num_replicas)}
     requests.update({f"rollout-worker-{i}": dict(worker) for i in range(cfg.rollout.num_workers)})
     return {name: {k: float(v) for k, v in r.items() if v} for name, r in requests.items()}
+
+
+def learner_names(replicas: int) -> list[str]:
+    """The learner actors' names: `learner` (replica 0, the one that answers for the group),
+    then `learner-1` ... `learner-<N-1>`."""
+    return ["learner"][:replicas] + [f"learner-{r}" for r in range(1, replicas)]
 
 
 def check_placement(requests: dict[str, dict[str, float]], nodes: list[dict]) -> None:
@@ -208,31 +217,56 @@ def check_placement(requests: dict[str, dict[str, float]], nodes: list[dict]) ->
         )
 
 
-def wait_until_started(ray, actors: dict[str, object], timeout_s: float) -> None:
-    """Block until every actor's constructor ran; name the ones still pending at the timeout."""
+def wait_until_started(ray, actors: dict[str, object], timeout_s: float, optional: int = 0) -> None:
+    """Block until every actor's constructor ran, except that up to `optional` of the actors
+    whose name starts with rollout-worker may still be starting (rollout.min_workers: they
+    join later); name the ones still pending at the timeout."""
+    import time
+
     refs = {name: actor.__ray_ready__.remote() for name, actor in actors.items()}
-    ready, pending = ray.wait(list(refs.values()), num_returns=len(refs), timeout=timeout_s)
-    ray.get(ready)  # re-raise constructor errors
-    if pending:
-        names = [n for n, r in refs.items() if r in pending]
-        raise PlacementError(
-            f"actors {names} did not start within {timeout_s:g}s (cluster.actor_start_timeout_s); "
-            f"the cluster has {ray.cluster_resources()} and "
-            f"{ray.available_resources()} available"
-        )
+    workers = {n for n in refs if n.startswith("rollout-worker")}
+    deadline = time.monotonic() + timeout_s
+    pending = list(refs.values())
+    while True:
+        ready_set = set(refs.values()) - set(pending)
+        ray.get(list(ready_set))  # re-raise constructor errors
+        waiting = [n for n, r in refs.items() if r not in ready_set]
+        if not set(waiting) - workers and len(waiting) <= optional:
+            return
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        _, pending = ray.wait(pending, num_returns=len(pending), timeout=min(left, 5.0))
+    some = f"; {len(workers) - optional} workers were needed (rollout.min_workers)"
+    raise PlacementError(
+        f"actors {waiting} did not start within {timeout_s:g}s (cluster.actor_start_timeout_s"
+        f"{some if optional else ''}); the cluster has {ray.cluster_resources()} and "
+        f"{ray.available_resources()} available"
+    )
 
 
-def create_learner(cfg, ray, model_path: str):
+def create_learners(cfg, ray, model_path: str) -> list:
+    """`learner.num_replicas` learner actors (data parallel: rank r of N)."""
+    replicas = cfg.learner.num_replicas
+    return [create_learner(cfg, ray, model_path, rank, replicas) for rank in range(replicas)]
+
+
+def create_learner(cfg, ray, model_path: str, rank: int = 0, replicas: int = 1):
     from learner.learner import Learner
 
     learner_cls = ray.remote(Learner)
     return learner_cls.options(
-        name="learner",
+        name=learner_names(replicas)[rank],
         num_cpus=cfg.learner.num_cpus,
         num_gpus=learner_gpus(cfg),
         resources=dict(cfg.learner.resources) or None,
         runtime_env=None if learner_gpus(cfg) else {"env_vars": dict(NO_GPU)},
-    ).remote(
+    ).remote(**learner_kwargs(cfg, model_path, rank, replicas))
+
+
+def learner_kwargs(cfg, model_path: str, rank: int = 0, replicas: int = 1) -> dict:
+    """The Learner's constructor arguments from the config (replica `rank` of `replicas`)."""
+    return dict(
         model_path=model_path,
         model_name=cfg.model.name,
         height=cfg.image.height,
@@ -260,6 +294,8 @@ def create_learner(cfg, ray, model_path: str):
         lora=OmegaConf.to_container(cfg.method.lora, resolve=True),
         with_image=cfg.method.with_image,
         release_memory=bool(cfg.rollout.sleep_mode),
+        rank=rank,
+        world_size=replicas,
     )
 
 
@@ -268,16 +304,12 @@ def task_icon(task_name: str) -> str:
     return "wrench" if task_name == "toolmind" else "math"
 
 
-def create_workers(cfg, ray, model_path: str, lora_rank: int | None = None) -> list:
-    """`rollout.num_workers` RolloutWorker actors named rollout-worker-<i>, each one engine."""
-    from hydra.utils import get_class
-
-    worker_cls = ray.remote(get_class(cfg.rollout.worker_cls))
+def engine_options(cfg, device: str, lora_rank: int | None = None) -> dict:
+    """The keyword arguments of the workers' engine."""
     rollout = cfg.rollout
-    device = resolve_rollout_gpus(cfg, ray)
-    engine_options = {"dtype": rollout.dtype, "device": device}
+    options = {"dtype": rollout.dtype, "device": device}
     if rollout.engine == "vllm":
-        engine_options.update(
+        options.update(
             gpu_memory_utilization=rollout.gpu_memory_utilization,
             kv_cache_memory_bytes=rollout.kv_cache_memory_bytes,
             enforce_eager=rollout.enforce_eager,
@@ -290,53 +322,131 @@ def create_workers(cfg, ray, model_path: str, lora_rank: int | None = None) -> l
             seeded=rollout.seeded,
             image_size=(cfg.image.height, cfg.image.width),
         )
+        if rollout.tensor_parallel_size > 1:
+            options["tensor_parallel_size"] = rollout.tensor_parallel_size
+    return options
+
+
+def tensor_parallel_plan(cfg) -> dict | None:
+    """How a worker with `rollout.tensor_parallel_size=k > 1` is placed (None for k = 1): its
+    own placement group of one bundle with k GPUs (STRICT_PACK: the k GPUs of one node, where
+    vLLM's tensor-parallel all-reduces stay on NVLink), reserved as a whole before the actor
+    starts; the actor takes all of them and vLLM runs its k GPU processes inside it
+    (`distributed_executor_backend="mp"`, rollout_worker/vllm_engine.py)."""
+    k = cfg.rollout.tensor_parallel_size
+    if k == 1:
+        return None
+    if not cfg.rollout.num_gpus_per_worker:
+        raise UserError(
+            f"rollout.tensor_parallel_size={k} shards vLLM over GPUs, and the workers have none "
+            f"(rollout.num_gpus_per_worker={cfg.rollout.num_gpus_per_worker}; the cluster has "
+            "no GPU, or it was set to 0): set rollout.tensor_parallel_size=1"
+        )
+    gpus = float(cfg.rollout.num_gpus_per_worker) * k
+    bundle = {
+        "CPU": float(cfg.rollout.num_cpus_per_worker),
+        "GPU": gpus,
+        **{key: float(v) for key, v in cfg.rollout.resources.items()},
+    }
+    return {"bundles": [bundle], "strategy": "STRICT_PACK", "actor_num_gpus": gpus}
+
+
+def worker_factory(cfg, ray, model_path: str, lora_rank: int | None = None):
+    """`make(index) -> actor`: one RolloutWorker actor named rollout-worker-<index>, one
+    engine (elastic runs start more later, learner/driver/scale.py)."""
+    from hydra.utils import get_class
+
+    worker_cls = ray.remote(get_class(cfg.rollout.worker_cls))
+    rollout = cfg.rollout
+    device = resolve_rollout_gpus(cfg, ray)
+    options = engine_options(cfg, device, lora_rank)
     runtime_env = worker_runtime_env(cfg)
     if runtime_env and "py_executable" in runtime_env:
         logger.info("rollout workers run in %s", runtime_env["py_executable"])
-    return [
-        worker_cls.options(
-            name=f"rollout-worker-{i}",
+    tp = tensor_parallel_plan(cfg)
+    groups: dict = {}  # actor -> its placement group (tensor parallel)
+
+    def make(index: int):
+        placement = {"num_gpus": rollout.num_gpus_per_worker}
+        if tp is not None:
+            from ray.util.placement_group import placement_group
+            from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+            group = placement_group(
+                tp["bundles"], strategy=tp["strategy"], name=f"rollout-worker-{index}"
+            )
+            placement = {
+                "num_gpus": tp["actor_num_gpus"],
+                "scheduling_strategy": PlacementGroupSchedulingStrategy(
+                    group, placement_group_bundle_index=0
+                ),
+            }
+        actor = worker_cls.options(
+            name=f"rollout-worker-{index}",
             max_restarts=rollout.max_restarts,
             max_task_retries=0,  # the driver re-sends a dead worker's chunk itself
             num_cpus=rollout.num_cpus_per_worker,
-            num_gpus=rollout.num_gpus_per_worker,
-            resources=dict(rollout.resources) or None,
+            resources=(dict(rollout.resources) or None) if tp is None else None,  # in the bundles
             runtime_env=runtime_env,
-        ).remote(engine=rollout.engine, model_path=model_path, worker_index=i, **engine_options)
-        for i in range(rollout.num_workers)
-    ]
+            **placement,
+        ).remote(engine=rollout.engine, model_path=model_path, worker_index=index, **options)
+        if tp is not None:
+            groups[actor] = group
+        return actor
+
+    def release(actor) -> None:
+        """A stopped worker's GPUs back to the cluster (its placement group removed)."""
+        if actor in groups:
+            from ray.util.placement_group import remove_placement_group
+
+            remove_placement_group(groups.pop(actor))
+
+    make.release = release
+    return make
+
+
+def create_workers(cfg, ray, model_path: str, lora_rank: int | None = None) -> list:
+    """`rollout.num_workers` RolloutWorker actors named rollout-worker-<i>, each one engine."""
+    make = worker_factory(cfg, ray, model_path, lora_rank)
+    return [make(i) for i in range(cfg.rollout.num_workers)]
 
 
 def create_actors(
     cfg, ray, model_path: str, with_learner: bool = True, lora_rank: int | None = None
 ):
-    """Check placement, create the learner (optional) and the workers, wait until started."""
+    """Check placement, create the learner (optional; with `learner.num_replicas` > 1 a list
+    of replicas) and the workers, and wait until the learners and `rollout.min_workers`
+    workers started (the others join the pool when they are up)."""
     resolve_rollout_gpus(cfg, ray)  # before the GPUs are counted
     requests = actor_requests(cfg)
     if not with_learner:
-        requests.pop("learner")
+        for name in learner_names(cfg.learner.num_replicas):
+            requests.pop(name)
     if cfg.cluster.check_resources:
         check_placement(requests, ray.nodes())
     actors: dict[str, object] = {}
     timeout = cfg.cluster.actor_start_timeout_s
+    need = cfg.rollout.min_workers or cfg.rollout.num_workers
+    learners: list = []
     try:
         if cfg.cluster.single_gpu:  # vLLM first: it takes its share of the free memory
             workers = create_workers(cfg, ray, model_path, lora_rank)
             actors.update({f"rollout-worker-{i}": w for i, w in enumerate(workers)})
             wait_until_started(ray, actors, timeout)
-            learner = create_learner(cfg, ray, model_path) if with_learner else None
+            learners = create_learners(cfg, ray, model_path) if with_learner else []
         else:
-            learner = create_learner(cfg, ray, model_path) if with_learner else None
+            learners = create_learners(cfg, ray, model_path) if with_learner else []
             workers = create_workers(cfg, ray, model_path, lora_rank)
             actors.update({f"rollout-worker-{i}": w for i, w in enumerate(workers)})
-        if learner is not None:
-            actors["learner"] = learner
-        wait_until_started(ray, actors, timeout)
+        actors.update(zip(learner_names(len(learners)), learners, strict=True))
+        wait_until_started(ray, actors, timeout, optional=len(workers) - need)
     except BaseException:
-        for actor in actors.values():  # leave nothing pending in the cluster
+        for actor in [*actors.values(), *learners]:  # leave nothing pending in the cluster
             ray.kill(actor)
         raise
-    return learner, workers
+    if not with_learner:
+        return None, workers
+    return (learners[0] if len(learners) == 1 else learners), workers
 
 
 def start_actors(cfg, model_path: str, with_learner: bool = True, lora_rank: int | None = None):
@@ -353,17 +463,22 @@ def start_actors(cfg, model_path: str, with_learner: bool = True, lora_rank: int
     return ray, owns_ray, learner, workers
 
 
-def placement(ray, learner, workers) -> dict[str, str]:
-    """Node id of every actor, for the summary and the logs."""
-    infos = ray.get([a.info.remote() for a in ([learner] if learner else []) + workers])
-    names = (["learner"] if learner else []) + [f"rollout-worker-{i}" for i in range(len(workers))]
-    return {name: info["node_id"] for name, info in zip(names, infos, strict=True)}
+def placement(ray, learners: list, workers: list, names: dict | None = None) -> dict[str, str]:
+    """Node id of every actor, for the summary and the logs (`names`: actor -> name)."""
+    actors = [*learners, *workers]
+    default = learner_names(len(learners)) + [f"rollout-worker-{i}" for i in range(len(workers))]
+    infos = ray.get([a.info.remote() for a in actors])
+    return {
+        (names or {}).get(actor, name): info["node_id"]
+        for actor, name, info in zip(actors, default, infos, strict=True)
+    }
 
 
 @contextmanager
-def run_scope(ray, owns_ray: bool, actors: list, mlflow):
-    """Close a driver run either way: MLflow status FINISHED or FAILED, actors killed, and
-    the Ray instance shut down if this process started it."""
+def run_scope(ray, owns_ray: bool, actors, mlflow):
+    """Close a driver run either way: MLflow status FINISHED or FAILED, actors killed (a list,
+    or a callable giving the list at the end: elastic pools change theirs), and the Ray
+    instance shut down if this process started it."""
     try:
         yield
         mlflow.end_run()
@@ -371,7 +486,7 @@ def run_scope(ray, owns_ray: bool, actors: list, mlflow):
         mlflow.end_run(status="FAILED")
         raise
     finally:
-        for actor in actors:
+        for actor in actors() if callable(actors) else actors:
             ray.kill(actor)
         if owns_ray:
             ray.shutdown()

@@ -111,26 +111,65 @@ class Pending:
 
     requests: list[RolloutRequest]
     sampling: SamplingConfig
-    chunks: list[tuple[int, list[RolloutRequest], object]]  # (worker index, requests, future)
+    chunks: list[tuple[object, list[RolloutRequest], object]]  # (worker, requests, future)
+
+
+class WorkerGone(RuntimeError):
+    """A worker's actor is dead for good: removed, its restarts spent, or its node gone."""
 
 
 class WorkerPool:
-    """The rollout workers as one: fan-out, broadcast, and recovery from a worker that died.
+    """The rollout workers as one: fan-out, broadcast, recovery, and a worker count that may
+    change between steps (`resize`, `admit`: elastic workers, learner/driver/scale.py).
 
     Requests are split over the workers in contiguous chunks and the groups come back in
-    request order. The pool remembers the current image and adapter (one `ray.put` each), so a
-    worker that Ray restarted after its process died gets them before it samples again, and its
-    chunk is sampled again with the same seeds: the step goes on as if nothing happened.
+    request order. Every request carries its own seed (shared/sampling.py), so which worker
+    serves it, and how many there are, does not change what it samples. The pool remembers
+    the current image and adapter (one `ray.put` each): a worker that Ray restarted after its
+    process died, or one that joins later, gets them before it samples. A dead worker's chunk
+    is sampled again with the same seeds: by the same worker once Ray restarted it, or, when
+    it is gone for good, by the workers left. The step goes on as if nothing happened.
     """
 
-    def __init__(self, ray, workers: list, max_attempts: int = 3, restart_timeout_s: float = 300):
-        self.ray, self.workers = ray, workers
+    def __init__(
+        self,
+        ray,
+        workers: list,
+        max_attempts: int = 3,
+        restart_timeout_s: float = 300,
+        factory=None,
+        started: int | None = None,
+    ):
+        """`factory(index) -> actor` starts one more worker (elastic runs); `started`: how
+        many of `workers` are known to be up (the others join once their process is)."""
+        self.ray, self.factory = ray, factory
         self.max_attempts, self.restart_timeout_s = max_attempts, restart_timeout_s
+        self.workers: list = []  # serving, in the order chunks are handed out
+        self.names: dict = {}  # actor -> "rollout-worker-<index>"
+        self.pending: list[tuple[object, object]] = []  # (actor, ready ref): still starting
+        self.next_index = len(workers)
         self.image: tuple | None = None  # (ImageUpdate, ObjectRef of the PNG)
         self.adapter: tuple | None = None  # (AdapterUpdate, ObjectRef of the weights)
         self.update = None  # the last policy broadcast (what the learner trains)
-        self.restarts = 0
+        self.restarts = 0  # worker processes Ray restarted
+        self.lost = 0  # workers gone for good (their chunks sampled by the others)
         self.sync_bytes = 0  # bytes of the last broadcast policy
+        for i, worker in enumerate(workers):
+            self.names[worker] = f"rollout-worker-{i}"
+        if started is None or started >= len(workers):
+            self.workers = list(workers)
+        else:
+            refs = {w.__ray_ready__.remote(): w for w in workers}
+            ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=2.0)
+            self.workers = [refs[r] for r in refs if r in ready]
+            self.pending = [(refs[r], r) for r in refs if r not in ready]
+
+    def name(self, worker) -> str:
+        return self.names.get(worker, "rollout-worker-?")
+
+    def actors(self) -> list:
+        """Every actor the pool holds (serving and starting): what a run kills at its end."""
+        return self.workers + [actor for actor, _ in self.pending]
 
     # ---- broadcast ---------------------------------------------------------------------
     def broadcast(self, update) -> None:
@@ -143,16 +182,14 @@ class WorkerPool:
         else:
             self.adapter = sent
         self.update, self.sync_bytes = update, len(payload)
-        for i in range(len(self.workers)):
-            self._call(i, lambda w, sent=sent: self._send(w, *sent))
+        self._each(lambda w, sent=sent: self._send(w, *sent))
 
     def clear_adapter(self) -> None:
         """Back to the base model on every worker (evaluating conditions one after another)."""
         self.adapter = None
         if isinstance(self.update, AdapterUpdate):
             self.update = None
-        for i in range(len(self.workers)):
-            self._call(i, lambda w: w.clear_adapter.remote())
+        self._each(lambda w: w.clear_adapter.remote())
 
     @staticmethod
     def _send(worker, update, ref):
@@ -161,42 +198,129 @@ class WorkerPool:
             return worker.set_image.remote(update.version, ref)
         return worker.set_adapter.remote(update.version, update.config, ref)
 
+    def _bring_up_to_date(self, worker) -> None:
+        for sent in (self.image, self.adapter):  # the image, then the adapter, as they are
+            if sent is not None:
+                self.ray.get(self._send(worker, *sent))
+
     # ---- sampling ----------------------------------------------------------------------
     def launch(self, requests: list[RolloutRequest], sampling: SamplingConfig) -> Pending:
+        if not self.workers:
+            self._wait_for_a_worker()
         per = math.ceil(len(requests) / len(self.workers))
         chunks = []
         for i, worker in enumerate(self.workers):
             chunk = requests[i * per : (i + 1) * per]
             if chunk:
-                chunks.append((i, chunk, worker.generate.remote(chunk, sampling)))
+                chunks.append((worker, chunk, worker.generate.remote(chunk, sampling)))
         return Pending(requests, sampling, chunks)
 
     def collect(self, pending: Pending) -> list[list]:
         groups = []
-        for i, chunk, future in pending.chunks:
+        for worker, chunk, future in pending.chunks:
             try:
                 groups.extend(self.ray.get(future))
             except self._worker_died_errors() as err:
-                self._recover(i, err)
-                groups.extend(
-                    self._call(i, lambda w, c=chunk: w.generate.remote(c, pending.sampling))
-                )
+                groups.extend(self._sample_again(worker, chunk, pending.sampling, err))
         return groups
+
+    def _sample_again(self, worker, chunk, sampling, err) -> list[list]:
+        """A dead worker's chunk: the same worker once restarted, else the workers left."""
+        try:
+            self._recover(worker, err)
+            return self._call(worker, lambda w: w.generate.remote(chunk, sampling))
+        except WorkerGone as gone:
+            self._drop(worker, gone)
+            return self.generate(chunk, sampling)  # same requests, same seeds, same groups
 
     def generate(self, requests: list[RolloutRequest], sampling: SamplingConfig) -> list[list]:
         return self.collect(self.launch(requests, sampling))
 
     def sleep(self) -> None:
         """Every worker's engine asleep (sleep mode: the learner updates on the same GPU)."""
-        for i in range(len(self.workers)):
-            self._call(i, lambda w: w.sleep.remote())
+        self._each(lambda w: w.sleep.remote())
 
     def wake_up(self) -> None:
-        for i in range(len(self.workers)):
-            self._call(i, lambda w: w.wake_up.remote())
+        self._each(lambda w: w.wake_up.remote())
 
     def stats(self) -> list[dict]:
-        return [self._call(i, lambda w: w.stats.remote()) for i in range(len(self.workers))]
+        return self._each(lambda w: w.stats.remote())
+
+    # ---- the worker count (at step boundaries only: no chunk is out then) ---------------
+    def resize(self, count: int) -> None:
+        """Start workers up to `count` (serving + starting) or stop the newest beyond it.
+        New workers serve once their process is up (`admit`)."""
+        if count < 1:
+            raise ValueError(f"a pool needs at least one worker, asked for {count}")
+        while len(self.workers) + len(self.pending) < count:
+            if self.factory is None:
+                raise RuntimeError("this pool cannot start workers (no factory)")
+            index, self.next_index = self.next_index, self.next_index + 1
+            actor = self.factory(index)
+            self.names[actor] = f"rollout-worker-{index}"
+            self.pending.append((actor, actor.__ray_ready__.remote()))
+            logger.info("rollout-worker-%d starting (%d asked for)", index, count)
+        while len(self.workers) + len(self.pending) > count:
+            actor = self.pending.pop()[0] if self.pending else self.workers.pop()
+            self.ray.kill(actor, no_restart=True)
+            getattr(self.factory, "release", lambda _: None)(actor)
+            logger.info("%s stopped (%d asked for)", self.name(actor), count)
+
+    def admit(self) -> list[str]:
+        """Workers whose process is up join: the current image (and adapter) first. Returns
+        their names."""
+        if not self.pending:
+            return []
+        refs = [ref for _, ref in self.pending]
+        ready, _ = self.ray.wait(refs, num_returns=len(refs), timeout=0)
+        joined = []
+        for actor, ref in list(self.pending):
+            if ref not in ready:
+                continue
+            self.pending.remove((actor, ref))
+            try:
+                self.ray.get(ref)  # a constructor that failed raises here
+                self._bring_up_to_date(actor)
+            except self._worker_died_errors() as err:
+                logger.warning("%s did not start: %s", self.name(actor), err)
+                continue
+            self.workers.append(actor)
+            joined.append(self.name(actor))
+            logger.info("%s joined with policy version %s", self.name(actor), self._version())
+        return joined
+
+    def _wait_for_a_worker(self) -> None:
+        """No worker serves: wait for one that is starting (or fail)."""
+        import time
+
+        deadline = time.monotonic() + self.restart_timeout_s
+        while not self.workers:
+            if not self.pending:
+                raise RuntimeError(
+                    f"no rollout worker is left ({self.lost} gone for good, {self.restarts} "
+                    "restarts); the cluster lost their nodes or rollout.max_restarts is spent"
+                )
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"no rollout worker serves and none of the {len(self.pending)} starting "
+                    f"came up within {self.restart_timeout_s:g}s"
+                )
+            self.ray.wait([ref for _, ref in self.pending], num_returns=1, timeout=5)
+            self.admit()
+
+    def _drop(self, worker, err: BaseException) -> None:
+        if worker in self.workers:
+            self.workers.remove(worker)
+        self.lost += 1
+        logger.warning(
+            "%s is gone for good (%s); %d workers serve on", self.name(worker), err, len(self)
+        )
+
+    def __len__(self) -> int:
+        return len(self.workers)
+
+    def _version(self):
+        return self.update and self.update.version
 
     # ---- recovery ----------------------------------------------------------------------
     def _worker_died_errors(self):
@@ -204,48 +328,70 @@ class WorkerPool:
 
         return (RayActorError, ActorUnavailableError)
 
-    def _call(self, i: int, fn):
-        """`ray.get(fn(worker))`, recovering worker i (restart + current image) if it died."""
+    def _each(self, fn) -> list:
+        """`_call` on every worker; one gone for good leaves the pool (its results too)."""
+        results = []
+        for worker in list(self.workers):
+            try:
+                results.append(self._call(worker, fn))
+            except WorkerGone as gone:
+                self._drop(worker, gone)
+        if not self.workers and not self.pending:
+            self._wait_for_a_worker()  # raises: nobody left
+        return results
+
+    def _call(self, worker, fn):
+        """`ray.get(fn(worker))`, recovering the worker (restart + current image) if it died;
+        `WorkerGone` when it is dead for good."""
         for attempt in range(1, self.max_attempts + 1):
             try:
-                return self.ray.get(fn(self.workers[i]))
+                return self.ray.get(fn(worker))
             except self._worker_died_errors() as err:
                 if attempt == self.max_attempts:
-                    raise
-                self._recover(i, err)
+                    raise WorkerGone(f"{self.name(worker)} failed {attempt} times") from err
+                self._recover(worker, err)
         raise AssertionError("unreachable")
 
-    def _recover(self, i: int, err: BaseException) -> None:
-        """Wait until Ray restarted worker i, then give it the current image."""
+    def _dead_for_good(self, worker) -> bool:
+        """Ray's own record of the actor (GCS): DEAD means no restart will come."""
+        try:
+            from ray._private import state
+
+            return state.actors(worker._actor_id.hex()).get("State") == "DEAD"
+        except Exception:  # an older or newer Ray without this table: wait for the deadline
+            return False
+
+    def _recover(self, worker, err: BaseException) -> None:
+        """Wait until Ray restarted the worker, then give it the current image; `WorkerGone`
+        when it is dead for good."""
         import time
 
+        name = self.name(worker)
+        if self._dead_for_good(worker):
+            raise WorkerGone(f"{name}: {type(err).__name__}, no restart left") from err
         self.restarts += 1
         logger.warning(
-            "rollout-worker-%d died (%s); waiting for its restart (%d restarts in this run)",
-            i,
+            "%s died (%s); waiting for its restart (%d restarts in this run)",
+            name,
             type(err).__name__,
             self.restarts,
         )
         deadline = time.monotonic() + self.restart_timeout_s
         while True:
             try:
-                self.ray.get(self.workers[i].__ray_ready__.remote(), timeout=30)
+                self.ray.get(worker.__ray_ready__.remote(), timeout=30)
                 break
             except self._worker_died_errors() + (self.ray.exceptions.GetTimeoutError,):
+                if self._dead_for_good(worker):
+                    raise WorkerGone(f"{name}: not restarted (rollout.max_restarts spent)") from err
                 if time.monotonic() > deadline:
-                    raise RuntimeError(
-                        f"rollout-worker-{i} did not come back within {self.restart_timeout_s:g}s "
-                        "after its process died (rollout.max_restarts may be spent)"
+                    raise WorkerGone(
+                        f"{name} did not come back within {self.restart_timeout_s:g}s after its "
+                        "process died"
                     ) from err
                 time.sleep(1)
-        for sent in (self.image, self.adapter):  # the image, then the adapter, as they are
-            if sent is not None:
-                self.ray.get(self._send(self.workers[i], *sent))
-        logger.warning(
-            "rollout-worker-%d is back with policy version %s",
-            i,
-            self.update and self.update.version,
-        )
+        self._bring_up_to_date(worker)
+        logger.warning("%s is back with policy version %s", name, self._version())
 
 
 @dataclass

@@ -34,7 +34,15 @@ from learner.driver.checkpoint import (
     save_checkpoint,
 )
 from learner.driver.cli import run_folder_of, run_hydra_app
-from learner.driver.cluster import placement, run_scope, start_actors, task_icon, worker_python
+from learner.driver.cluster import (
+    placement,
+    run_scope,
+    start_actors,
+    task_icon,
+    worker_factory,
+    worker_python,
+)
+from learner.driver.learners import LearnerGroup
 from learner.driver.rollouts import (
     Prefetch,
     PromptSampler,
@@ -61,7 +69,14 @@ from shared.errors import RunStoppedError, UserError
 
 logger = logging.getLogger("art.train")
 # Per-step metrics kept in the checkpoint (the summary's rewards and the run's curves).
-HISTORY_KEYS = ("reward_mean", "accuracy", "kept_group_frac", "generation_rounds", "sync_bytes")
+HISTORY_KEYS = (
+    "reward_mean",
+    "accuracy",
+    "kept_group_frac",
+    "generation_rounds",
+    "sync_bytes",
+    "num_workers",
+)
 PHASES = ("time_rollout_s", "time_update_s", "time_broadcast_s", "time_step_s")
 
 
@@ -86,7 +101,7 @@ class Run:
 
     cfg: DictConfig
     ray: object
-    learner: object
+    learner: LearnerGroup  # one learner, or its data-parallel replicas
     pool: WorkerPool
     task: object
     sampler: PromptSampler
@@ -95,6 +110,7 @@ class Run:
     outputs: RunOutputs
     mlflow: object
     state: DriverState
+    elastic: object = None  # learner/driver/scale.py: the worker count between steps
     last_good: tuple | None = None  # (ImageUpdate, learner state, DriverState) of the last step
     ahead: object | None = None  # the next step's rollouts, sampled during the update
 
@@ -163,23 +179,40 @@ def train(cfg: DictConfig) -> dict:
     wall_start = time.perf_counter()
     plan = prepare(cfg)
     ray, owns_ray, learner, workers = start_actors(cfg, plan.model_path)  # placement checked
+    replicas = learner if isinstance(learner, list) else [learner]
     outputs = RunOutputs(plan.run_dir, with_image=uses_image(cfg))  # the run's first file
     outputs.config(cfg)
-    where = placement(ray, learner, workers)
+    pool = WorkerPool(
+        ray,
+        workers,
+        max_attempts=cfg.rollout.max_restarts + 1,
+        factory=worker_factory(cfg, ray, plan.model_path),
+        started=cfg.rollout.min_workers,
+    )
+    from learner.driver.scale import Elastic
+
+    elastic = Elastic(
+        ray, pool, plan.run_dir.name, cfg.rollout.num_workers,
+        cfg.rollout.max_workers or cfg.rollout.num_workers,
+    )  # fmt: skip
+    actors = lambda: [*replicas, *pool.actors(), elastic.control]  # noqa: E731
+    where = placement(ray, replicas, pool.workers, pool.names)
     logger.info("run folder %s; actors placed on nodes: %s", plan.run_dir, where)
+    if pool.pending:
+        logger.info("%d rollout workers still starting: they join when up", len(pool.pending))
     mlflow, mlflow_run = setup_mlflow(cfg, plan.run_dir.name, plan.driver_state.mlflow_run_id)
     outputs.mlflow = mlflow
-    pool = WorkerPool(ray, workers, max_attempts=cfg.rollout.max_restarts + 1)
     sampler = PromptSampler(plan.train_examples, seed=cfg.seed)
     state = plan.driver_state
     state.mlflow_run_id = mlflow_run.info.run_id
-    run = Run(
-        cfg, ray, learner, pool, plan.task, sampler, plan.prompt_for, plan.held_out, outputs,
-        mlflow, state,
-    )  # fmt: skip
-    with run_scope(ray, owns_ray, [learner, *workers], mlflow):
+    with run_scope(ray, owns_ray, actors, mlflow):
+        learners = LearnerGroup(ray, replicas)  # with N > 1: the replicas' process group
+        run = Run(
+            cfg, ray, learners, pool, plan.task, sampler, plan.prompt_for, plan.held_out,
+            outputs, mlflow, state, elastic,
+        )  # fmt: skip
         if plan.checkpoint is not None:
-            ray.get(learner.load_state_dict.remote(plan.learner_state))
+            learners.load_state_dict(plan.learner_state)
             sampler.load_state_dict(state.sampler)
             restore_rng(state.rng)
             pool.restarts = state.worker_restarts
@@ -198,11 +231,14 @@ def train(cfg: DictConfig) -> dict:
             "adapter_path": str(artifact.resolve()) if cfg.method.name == "lora" else None,
             "artifact_bytes": artifact_bytes(artifact),
             "image_version": final.version,
-            "trainable_parameters": ray.get(learner.num_trainable.remote()),
+            "trainable_parameters": learners.num_trainable(),
             "sync_bytes_mean": mean(state.history.get("sync_bytes", [])),
             "best_eval_accuracy": state.best_accuracy if state.best_step is not None else None,
             "best_step": state.best_step,
             "worker_restarts": pool.restarts,
+            "workers_per_step": [int(n) for n in state.history.get("num_workers", [])],
+            "workers_lost": pool.lost,
+            "learner_replicas": len(replicas),
             "loop_wall_s": round(state.loop_wall_s, 2),
             "mean_phase_s": {k: round(mean(state.history.get(k, [])), 4) for k in PHASES},
             "max_staleness": cfg.algo.max_staleness,
@@ -228,10 +264,10 @@ def train_loop(run: Run):
     the last good step. With `algo.max_staleness=1` the next step's rollouts are sampled (all
     of its rounds) with the current image while the learner computes the update; the new image
     is broadcast once they are in, so they are exactly one version stale."""
-    cfg, ray, learner, state = run.cfg, run.ray, run.learner, run.state
+    cfg, learner, state = run.cfg, run.learner, run.state
     if cfg.method.name == "lora" and uses_image(cfg):  # the seed image stays in the prompts
-        run.pool.broadcast(ray.get(learner.image_update.remote()))
-    update = ray.get(learner.policy_update.remote())
+        run.pool.broadcast(learner.image_update())
+    update = learner.policy_update()
     run.pool.broadcast(update)
     if state.step == 0 and cfg.method.name == "art":
         run.outputs.write("seed.png", update.png)
@@ -242,6 +278,7 @@ def train_loop(run: Run):
     try:
         for step in range(state.step + 1, cfg.steps + 1):
             t0 = time.perf_counter()  # 1-3. sample, score, filter
+            serving = len(run.pool)  # the workers that sample this step (more may join after)
             rollouts = run.ahead or rollouts_for(run, step - 1)
             run.ahead = None
             if cfg.algo.max_staleness and step < cfg.steps:  # overlap: sample step + 1 now
@@ -264,7 +301,9 @@ def train_loop(run: Run):
             t3 = time.perf_counter()  # 6. log, evaluate, checkpoint
             metrics = compute_step_metrics(rollouts, learn_metrics, (t0, t1, t2, t3))
             metrics.update(
-                worker_restarts=float(run.pool.restarts), sync_bytes=float(run.pool.sync_bytes)
+                worker_restarts=float(run.pool.restarts),
+                sync_bytes=float(run.pool.sync_bytes),
+                num_workers=float(serving),
             )
             state.step, state.loop_wall_s = step, time.perf_counter() - loop_start
             state.record(metrics, HISTORY_KEYS + PHASES)
@@ -277,6 +316,8 @@ def train_loop(run: Run):
             mark_good(run, update, step)
             if step % cfg.logging.checkpoint_every == 0 or last:
                 save_image_and_checkpoint(run, step)
+            if run.elastic is not None:  # workers join or leave between steps
+                run.elastic.at_boundary(step, done=last)
     except BaseException as err:
         progress.close()
         if isinstance(run.ahead, Prefetch):
@@ -311,12 +352,13 @@ def short_error(err: BaseException) -> str:
 
 
 def learner_call(run: Run, step: int, method: str, *args):
-    """`ray.get(learner.<method>(*args))`; a learner whose process died stops the run with its
-    outputs saved and the command that resumes it."""
+    """`learner.<method>(*args)` on every replica; a learner (replica) whose process died stops
+    the run with its outputs saved and the command that resumes it (with any
+    learner.num_replicas)."""
     from ray.exceptions import ActorUnavailableError, RayActorError
 
     try:
-        return run.ray.get(getattr(run.learner, method).remote(*args))
+        return getattr(run.learner, method)(*args)
     except (RayActorError, ActorUnavailableError) as err:
         raise RunStoppedError(
             f"the learner died in step {step} ({type(err).__name__}); the run stopped with the "

@@ -347,9 +347,44 @@ CASES = [
         "no Ray cluster answers at http://127.0.0.1:9",
     ),
     ("art-bench unknown section", "art-bench", lambda t: ["--skip", "z"], {}, "sections are"),
+    (
+        "art-scale to no workers",
+        "art-scale",
+        lambda t: ["--address", "http://127.0.0.1:9", "--workers", "0"],
+        {},
+        "--workers 0: set >= 1",
+    ),
+    (
+        "art-scale without a Ray cluster",
+        "art-scale",
+        lambda t: ["--address", "http://127.0.0.1:9", "--workers", "2"],
+        {},
+        "no Ray cluster answers at http://127.0.0.1:9",
+    ),
+    (
+        "learner replicas with one GPU",
+        "art-train",
+        lambda t: ["cluster=single_gpu", "learner.num_replicas=2", "rollout.num_workers=1"],
+        {},
+        "runs one learner: set learner.num_replicas=1",
+    ),
+    (
+        "rollout.max_workers below num_workers",
+        "art-train",
+        lambda t: ["rollout.max_workers=1"],
+        {},
+        "rollout.max_workers=1 must be >= rollout.num_workers=2",
+    ),
+    (
+        "tensor parallel on the HF engine",
+        "art-train",
+        lambda t: ["rollout.tensor_parallel_size=2"],
+        {},
+        "needs rollout=vllm",
+    ),
 ]
 # Entry points that take no Hydra overrides of the run's outputs.
-PLAIN_ARGS = ("art-submit", "art-bench")
+PLAIN_ARGS = ("art-submit", "art-bench", "art-scale")
 
 
 def _write(path: Path, data: bytes) -> Path:

@@ -58,14 +58,22 @@ def test_a_killed_rollout_worker_is_restarted_and_the_run_finishes(ray_local, tm
 
 
 @pytest.mark.slow
-def test_a_dead_learner_stops_the_run_with_its_last_good_outputs(ray_local, tmp_path, make_cfg):
+@pytest.mark.parametrize("replicas,killed_name", [(1, "learner"), (2, "learner-1")])
+def test_a_dead_learner_stops_the_run_with_its_last_good_outputs(
+    ray_local, tmp_path, make_cfg, replicas, killed_name
+):
+    """One learner, or one of two data-parallel replicas: the run stops the same way, and
+    resumes (the replicas' run with one learner)."""
     ray = ray_local
     killed = _kill_when(
         ray,
-        "learner",
+        killed_name,
         lambda learner: ray.get(learner.image_update.remote(), timeout=10).version >= 2,
     )
-    cfg = make_cfg("steps=30", "eval.every=0", "algo.group_size=4", "logging.checkpoint_every=100")
+    cfg = make_cfg(
+        "steps=30", "eval.every=0", "algo.group_size=4", "logging.checkpoint_every=100",
+        f"learner.num_replicas={replicas}", "learner.num_cpus=0.5",
+    )  # fmt: skip
     with pytest.raises(RunStoppedError, match="learner died") as info:
         driver.train(cfg)
     assert killed

@@ -6,7 +6,7 @@ PYTEST_ARGS ?=
 
 VLLM_VENV ?= .venv-vllm
 
-.PHONY: install install-vllm train eval bench compare cluster-train ray-up-local ray-down test test-all test-vllm test-gpu lint format mlflow-ui clean
+.PHONY: install install-vllm train eval bench compare cluster-train ray-up-local ray-down test test-all test-vllm test-gpu lint format mlflow-ui clean dashboard-shot
 
 install: $(VENV)/.installed
 
@@ -50,6 +50,11 @@ ray-up-local: install
 
 ray-down:
 	$(VENV)/bin/ray stop
+
+# Screenshots of the Ray dashboard during a short run (headless chromium: apt-get install
+# chromium) into docs/images/; docs/monitoring.md shows them.
+dashboard-shot: install
+	$(PY) deploy/monitoring/dashboard_shot.py
 
 # Evaluates the text-only baseline, the seed image and the newest outputs/*/art.png (if any).
 LATEST_ART := $(lastword $(sort $(wildcard outputs/*/art.png)))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from collections.abc import Sequence
 from contextlib import contextmanager
@@ -163,10 +164,18 @@ class Learner:
         release_memory: bool = False,
         rank: int = 0,
         world_size: int = 1,
+        run_id: str = "",
     ):
         torch.manual_seed(seed)  # the same seed on every replica: the same minibatch split
         self.rank, self.world_size = rank, world_size  # data-parallel replicas (`init_group`)
         self.allreduce_s = 0.0  # time in all-reduces (waiting for the slowest replica too)
+        # the minibatch split's own generator: the same draws on every replica, whatever else
+        # uses torch's default one (LoRA dropout draws per sequence of a replica's share)
+        self.split_rng = torch.Generator().manual_seed(seed)
+        self._store = None  # replica 0: the process group's TCP store
+        from learner.metrics import RayMetrics
+
+        self.metrics = RayMetrics(run=run_id, replica=str(rank))
         self.model_name = model_name
         self.model, self.processor = load_model_and_processor(
             model_path, dtype=dtype, device=device
@@ -191,6 +200,14 @@ class Learner:
         self.version = 0
         self.consecutive_skips = 0  # optimizer steps refused in a row (non-finite)
         self.history: dict[int, list[torch.Tensor]] = {}  # earlier versions' parameters
+
+    def __repr__(self) -> str:
+        """The Ray dashboard's Repr column (taken once, when the actor starts: the version is
+        the metric art_learner_version)."""
+        replica = f" replica {self.rank} of {self.world_size}" if self.world_size > 1 else ""
+        method = getattr(getattr(self, "trained", None), "method", "?")
+        run = getattr(getattr(self, "metrics", None), "tags", {}).get("run", "")
+        return f"learner{replica} ({method}, run {run})"
 
     @property
     def on_cuda(self) -> bool:
@@ -254,25 +271,44 @@ class Learner:
 
     # ---- data parallel -----------------------------------------------------------------
     def rendezvous(self) -> tuple[str, int]:
-        """Replica 0: the address and a free port the replicas' process group meets at."""
-        import socket
-
-        import ray
-
-        with socket.socket() as sock:
-            sock.bind(("", 0))
-            port = sock.getsockname()[1]
-        return ray.util.get_node_ip_address(), port
-
-    def init_group(self, address: str, port: int, timeout_s: float = 1800.0) -> int:
-        """Join the replicas' torch.distributed group: NCCL on GPUs, gloo on CPUs."""
+        """Replica 0: the TCP store the replicas' process group meets at, on a port the OS
+        picked and this process holds (no other process can take it meanwhile)."""
         from datetime import timedelta
 
+        import ray
         import torch.distributed as dist
 
+        address = ray.util.get_node_ip_address()
+        self._store = dist.TCPStore(
+            address,
+            0,
+            self.world_size,
+            is_master=True,
+            timeout=timedelta(seconds=600),
+            wait_for_workers=False,  # the others connect in init_group
+        )
+        return address, self._store.port
+
+    def init_group(self, address: str, port: int, timeout_s: float = 1800.0) -> int:
+        """Join the replicas' torch.distributed group: NCCL on GPUs, gloo on CPUs, over the
+        network interface of this node's Ray address (not whatever the hostname resolves to,
+        often 127.0.1.1 in images). `timeout_s` bounds every collective: a replica waits
+        that long for the slowest one's forward and backward."""
+        from datetime import timedelta
+
+        import ray
+        import torch.distributed as dist
+
+        interface = interface_of(ray.util.get_node_ip_address())
+        if interface:
+            os.environ.setdefault("GLOO_SOCKET_IFNAME", interface)
+            os.environ.setdefault("NCCL_SOCKET_IFNAME", interface)
+        store = self._store or dist.TCPStore(
+            address, port, self.world_size, is_master=False, timeout=timedelta(seconds=600)
+        )
         dist.init_process_group(
             "nccl" if self.on_cuda else "gloo",
-            init_method=f"tcp://{address}:{port}",
+            store=store,
             rank=self.rank,
             world_size=self.world_size,
             timeout=timedelta(seconds=timeout_s),
@@ -297,6 +333,8 @@ class Learner:
         start = time.perf_counter()
         for tensor in tensors:
             dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        if self.on_cuda:  # NCCL returns once the op is queued
+            torch.cuda.synchronize()
         self.allreduce_s += time.perf_counter() - start
 
     def parameter_hash(self) -> str:
@@ -435,11 +473,26 @@ class Learner:
             metrics["peak_memory_bytes"] = float(torch.cuda.max_memory_allocated())
             if self.release_memory:
                 torch.cuda.empty_cache()
+        self.record(metrics)
         return metrics, update
+
+    def record(self, metrics: dict[str, float]) -> None:
+        """This replica's update figures through Ray's metrics (docs/monitoring.md)."""
+        m = self.metrics
+        m.set("art_learner_update_seconds", metrics["learner_time_s"], "last update's seconds")
+        m.set("art_learner_grad_norm", metrics["grad_norm"], "mean pixel-gradient norm")
+        m.set("art_learner_version", self.version, "policy version after the update")
+        if "peak_memory_bytes" in metrics:  # on a GPU: the update's peak allocated bytes
+            m.set("art_learner_peak_memory_bytes", metrics["peak_memory_bytes"], "bytes")
+        else:  # on the CPU: the process's peak resident set
+            import resource
+
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+            m.set("art_learner_peak_memory_bytes", peak, "bytes")
 
     def minibatches(self, n: int) -> list[list[int]]:
         """A random split of the batch's sequences into `num_minibatches` parts."""
-        order = torch.randperm(n).tolist()
+        order = torch.randperm(n, generator=self.split_rng).tolist()
         parts = [order[i :: self.num_minibatches] for i in range(self.num_minibatches)]
         return [p for p in parts if p]
 
@@ -599,6 +652,7 @@ class Learner:
             **self.trained.state_dict(),  # theta_CHW, seed_uint8_HWC (and the LoRA adapter)
             "optimizer": to_cpu(self.optimizer.state_dict()),  # a snapshot, not views
             "torch_rng": torch.get_rng_state(),
+            "split_rng": self.split_rng.get_state(),
             **({"cuda_rng": torch.cuda.get_rng_state()} if self.on_cuda else {}),
             "consecutive_skips": self.consecutive_skips,
             "history": {v: [t.cpu() for t in h] for v, h in self.history.items()},
@@ -610,6 +664,8 @@ class Learner:
         self.optimizer.load_state_dict(state["optimizer"])  # moved to the parameters' device
         self.version = int(state["version"])
         torch.set_rng_state(state["torch_rng"])
+        if "split_rng" in state:
+            self.split_rng.set_state(state["split_rng"])
         if self.on_cuda and "cuda_rng" in state:
             torch.cuda.set_rng_state(state["cuda_rng"])
         self.consecutive_skips = int(state["consecutive_skips"])
@@ -618,6 +674,19 @@ class Learner:
             int(v): [t.to(device) for t in h] for v, h in state.get("history", {}).items()
         }
         return self.version
+
+
+def interface_of(address: str) -> str | None:
+    """The network interface that holds `address` (psutil comes with Ray), or None."""
+    try:
+        import psutil
+
+        for name, addresses in psutil.net_if_addrs().items():
+            if any(a.address == address for a in addresses):
+                return name
+    except Exception:
+        return None
+    return None
 
 
 def mean_finite(values: Sequence[float]) -> float:

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 
 from rollout_worker.engine import make_engine
+from rollout_worker.metrics import RayMetrics
 from shared.artifact import png_to_pil
 from shared.messages import (
     AdapterUpdate,
@@ -49,13 +51,30 @@ def _engine_errors_portable(method):
 
 class RolloutWorker:
     @_engine_errors_portable
-    def __init__(self, engine: str, model_path: str, worker_index: int = 0, **engine_options):
-        self.worker_index = worker_index
+    def __init__(
+        self,
+        engine: str,
+        model_path: str,
+        worker_index: int = 0,
+        run_id: str = "",
+        **engine_options,
+    ):
+        self.worker_index, self.engine_name, self.run_id = worker_index, engine, run_id
+        self.metrics = RayMetrics(run=run_id, worker=str(worker_index))
         self.engine = make_engine(engine, model_path, **engine_options)
         self.version: int | None = None
         self.image = None
         self.adapter_version: int | None = None
         self.served = {"requests": 0, "completions": 0, "tokens": 0}
+        # a process Ray restarted counts again from here: Prometheus reads it as a restart
+        self.metrics.inc("art_worker_engine_starts", 1, "engines this worker process started")
+
+    def __repr__(self) -> str:
+        """The Ray dashboard's Repr column. Ray takes it once, when the actor starts (checked
+        on Ray 2.60), so it names the role and engine; the image version served is the
+        metric art_worker_image_version (docs/monitoring.md)."""
+        index, engine = getattr(self, "worker_index", "?"), getattr(self, "engine_name", "?")
+        return f"rollout-worker-{index} ({engine} engine, run {getattr(self, 'run_id', '')})"
 
     def set_image(self, version: int, png: bytes) -> int:
         update = ImageUpdate(version=version, png=png)  # checks the PNG signature
@@ -72,6 +91,7 @@ class RolloutWorker:
                 "the bytes of a complete PNG file"
             ) from err
         self.image, self.version = image, version
+        self.metrics.set("art_worker_image_version", version, "image version this worker serves")
         return version
 
     @_engine_errors_portable
@@ -85,6 +105,7 @@ class RolloutWorker:
             )
         self.engine.set_adapter(update.version, update.config, update.weights)
         self.adapter_version = version
+        self.metrics.set("art_worker_adapter_version", version, "LoRA adapter version served")
         return version
 
     def clear_adapter(self) -> None:
@@ -104,10 +125,17 @@ class RolloutWorker:
         # under LoRA, else the image's.
         version = self.adapter_version if self.adapter_version is not None else self.version
         version = -1 if version is None else version
+        start = time.perf_counter()
         groups = self.engine.generate(requests, self.image, version, sampling)
+        seconds = time.perf_counter() - start
+        tokens = sum(len(c.token_ids) for g in groups for c in g)
         self.served["requests"] += len(requests)
         self.served["completions"] += sum(len(g) for g in groups)
-        self.served["tokens"] += sum(len(c.token_ids) for g in groups for c in g)
+        self.served["tokens"] += tokens
+        m = self.metrics
+        m.inc("art_worker_requests", len(requests), "requests (prompts) served")
+        m.inc("art_worker_completion_tokens", tokens, "completion tokens sampled")
+        m.set("art_worker_tokens_per_second", tokens / max(seconds, 1e-9), "last chunk's tok/s")
         return groups
 
     @_engine_errors_portable

@@ -428,8 +428,23 @@ def validate(cfg: Any) -> None:
             "(the HF engine runs on one device)",
         ),
         (
+            rollout.tensor_parallel_size == 1 or rollout.num_gpus_per_worker in (None, 1),
+            f"rollout.tensor_parallel_size={rollout.tensor_parallel_size} gives each worker that "
+            f"many whole GPUs: set rollout.num_gpus_per_worker=1 (not "
+            f"{rollout.num_gpus_per_worker})",
+        ),
+        (
             cfg.learner.num_replicas >= 1,
             f"learner.num_replicas={cfg.learner.num_replicas}: set >= 1",
+        ),
+        (
+            cfg.learner.num_replicas == 1
+            or cfg.model.device != "cuda"
+            or cfg.learner.num_gpus is None
+            or cfg.learner.num_gpus == 1,
+            f"learner.num_replicas={cfg.learner.num_replicas} on cuda: each replica needs a GPU "
+            f"of its own (NCCL refuses two ranks on one device): set learner.num_gpus=1 (not "
+            f"{cfg.learner.num_gpus})",
         ),
         (
             cfg.learner.num_replicas == 1 or not cfg.cluster.single_gpu,

@@ -90,6 +90,7 @@ def two_node_cluster(
     object_store_bytes: int = 300_000_000,
     dashboard: bool = True,
     start_worker: bool = True,
+    metrics_port: int | None = None,
 ) -> Iterator[dict]:
     """Yields {"gcs", "dashboard", "env", "nodes", "start_worker"}; `env` is what a process
     joining it needs. With `start_worker=False` only the head runs until `start_worker()` is
@@ -118,6 +119,7 @@ def two_node_cluster(
         f"--include-dashboard={'true' if dashboard else 'false'}",
         f"--temp-dir={temp_dir}",
         f"--resources={json.dumps(head_resources)}",
+        *([f"--metrics-export-port={metrics_port}"] if metrics_port else []),
         *common,
     ]
     # Its own temp dir: two nodes on one machine must not share runtime-env folders, or the

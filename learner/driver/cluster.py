@@ -245,13 +245,15 @@ def wait_until_started(ray, actors: dict[str, object], timeout_s: float, optiona
     )
 
 
-def create_learners(cfg, ray, model_path: str) -> list:
+def create_learners(cfg, ray, model_path: str, run_id: str = "") -> list:
     """`learner.num_replicas` learner actors (data parallel: rank r of N)."""
     replicas = cfg.learner.num_replicas
-    return [create_learner(cfg, ray, model_path, rank, replicas) for rank in range(replicas)]
+    return [
+        create_learner(cfg, ray, model_path, rank, replicas, run_id) for rank in range(replicas)
+    ]
 
 
-def create_learner(cfg, ray, model_path: str, rank: int = 0, replicas: int = 1):
+def create_learner(cfg, ray, model_path: str, rank: int = 0, replicas: int = 1, run_id: str = ""):
     from learner.learner import Learner
 
     learner_cls = ray.remote(Learner)
@@ -261,7 +263,7 @@ def create_learner(cfg, ray, model_path: str, rank: int = 0, replicas: int = 1):
         num_gpus=learner_gpus(cfg),
         resources=dict(cfg.learner.resources) or None,
         runtime_env=None if learner_gpus(cfg) else {"env_vars": dict(NO_GPU)},
-    ).remote(**learner_kwargs(cfg, model_path, rank, replicas))
+    ).remote(**learner_kwargs(cfg, model_path, rank, replicas), run_id=run_id)
 
 
 def learner_kwargs(cfg, model_path: str, rank: int = 0, replicas: int = 1) -> dict:
@@ -351,7 +353,7 @@ def tensor_parallel_plan(cfg) -> dict | None:
     return {"bundles": [bundle], "strategy": "STRICT_PACK", "actor_num_gpus": gpus}
 
 
-def worker_factory(cfg, ray, model_path: str, lora_rank: int | None = None):
+def worker_factory(cfg, ray, model_path: str, lora_rank: int | None = None, run_id: str = ""):
     """`make(index) -> actor`: one RolloutWorker actor named rollout-worker-<index>, one
     engine (elastic runs start more later, learner/driver/scale.py)."""
     from hydra.utils import get_class
@@ -364,7 +366,6 @@ def worker_factory(cfg, ray, model_path: str, lora_rank: int | None = None):
     if runtime_env and "py_executable" in runtime_env:
         logger.info("rollout workers run in %s", runtime_env["py_executable"])
     tp = tensor_parallel_plan(cfg)
-    groups: dict = {}  # actor -> its placement group (tensor parallel)
 
     def make(index: int):
         placement = {"num_gpus": rollout.num_gpus_per_worker}
@@ -389,30 +390,49 @@ def worker_factory(cfg, ray, model_path: str, lora_rank: int | None = None):
             resources=(dict(rollout.resources) or None) if tp is None else None,  # in the bundles
             runtime_env=runtime_env,
             **placement,
-        ).remote(engine=rollout.engine, model_path=model_path, worker_index=index, **options)
+        ).remote(
+            engine=rollout.engine,
+            model_path=model_path,
+            worker_index=index,
+            run_id=run_id,
+            **options,
+        )
         if tp is not None:
-            groups[actor] = group
+            PLACEMENT_GROUPS[actor._actor_id.hex()] = group
         return actor
 
-    def release(actor) -> None:
-        """A stopped worker's GPUs back to the cluster (its placement group removed)."""
-        if actor in groups:
-            from ray.util.placement_group import remove_placement_group
-
-            remove_placement_group(groups.pop(actor))
-
-    make.release = release
     return make
 
 
-def create_workers(cfg, ray, model_path: str, lora_rank: int | None = None) -> list:
+# A tensor-parallel worker's placement group, by actor id (every factory of this driver).
+PLACEMENT_GROUPS: dict[str, object] = {}
+
+
+def stop_worker(ray, actor) -> None:
+    """Kill a worker for good and give its GPUs back (its placement group, if it has one)."""
+    ray.kill(actor, no_restart=True)
+    group = PLACEMENT_GROUPS.pop(actor._actor_id.hex(), None)
+    if group is not None:
+        from ray.util.placement_group import remove_placement_group
+
+        remove_placement_group(group)
+
+
+def create_workers(
+    cfg, ray, model_path: str, lora_rank: int | None = None, run_id: str = ""
+) -> list:
     """`rollout.num_workers` RolloutWorker actors named rollout-worker-<i>, each one engine."""
-    make = worker_factory(cfg, ray, model_path, lora_rank)
+    make = worker_factory(cfg, ray, model_path, lora_rank, run_id)
     return [make(i) for i in range(cfg.rollout.num_workers)]
 
 
 def create_actors(
-    cfg, ray, model_path: str, with_learner: bool = True, lora_rank: int | None = None
+    cfg,
+    ray,
+    model_path: str,
+    with_learner: bool = True,
+    lora_rank: int | None = None,
+    run_id: str = "",
 ):
     """Check placement, create the learner (optional; with `learner.num_replicas` > 1 a list
     of replicas) and the workers, and wait until the learners and `rollout.min_workers`
@@ -430,18 +450,20 @@ def create_actors(
     learners: list = []
     try:
         if cfg.cluster.single_gpu:  # vLLM first: it takes its share of the free memory
-            workers = create_workers(cfg, ray, model_path, lora_rank)
+            workers = create_workers(cfg, ray, model_path, lora_rank, run_id)
             actors.update({f"rollout-worker-{i}": w for i, w in enumerate(workers)})
             wait_until_started(ray, actors, timeout)
-            learners = create_learners(cfg, ray, model_path) if with_learner else []
+            learners = create_learners(cfg, ray, model_path, run_id) if with_learner else []
         else:
-            learners = create_learners(cfg, ray, model_path) if with_learner else []
-            workers = create_workers(cfg, ray, model_path, lora_rank)
+            learners = create_learners(cfg, ray, model_path, run_id) if with_learner else []
+            workers = create_workers(cfg, ray, model_path, lora_rank, run_id)
             actors.update({f"rollout-worker-{i}": w for i, w in enumerate(workers)})
         actors.update(zip(learner_names(len(learners)), learners, strict=True))
         wait_until_started(ray, actors, timeout, optional=len(workers) - need)
     except BaseException:
-        for actor in [*actors.values(), *learners]:  # leave nothing pending in the cluster
+        for name, actor in actors.items():  # leave nothing pending in the cluster
+            stop_worker(ray, actor) if name.startswith("rollout-worker") else ray.kill(actor)
+        for actor in learners:
             ray.kill(actor)
         raise
     if not with_learner:
@@ -449,13 +471,19 @@ def create_actors(
     return (learners[0] if len(learners) == 1 else learners), workers
 
 
-def start_actors(cfg, model_path: str, with_learner: bool = True, lora_rank: int | None = None):
+def start_actors(
+    cfg,
+    model_path: str,
+    with_learner: bool = True,
+    lora_rank: int | None = None,
+    run_id: str = "",
+):
     """Ray started or joined and every actor running: (ray, owns_ray, learner, workers). On a
     failure (placement refused, an actor that cannot start) a Ray instance this call started is
     shut down again."""
     ray, owns_ray = start_ray(cfg)
     try:
-        learner, workers = create_actors(cfg, ray, model_path, with_learner, lora_rank)
+        learner, workers = create_actors(cfg, ray, model_path, with_learner, lora_rank, run_id)
     except BaseException:
         if owns_ray:
             ray.shutdown()

@@ -160,7 +160,8 @@ class WorkerPool:
             self.workers = list(workers)
         else:
             refs = {w.__ray_ready__.remote(): w for w in workers}
-            ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=2.0)
+            ray.wait(list(refs), num_returns=started, timeout=restart_timeout_s)  # those are up
+            ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=1.0)
             self.workers = [refs[r] for r in refs if r in ready]
             self.pending = [(refs[r], r) for r in refs if r not in ready]
 
@@ -262,8 +263,7 @@ class WorkerPool:
             logger.info("rollout-worker-%d starting (%d asked for)", index, count)
         while len(self.workers) + len(self.pending) > count:
             actor = self.pending.pop()[0] if self.pending else self.workers.pop()
-            self.ray.kill(actor, no_restart=True)
-            getattr(self.factory, "release", lambda _: None)(actor)
+            self._stop(actor)
             logger.info("%s stopped (%d asked for)", self.name(actor), count)
 
     def admit(self) -> list[str]:
@@ -283,6 +283,7 @@ class WorkerPool:
                 self._bring_up_to_date(actor)
             except self._worker_died_errors() as err:
                 logger.warning("%s did not start: %s", self.name(actor), err)
+                self._stop(actor)
                 continue
             self.workers.append(actor)
             joined.append(self.name(actor))
@@ -308,9 +309,16 @@ class WorkerPool:
             self.ray.wait([ref for _, ref in self.pending], num_returns=1, timeout=5)
             self.admit()
 
+    def _stop(self, actor) -> None:
+        """Kill for good, and free a tensor-parallel worker's placement group."""
+        from learner.driver.cluster import stop_worker
+
+        stop_worker(self.ray, actor)
+
     def _drop(self, worker, err: BaseException) -> None:
         if worker in self.workers:
             self.workers.remove(worker)
+        self._stop(worker)  # a restart that comes after all would hold resources unused
         self.lost += 1
         logger.warning(
             "%s is gone for good (%s); %d workers serve on", self.name(worker), err, len(self)
@@ -407,6 +415,7 @@ class StepRollouts:
     rounds: int = 0
     completions: int = 0
     reward_errors: int = 0
+    num_workers: int = 0  # workers serving when the step's sampling began
 
 
 class RewardFunctionError(UserError):
@@ -449,7 +458,7 @@ def compute_rollouts(cfg, pool: WorkerPool, task, sampler, prompt_for, step: int
 
     algo = cfg.algo
     max_new = cfg.rollout.max_new_tokens or task.max_new_tokens
-    out = StepRollouts(step=step)
+    out = StepRollouts(step=step, num_workers=len(pool))
     while len(out.kept) < algo.prompts_per_step and out.rounds <= algo.max_extra_rounds:
         sampling = SamplingConfig(
             temperature=algo.temperature,

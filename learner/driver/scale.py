@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import shlex
 import subprocess
 import sys
 import time
 
+logger = logging.getLogger("art.scale")
 NAMESPACE = "art"
 PREFIX = "art-scale-"
 
@@ -31,10 +33,10 @@ class ScaleControl:
     """The Ray actor between `art-scale` and a run's driver (plain values only, so that a
     client with nothing but Ray can talk to it)."""
 
-    def __init__(self, run: str, workers: int, max_workers: int):
+    def __init__(self, run: str, workers: int, max_workers: int, serving: int, starting: int):
         self.run, self.max_workers = run, max_workers
         self.desired = workers
-        self.report_ = {"step": 0, "serving": 0, "starting": 0, "done": False}
+        self.report_ = {"step": 0, "serving": serving, "starting": starting, "done": False}
 
     def request(self, workers: int) -> dict:
         """Ask for `workers`; refused (`error`) outside [1, rollout.max_workers]."""
@@ -70,21 +72,44 @@ class Elastic:
     """The driver's side: the control actor, and the pool resized at each step boundary."""
 
     def __init__(self, ray, pool, run_name: str, workers: int, max_workers: int):
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        from shared.errors import UserError
+
         self.ray, self.pool = ray, pool
-        self.control = (
-            ray.remote(ScaleControl)
-            .options(name=control_name(run_name), namespace=NAMESPACE, num_cpus=0)
-            .remote(run_name, workers, max_workers)
-        )
-        self.control.report.remote(0, len(pool), len(pool.pending))
+        name = control_name(run_name)
+        try:
+            self.control = (
+                ray.remote(ScaleControl)
+                .options(
+                    name=name,
+                    namespace=NAMESPACE,
+                    num_cpus=0,
+                    # beside the driver: a node the autoscaler removes must not take it along
+                    scheduling_strategy=NodeAffinitySchedulingStrategy(
+                        ray.get_runtime_context().get_node_id(), soft=True
+                    ),
+                )
+                .remote(run_name, workers, max_workers, len(pool), len(pool.pending))
+            )
+        except ValueError as err:  # the name is taken: that run is still up
+            raise UserError(
+                f"a run named {run_name} is still running on this cluster (its scale control "
+                f"{name} exists); stop it (`ray job stop`) or wait until it ended"
+            ) from err
 
     def at_boundary(self, step: int, done: bool = False) -> None:
         """Between steps (no chunk out): resize to the wanted count, admit the workers that
-        are up, tell `art-scale` where the run is."""
-        wanted = self.ray.get(self.control.wanted.remote())
-        self.pool.resize(wanted)
-        self.pool.admit()
-        self.control.report.remote(step, len(self.pool), len(self.pool.pending), done)
+        are up, tell `art-scale` where the run is. A problem here never stops training: the
+        pool stays as it is and the next boundary tries again."""
+        try:
+            if not done:
+                wanted = self.ray.get(self.control.wanted.remote(), timeout=30)
+                self.pool.resize(wanted)
+                self.pool.admit()
+            self.control.report.remote(step, len(self.pool), len(self.pool.pending), done)
+        except Exception as err:  # the control actor lost, a placement group refused, ...
+            logger.warning("step %d: the worker count stays %d (%r)", step, len(self.pool), err)
 
     def actor(self):
         return self.control
@@ -108,11 +133,11 @@ while True:
     if len(chosen) == 1 or (not run and len(found) > 1) or time.time() > deadline:
         break
     time.sleep(1)
-if workers < 0:
-    out = [ray.get(ray.get_actor(n, namespace="art").status.remote()) for n in found]
+if workers < 0 and (chosen or not run):
+    out = [ray.get(ray.get_actor(n, namespace="art").status.remote()) for n in chosen]
     print("ART-SCALE " + json.dumps({"runs": out}))
     sys.exit(0)
-if len(chosen) != 1:
+if len(chosen) != 1 or workers < 0:
     runs = [n[len("art-scale-"):] for n in found]
     why = ("no running ART run found" if not runs else
            f"several runs are running ({runs}): pick one with --run" if not run else
@@ -139,13 +164,13 @@ print("ART-SCALE " + json.dumps(status))
 
 def run_client(address: str, python: str, run: str, workers: int, wait_s: float) -> dict:
     """CLIENT on the cluster: as a Ray job for a dashboard address (http://...), else here."""
+    from learner.driver.submit import TERMINAL, submit_with_retry, use_token_if_available
+
+    use_token_if_available()  # Ray 2.60 heads ask for the token, jobs and GCS alike
     argv = [run, str(workers), str(wait_s)]
     if "://" in address and not address.startswith("ray://"):
         from ray.job_submission import JobSubmissionClient
 
-        from learner.driver.submit import TERMINAL, submit_with_retry, use_token_if_available
-
-        use_token_if_available()
         client = JobSubmissionClient(address)
         job = submit_with_retry(
             client,

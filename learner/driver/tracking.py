@@ -237,3 +237,32 @@ def mean(xs: Sequence[float]) -> float:
 def std(xs: Sequence[float]) -> float:
     mu = mean(xs)
     return (sum((x - mu) ** 2 for x in xs) / len(xs)) ** 0.5 if xs else float("nan")
+
+
+# The driver's figures through Ray's metrics (learner/metrics.py; docs/monitoring.md): Ray
+# metric name -> (key of the step's metrics, description).
+STEP_GAUGES = {
+    "art_reward_mean": ("reward_mean", "first-round reward mean of the step"),
+    "art_accuracy": ("accuracy", "first-round strict accuracy of the step"),
+    "art_kept_group_frac": ("kept_group_frac", "fraction of groups dynamic sampling kept"),
+    "art_generation_rounds": ("generation_rounds", "sampling rounds of the step"),
+    "art_worker_restarts": ("worker_restarts", "rollout worker restarts in the run"),
+    "art_skipped_updates": ("skipped_updates", "optimizer steps refused (NaN/inf) this step"),
+    "art_mismatch_abs_mean": ("mismatch_abs_mean", "mean |rollout - learner| token log-prob"),
+    "art_stale_completion_frac": ("stale_completion_frac", "completions of an older image"),
+    "art_sync_bytes": ("sync_bytes", "bytes of the last broadcast policy"),
+    "art_num_workers": ("num_workers", "rollout workers that sampled the step"),
+}
+PHASE_KEYS = {"rollout": "time_rollout_s", "update": "time_update_s"}
+PHASE_KEYS |= {"broadcast": "time_broadcast_s", "step": "time_step_s"}
+
+
+def export_step(ray_metrics, step: int, metrics: dict, workers_lost: int = 0) -> None:
+    """A step's figures as Ray metrics (gauges tagged with the run; phases by `phase`)."""
+    ray_metrics.set("art_step", step, "last completed step")
+    for name, (key, description) in STEP_GAUGES.items():
+        if key in metrics:
+            ray_metrics.set(name, metrics[key], description)
+    for phase, key in PHASE_KEYS.items():
+        ray_metrics.set("art_phase_seconds", metrics[key], "seconds per phase", phase=phase)
+    ray_metrics.set("art_workers_lost", workers_lost, "rollout workers gone for good")

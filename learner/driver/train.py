@@ -60,9 +60,11 @@ from learner.driver.tracking import (
     check_tracking_uri,
     compute_step_metrics,
     ensure_writable,
+    export_step,
     mean,
     setup_mlflow,
 )
+from learner.metrics import RayMetrics
 from learner.models import resolve_model_path
 from shared.config import validate
 from shared.errors import RunStoppedError, UserError
@@ -111,6 +113,7 @@ class Run:
     mlflow: object
     state: DriverState
     elastic: object = None  # learner/driver/scale.py: the worker count between steps
+    ray_metrics: object = None  # learner/metrics.py: the step's figures for the dashboard
     last_good: tuple | None = None  # (ImageUpdate, learner state, DriverState) of the last step
     ahead: object | None = None  # the next step's rollouts, sampled during the update
 
@@ -178,38 +181,45 @@ def train(cfg: DictConfig) -> dict:
     """Run ART end to end; returns the summary written to `summary.json`."""
     wall_start = time.perf_counter()
     plan = prepare(cfg)
-    ray, owns_ray, learner, workers = start_actors(cfg, plan.model_path)  # placement checked
+    run_id = plan.run_dir.name  # tags every Ray metric of the run
+    ray, owns_ray, learner, workers = start_actors(cfg, plan.model_path, run_id=run_id)
     replicas = learner if isinstance(learner, list) else [learner]
     outputs = RunOutputs(plan.run_dir, with_image=uses_image(cfg))  # the run's first file
     outputs.config(cfg)
-    pool = WorkerPool(
-        ray,
-        workers,
-        max_attempts=cfg.rollout.max_restarts + 1,
-        factory=worker_factory(cfg, ray, plan.model_path),
-        started=cfg.rollout.min_workers,
-    )
-    from learner.driver.scale import Elastic
-
-    elastic = Elastic(
-        ray, pool, plan.run_dir.name, cfg.rollout.num_workers,
-        cfg.rollout.max_workers or cfg.rollout.num_workers,
-    )  # fmt: skip
-    actors = lambda: [*replicas, *pool.actors(), elastic.control]  # noqa: E731
-    where = placement(ray, replicas, pool.workers, pool.names)
-    logger.info("run folder %s; actors placed on nodes: %s", plan.run_dir, where)
-    if pool.pending:
-        logger.info("%d rollout workers still starting: they join when up", len(pool.pending))
     mlflow, mlflow_run = setup_mlflow(cfg, plan.run_dir.name, plan.driver_state.mlflow_run_id)
     outputs.mlflow = mlflow
     sampler = PromptSampler(plan.train_examples, seed=cfg.seed)
     state = plan.driver_state
     state.mlflow_run_id = mlflow_run.info.run_id
+    made: dict = {}  # the pool and the scale control, once made: killed at the end either way
+
+    def actors() -> list:
+        pool_actors = made["pool"].actors() if "pool" in made else workers
+        return [*replicas, *pool_actors, *made.get("control", [])]
+
     with run_scope(ray, owns_ray, actors, mlflow):
+        from learner.driver.scale import Elastic
+
+        pool = made["pool"] = WorkerPool(
+            ray,
+            workers,
+            max_attempts=cfg.rollout.max_restarts + 1,
+            factory=worker_factory(cfg, ray, plan.model_path, run_id=run_id),
+            started=cfg.rollout.min_workers,
+        )
+        elastic = Elastic(
+            ray, pool, plan.run_dir.name, cfg.rollout.num_workers,
+            cfg.rollout.max_workers or cfg.rollout.num_workers,
+        )  # fmt: skip
+        made["control"] = [elastic.control]
+        where = placement(ray, replicas, pool.workers, pool.names)
+        logger.info("run folder %s; actors placed on nodes: %s", plan.run_dir, where)
+        if pool.pending:
+            logger.info("%d rollout workers still starting: they join when up", len(pool.pending))
         learners = LearnerGroup(ray, replicas)  # with N > 1: the replicas' process group
         run = Run(
             cfg, ray, learners, pool, plan.task, sampler, plan.prompt_for, plan.held_out,
-            outputs, mlflow, state, elastic,
+            outputs, mlflow, state, elastic, RayMetrics(run=run_id),
         )  # fmt: skip
         if plan.checkpoint is not None:
             learners.load_state_dict(plan.learner_state)
@@ -278,7 +288,6 @@ def train_loop(run: Run):
     try:
         for step in range(state.step + 1, cfg.steps + 1):
             t0 = time.perf_counter()  # 1-3. sample, score, filter
-            serving = len(run.pool)  # the workers that sample this step (more may join after)
             rollouts = run.ahead or rollouts_for(run, step - 1)
             run.ahead = None
             if cfg.algo.max_staleness and step < cfg.steps:  # overlap: sample step + 1 now
@@ -303,11 +312,12 @@ def train_loop(run: Run):
             metrics.update(
                 worker_restarts=float(run.pool.restarts),
                 sync_bytes=float(run.pool.sync_bytes),
-                num_workers=float(serving),
+                num_workers=float(rollouts.num_workers),  # serving when it was sampled
             )
             state.step, state.loop_wall_s = step, time.perf_counter() - loop_start
             state.record(metrics, HISTORY_KEYS + PHASES)
             run.mlflow.log_metrics(metrics, step=step)
+            export_step(run.ray_metrics, step, metrics, run.pool.lost)
             progress.report(step, metrics)
             check_skips(metrics, cfg.learner.max_consecutive_skips, step)
             last = step == cfg.steps
@@ -423,6 +433,8 @@ def periodic_eval(run: Run, update, step: int) -> None:
     )
     keys = ("accuracy", "format_rate", "mean_completion_tokens")
     run.mlflow.log_metrics({f"eval/{k}": metrics[k] for k in keys}, step=step)
+    if run.ray_metrics is not None:
+        run.ray_metrics.set("art_val_accuracy", metrics["accuracy"], "validation accuracy")
     logger.info(
         "step %d validation accuracy %.3f (format %.3f)",
         step,

@@ -117,3 +117,39 @@ def test_two_replicas_train_the_same_image_and_resume_with_one(ray_local, make_c
     assert np.abs(c - b).max() <= 1
     saved = torch.load(checkpoint, weights_only=True)["learner"]
     assert saved["version"] >= 1 and "rank" not in saved  # nothing of a replica's own
+
+
+def test_replicas_split_minibatches_alike_whatever_lora_dropout_draws(
+    ray_local, tiny_model_path, make_cfg
+):
+    """LoRA dropout draws from torch's default generator, a different number of times on each
+    replica (their shares differ): the minibatch split has its own generator, so the replicas
+    still split every later batch the same way."""
+    cfg = make_cfg(
+        "method=lora", "method.with_image=true", "method.lora.dropout=0.1", "algo.num_minibatches=2",
+        "learner.num_replicas=2", "learner.num_cpus=0.25",
+    )  # fmt: skip
+    validate(cfg)
+    local = Learner(**learner_kwargs(cfg, tiny_model_path))
+    groups = _uneven_groups(local)
+    group = LearnerGroup(ray_local, create_learners(cfg, ray_local, tiny_model_path))
+    try:
+        for step in range(2):
+            fresh = [
+                dataclasses.replace(
+                    g,
+                    completions=tuple(
+                        dataclasses.replace(c, image_version=step) for c in g.completions
+                    ),
+                )
+                for g in groups
+            ]
+            metrics, update = group.update(fresh)
+            assert update.version == step + 1
+            splits = group._all("minibatches", 12)
+            assert splits[0] == splits[1]
+        hashes = group._all("parameter_hash")
+        assert hashes[0] == hashes[1]
+    finally:
+        for actor in group.replicas:
+            ray_local.kill(actor)

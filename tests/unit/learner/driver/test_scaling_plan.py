@@ -82,6 +82,14 @@ def test_replicas_each_ask_for_the_learners_resources():
         (["rollout.min_workers=0"], "min_workers=0 must be in"),
         (["learner.num_replicas=0"], "num_replicas=0"),
         (["cluster=single_gpu", "learner.num_replicas=2"], "runs one learner"),
+        (
+            ["rollout=vllm", "rollout.tensor_parallel_size=2", "rollout.num_gpus_per_worker=0.5"],
+            "many whole GPUs: set rollout.num_gpus_per_worker=1",
+        ),
+        (
+            ["cluster=multi_gpu", "learner.num_replicas=2", "learner.num_gpus=0.5"],
+            "each replica needs a GPU of its own",
+        ),
     ],
 )
 def test_scaling_settings_are_checked(overrides, message):

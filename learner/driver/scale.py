@@ -38,6 +38,9 @@ class ScaleControl:
         self.desired = workers
         self.report_ = {"step": 0, "serving": serving, "starting": starting, "done": False}
 
+    def __repr__(self) -> str:
+        return f"art-scale control of run {self.run} (up to {self.max_workers} workers)"
+
     def request(self, workers: int) -> dict:
         """Ask for `workers`; refused (`error`) outside [1, rollout.max_workers]."""
         if not 1 <= int(workers) <= self.max_workers:

@@ -29,7 +29,7 @@ def _uneven_groups(learner):
     return out
 
 
-@pytest.mark.parametrize("replicas", [2, 3])
+@pytest.mark.parametrize("replicas", [2, pytest.param(3, marks=pytest.mark.slow)])
 def test_replicas_gradient_equals_one_learners(ray_local, tiny_model_path, make_cfg, replicas):
     """One sequence per pass on both sides, so that every forward has the same shapes: what is
     left is the split, the global token normalization and the all-reduce. (With larger passes

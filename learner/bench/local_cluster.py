@@ -109,6 +109,10 @@ def two_node_cluster(
         f"--num-cpus={num_cpus}",
         f"--object-store-memory={object_store_bytes}",
     ]
+    # The dashboard agent's HTTP port (what job submission talks to) is 52365 unless given:
+    # another Ray on this machine (a test session's in-process one) would hold it, and the
+    # node would come up without a job agent ("No available agent to submit job").
+    agent_ports = [f"--dashboard-agent-listen-port={free_port()}" for _ in range(2)]
     head = [
         str(BIN / "ray"),
         "start",
@@ -120,6 +124,7 @@ def two_node_cluster(
         f"--temp-dir={temp_dir}",
         f"--resources={json.dumps(head_resources)}",
         *([f"--metrics-export-port={metrics_port}"] if metrics_port else []),
+        agent_ports[0],
         *common,
     ]
     # Its own temp dir: two nodes on one machine must not share runtime-env folders, or the
@@ -130,6 +135,7 @@ def two_node_cluster(
         f"--address=127.0.0.1:{gcs_port}",
         f"--temp-dir={temp_dir}-w",
         f"--resources={json.dumps(worker_resources)}",
+        agent_ports[1],
         *common,
     ]
 

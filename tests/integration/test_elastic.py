@@ -71,8 +71,9 @@ def test_the_pool_grows_and_shrinks_between_steps(ray_local, tiny_model_path, ma
             pool.admit()
             time.sleep(0.5)
         assert len(pool) == 3 and not pool.pending
-        names = [pool.name(w) for w in pool.workers]
-        assert names == ["rollout-worker-0", "rollout-worker-1", "rollout-worker-2"]
+        names = [pool.name(w) for w in pool.workers]  # joiners in the order they came up
+        assert names[0] == "rollout-worker-0"
+        assert sorted(names) == ["rollout-worker-0", "rollout-worker-1", "rollout-worker-2"]
         versions = ray.get([w.__ray_call__.remote(lambda self: self.version) for w in pool.workers])
         assert versions == [4, 4, 4]  # the joiners got the current image
         assert _as_tuples(pool.generate(requests, sampling)) == reference

@@ -60,7 +60,11 @@ def test_the_placement_check_counts_k_gpus_per_worker_on_one_node():
 def test_tensor_parallel_needs_vllm_and_gpus():
     with pytest.raises(ConfigError, match="needs rollout=vllm"):
         _cfg("rollout.tensor_parallel_size=2")
-    cfg = _cfg("rollout=vllm", "rollout.tensor_parallel_size=2", "rollout.num_gpus_per_worker=0")
+    with pytest.raises(ConfigError, match="many whole GPUs"):
+        _cfg("rollout=vllm", "rollout.tensor_parallel_size=2", "rollout.num_gpus_per_worker=0")
+    # null GPUs per worker resolved to 0 on a cluster without GPUs: the plan refuses
+    cfg = _cfg("rollout=vllm", "rollout.tensor_parallel_size=2")
+    cfg.rollout.num_gpus_per_worker = 0
     with pytest.raises(UserError, match="the workers have none"):
         tensor_parallel_plan(cfg)
     assert tensor_parallel_plan(_cfg("cluster=multi_gpu")) is None

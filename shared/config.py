@@ -35,16 +35,39 @@ class ModelConfig:
 
 @dataclass
 class TaskConfig:
-    # Task name understood by shared.tasks.load_task.
+    # A task name (shared.tasks.TASKS: synthetic, gsm8k, ..., custom, reasoning_gym), or the
+    # import path of a Task class of your own: module:Class or path/to/file.py:Class.
     name: str = "synthetic"
     # Keyword options passed to the task's constructor (data_dir, target, ...).
     options: dict[str, Any] = field(default_factory=dict)
     # Dataset split that training prompts are drawn from.
     split: str = "train"
-    # Optional system prompt placed before the user turn.
+    # Optional system prompt placed before the user turn (null: the task's own, if it has one).
     system_prompt: str | None = None
     # Render prompts with thinking enabled (Qwen3.5 chat template flag); ART disables it.
     enable_thinking: bool = False
+    # Reward functions by import path (module:function or path/to/file.py:function), TRL's or
+    # verl's shape (docs/tasks.md); the reward is their weighted sum. Empty: the task's own.
+    rewards: list[str] = field(default_factory=list)
+    # One weight per reward function (null: 1.0 each), as TRL's reward_weights.
+    reward_weights: list[float] | None = None
+    # [min, max] of every reward function's value (the task's own reward included); a value
+    # outside is counted as a failure.
+    reward_range: list[float] = field(default_factory=lambda: [0.0, 1.0])
+    # Per-function ranges by the function's name, e.g. {format: [-1, 1]} (others: reward_range).
+    reward_ranges: dict[str, list[float]] = field(default_factory=dict)
+    # The strict score (accuracy, dynamic sampling, evaluation) by import path, returning 0 or
+    # 1; null: 1 when the weighted reward reaches its maximum (the task's own score without
+    # task.rewards).
+    score: str | None = None
+    # What a reward function's value becomes for a completion it failed on (raised, timed out,
+    # NaN/inf, a wrong type, out of range); null: the minimum of its range.
+    reward_fallback: float | None = None
+    # Seconds one call of a user reward function may take; its process is then killed and
+    # replaced, and the call counts as a failure.
+    reward_timeout_s: float = 30.0
+    # Processes that run user reward functions (0: the driver's own process, no timeout).
+    reward_processes: int = 2
 
 
 @dataclass
@@ -506,6 +529,7 @@ def validate(cfg: Any) -> None:
             cfg.eval.limit is None or cfg.eval.limit >= 1,
             "eval.limit must be >= 1 (null: the whole split)",
         ),
+        *task_rules(cfg.task),
     ]
     if rollout.max_new_tokens is not None:
         rules.append((rollout.max_new_tokens >= 1, "rollout.max_new_tokens must be >= 1"))
@@ -524,6 +548,32 @@ def validate(cfg: Any) -> None:
     errors = [msg for ok, msg in rules if not ok]
     if errors:
         raise ConfigError("invalid config: " + "; ".join(errors))
+
+
+def task_rules(task: Any) -> list[tuple[bool, str]]:
+    """The task section's own rules (rewards by import path: docs/tasks.md)."""
+    if task.name == "class":  # conf/task/class.yaml, without the class
+        return [(False, "task=class needs task.name=<module:Class or path/to/file.py:Class>")]
+    rewards, weights, span = list(task.rewards or []), task.reward_weights, task.reward_range
+    rules = [
+        (
+            weights is None or len(weights) == len(rewards),
+            f"task.reward_weights has {len(weights or [])} weights for {len(rewards)} "
+            "task.rewards: give one per function (or null: 1.0 each)",
+        ),
+        (task.reward_timeout_s > 0, "task.reward_timeout_s must be > 0"),
+        (task.reward_processes >= 0, "task.reward_processes must be >= 0 (0: in the driver)"),
+    ]
+    for key, pair in [("task.reward_range", span)] + [
+        (f"task.reward_ranges.{k}", v) for k, v in (task.reward_ranges or {}).items()
+    ]:
+        rules.append(
+            (
+                pair is not None and len(pair) == 2 and pair[0] < pair[1],
+                f"{key}={list(pair) if pair is not None else None}: give [min, max] with min < max",
+            )
+        )
+    return rules
 
 
 def learner_gpus(cfg: Any) -> float:

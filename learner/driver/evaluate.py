@@ -60,32 +60,43 @@ def evaluate_condition(
     pool, task, examples, prompt_for, with_image, sampling, label: str = ""
 ) -> dict:
     """Greedy completions for every example on the workers' current image (or none), in
-    batches with a progress line each."""
+    batches with a progress line each. `task`: the run's Scorer (the strict score of
+    `task.score` or of the reward functions), or a plain task scored by its own methods."""
+    from shared.tasks.scoring import as_scorer
+
+    scorer = as_scorer(task)
     requests = eval_requests(examples, prompt_for, with_image)
     batch = max(len(pool.workers) * 32, 1)
-    start, completions = time.perf_counter(), []
+    start, completions, accuracies, failures = time.perf_counter(), [], [], 0
     for first in range(0, len(requests), batch):
         groups = pool.generate(requests[first : first + batch], sampling)
-        completions.extend(g[0] for g in groups)
+        chunk = [g[0] for g in groups]
+        scores = scorer.score(
+            examples[first : first + len(chunk)],
+            [c.text for c in chunk],
+            [c.token_ids for c in chunk],
+            group_size=16,
+        )
+        completions.extend(chunk)
+        accuracies.extend(scores.accuracies)
+        failures += sum(scores.failed)
         if len(requests) > batch:
             done = len(completions)
-            correct = sum(
-                task.score(ex, c.text) for ex, c in zip(examples[:done], completions, strict=True)
-            )
             logger.info(
                 "%s%d/%d examples, accuracy so far %.3f",
                 f"{label}: " if label else "",
                 done,
                 len(requests),
-                correct / done,
+                sum(accuracies) / done,
             )
     elapsed = time.perf_counter() - start
     pairs = list(zip(examples, completions, strict=True))
     tokens = sum(len(c.token_ids) for c in completions)
     n = len(examples)
     return {
-        "accuracy": sum(task.score(ex, c.text) for ex, c in pairs) / n,
-        "format_rate": sum(task.format_ok(ex, c.text) for ex, c in pairs) / n,
+        "accuracy": sum(accuracies) / n,
+        "format_rate": sum(scorer.task.format_ok(ex, c.text) for ex, c in pairs) / n,
+        "reward_failures": failures,
         "n": n,
         "mean_completion_tokens": tokens / n,
         "tokens_per_s": tokens / elapsed if elapsed > 0 else float("nan"),
@@ -191,10 +202,9 @@ def evaluate(cfg: DictConfig) -> dict:
             cfg.rollout.num_gpus_per_worker = 1
     run_dir = Path(cfg.run_dir)
     ensure_writable(run_dir)
-    from shared.tasks import load_task
+    from shared.tasks.scoring import open_task
 
-    task = load_task(cfg.task.name, **cfg.task.options)
-    examples = task.examples(cfg.eval.split, cfg.eval.limit)
+    task, examples, scorer = open_task(cfg.task, cfg.eval.split, cfg.eval.limit)
     if not examples:
         raise UserError(
             f"task {cfg.task.name} has no examples in split {cfg.eval.split!r}; check eval.split"
@@ -223,7 +233,7 @@ def evaluate(cfg: DictConfig) -> dict:
                 )
             logger.info("evaluating condition %s on %d examples", condition, len(examples))
             metrics = evaluate_condition(
-                pool, task, examples, prompt_for, policy.image is not None, sampling, condition
+                pool, scorer, examples, prompt_for, policy.image is not None, sampling, condition
             )
             metrics.update(
                 model=cfg.model.name,
@@ -244,6 +254,7 @@ def evaluate(cfg: DictConfig) -> dict:
                 }
             )
         outputs.write("eval.json", json.dumps(results, indent=2).encode(), log=True)
+    scorer.close()
     print(format_table(results))
     return results
 

@@ -414,37 +414,70 @@ class StepRollouts:
     groups_seen: int = 0
     rounds: int = 0
     completions: int = 0
-    reward_errors: int = 0
+    reward_errors: int = 0  # completions on which a reward (or the strict score) failed
     num_workers: int = 0  # workers serving when the step's sampling began
+    # Each reward function's values in the first round (without the ones it skipped or
+    # failed on), verl's extra dict keys ("<name>/<key>"), and its failures in every round.
+    reward_fn_values: dict[str, list[float]] = field(default_factory=dict)
+    reward_fn_failures: dict[str, int] = field(default_factory=dict)
+    score_s: float = 0.0  # time spent scoring
+
+    def reward_metrics(self) -> dict[str, float]:
+        """`rewards/<name>/mean`, `/std` (first round) and `/failures` (the step) per reward
+        function, as TRL logs them."""
+        out = {}
+        for name, values in self.reward_fn_values.items():
+            out[f"rewards/{name}/mean"] = _mean(values)
+            if "/" not in name:  # a function's own values, not one of verl's extra keys
+                out[f"rewards/{name}/std"] = _std(values)
+                out[f"rewards/{name}/failures"] = float(self.reward_fn_failures.get(name, 0))
+        return out
+
+
+def _mean(xs) -> float:
+    return sum(xs) / len(xs) if xs else float("nan")
+
+
+def _std(xs) -> float:
+    mu = _mean(xs)
+    return (sum((x - mu) ** 2 for x in xs) / len(xs)) ** 0.5 if xs else float("nan")
 
 
 class RewardFunctionError(UserError):
     """The task's score or reward failed on too many completions of a step."""
 
 
-def score_groups(task, examples, requests, groups, max_new: int, overlong_buffer: int):
-    """Task reward plus DAPO's overlong shaping, and the strict accuracy, per completion.
+def score_groups(
+    scorer, examples, requests, groups, max_new: int, overlong_buffer: int, step: int = 0
+):
+    """Rewards (the task's, or the reward functions' weighted sum) plus DAPO's overlong
+    shaping, and the strict accuracy, per completion (`shared/tasks/scoring.py`).
 
-    A score or reward that raises (or is not a finite number) gives that completion reward 0
-    and accuracy 0; the error is logged with the example id. Returns (groups, errors)."""
+    A reward that fails on a completion (raises, times out, is no finite number in its range)
+    gives that completion its fallback and accuracy 0; the failure is logged with the example
+    id. Returns (groups, Scores)."""
     from learner.dapo import overlong_penalty
+    from shared.tasks.scoring import as_scorer
 
-    scored, errors = [], 0
-    for ex, req, comps in zip(examples, requests, groups, strict=True):
-        acc, rew = [], []
-        for c in comps:
-            try:
-                a, r = float(task.score(ex, c.text)), float(task.reward(ex, c.text))
-                if not (math.isfinite(a) and math.isfinite(r)):
-                    raise ValueError(f"score {a}, reward {r} is not a finite number")
-            except Exception as err:  # a bug in a task's scoring must not end the run at once
-                errors += 1
-                logger.warning("task %s failed to score example %s: %r", task.name, ex.uid, err)
-                a, r = 0.0, 0.0
-            acc.append(a)
-            rew.append(r + overlong_penalty(len(c.token_ids), max_new, overlong_buffer))
+    scorer = as_scorer(scorer)
+    flat = [(ex, c) for ex, comps in zip(examples, groups, strict=True) for c in comps]
+    scores = scorer.score(
+        [ex for ex, _ in flat],
+        [c.text for _, c in flat],
+        [c.token_ids for _, c in flat],
+        step=step,
+        group_size=max((len(g) for g in groups), default=1),
+    )
+    scored, at = [], 0
+    for req, comps in zip(requests, groups, strict=True):
+        rew = [
+            scores.rewards[at + j] + overlong_penalty(len(c.token_ids), max_new, overlong_buffer)
+            for j, c in enumerate(comps)
+        ]
+        acc = scores.accuracies[at : at + len(comps)]
         scored.append(ScoredGroup(req.prompt, tuple(comps), tuple(rew), tuple(acc)))
-    return scored, errors
+        at += len(comps)
+    return scored, scores
 
 
 # More failed scorings than this fraction of a step's completions stops the run.
@@ -453,11 +486,15 @@ MAX_REWARD_ERROR_FRAC = 0.10
 
 def compute_rollouts(cfg, pool: WorkerPool, task, sampler, prompt_for, step: int) -> StepRollouts:
     """Sample, score and filter (dynamic sampling) until the batch is full or the extra
-    rounds are spent."""
-    from learner.dapo import keep_informative_groups
+    rounds are spent. `task`: the run's Scorer (or a plain task, scored by its own methods)."""
+    import time
 
+    from learner.dapo import keep_informative_groups
+    from shared.tasks.scoring import as_scorer
+
+    scorer = as_scorer(task)
     algo = cfg.algo
-    max_new = cfg.rollout.max_new_tokens or task.max_new_tokens
+    max_new = cfg.rollout.max_new_tokens or scorer.task.max_new_tokens
     out = StepRollouts(step=step, num_workers=len(pool))
     while len(out.kept) < algo.prompts_per_step and out.rounds <= algo.max_extra_rounds:
         sampling = SamplingConfig(
@@ -469,21 +506,31 @@ def compute_rollouts(cfg, pool: WorkerPool, task, sampler, prompt_for, step: int
         examples = sampler.take(algo.prompts_per_step)
         requests = rollout_requests(examples, prompt_for, algo.group_size, uses_image(cfg))
         groups = pool.generate(requests, sampling)
-        scored, errors = score_groups(
-            task, examples, requests, groups, max_new, algo.overlong_buffer
+        start = time.perf_counter()
+        scored, scores = score_groups(
+            scorer, examples, requests, groups, max_new, algo.overlong_buffer, step
         )
-        out.reward_errors += errors
+        out.score_s += time.perf_counter() - start
+        out.reward_errors += sum(scores.failed)
+        for name, count in scores.failures.items():
+            out.reward_fn_failures[name] = out.reward_fn_failures.get(name, 0) + count
         out.completions += sum(len(g) for g in groups)
         if out.reward_errors > MAX_REWARD_ERROR_FRAC * out.completions:
+            failing = ", ".join(f"{n} {k}" for n, k in sorted(out.reward_fn_failures.items()))
             raise RewardFunctionError(
-                f"task {task.name} failed to score {out.reward_errors} of {out.completions} "
-                f"completions in step {step + 1} (more than {MAX_REWARD_ERROR_FRAC:.0%}); the "
-                "log names the examples and errors; fix the task's score/reward"
+                f"rewards failed on {out.reward_errors} of {out.completions} completions in "
+                f"step {step + 1} (more than {MAX_REWARD_ERROR_FRAC:.0%}; failures: {failing}); "
+                "the log names the examples and errors: fix the reward (or the task's "
+                "score/reward), its range (task.reward_range) or task.reward_timeout_s"
             )
         out.lengths.extend(len(c.token_ids) for g in scored for c in g.completions)
         if out.rounds == 0:  # the unbiased estimate of the current policy's reward
             out.first_round_rewards = [r for g in scored for r in g.rewards]
             out.first_round_accuracies = [a for g in scored for a in g.accuracies]
+            out.reward_fn_values = {
+                name: [v for v in values if v is not None] for name, values in scores.values.items()
+            }
+            out.reward_fn_values.update(scores.extras)
         keep = keep_informative_groups(
             [g.accuracies for g in scored],
             [g.rewards for g in scored],

@@ -192,6 +192,8 @@ def compute_step_metrics(rollouts, learn_metrics: dict, times) -> dict[str, floa
         "time_update_s": t2 - t1,
         "time_broadcast_s": t3 - t2,
         "time_step_s": t3 - t0,
+        "time_score_s": rollouts.score_s,
+        **rollouts.reward_metrics(),  # rewards/<name>/mean|std|failures, per reward function
         **learn_metrics,
     }
 
@@ -266,3 +268,8 @@ def export_step(ray_metrics, step: int, metrics: dict, workers_lost: int = 0) ->
     for phase, key in PHASE_KEYS.items():
         ray_metrics.set("art_phase_seconds", metrics[key], "seconds per phase", phase=phase)
     ray_metrics.set("art_workers_lost", workers_lost, "rollout workers gone for good")
+    for key, value in metrics.items():  # rewards/<name>/mean|std: one series per function
+        parts = key.split("/")
+        if len(parts) == 3 and parts[0] == "rewards" and parts[2] in ("mean", "std"):
+            description = f"{parts[2]} of one reward function's values in the step's first round"
+            ray_metrics.set(f"art_reward_fn_{parts[2]}", value, description, fn=parts[1])

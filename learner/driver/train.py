@@ -88,6 +88,7 @@ class Plan:
 
     run_dir: Path
     task: object
+    scorer: object  # shared/tasks/scoring.py: the task's rewards and strict score
     train_examples: list
     held_out: list
     model_path: str
@@ -114,6 +115,7 @@ class Run:
     state: DriverState
     elastic: object = None  # learner/driver/scale.py: the worker count between steps
     ray_metrics: object = None  # learner/metrics.py: the step's figures for the dashboard
+    scorer: object = None  # shared/tasks/scoring.py: rewards and strict scores
     last_good: tuple | None = None  # (ImageUpdate, learner state, DriverState) of the last step
     ahead: object | None = None  # the next step's rollouts, sampled during the update
 
@@ -131,20 +133,20 @@ def prepare(cfg: DictConfig) -> Plan:
 
         logger.info("cluster=single_gpu: %s", apply_plan(cfg).describe())
     from shared.images import seed_image
-    from shared.tasks import load_task
+    from shared.tasks.scoring import open_task
 
     checkpoint = Path(cfg.resume_from) if cfg.resume_from else None
     run_dir = run_folder_of(checkpoint) if checkpoint else Path(cfg.run_dir)
     if checkpoint is None and cfg.resume == "auto":
         checkpoint = newest_checkpoint(run_dir)
-    task = load_task(cfg.task.name, **cfg.task.options)
+    task, train_examples, scorer = open_task(cfg.task, cfg.task.split)  # rewards checked
     max_new = cfg.rollout.max_new_tokens or task.max_new_tokens
     if cfg.algo.overlong_buffer >= max_new:
         raise UserError(
             f"algo.overlong_buffer={cfg.algo.overlong_buffer} must be < the completion limit "
             f"{max_new} (rollout.max_new_tokens, or the task's {task.max_new_tokens})"
         )
-    train_examples, held_out = task.examples(cfg.task.split), []
+    held_out = []
     if cfg.eval.every:
         train_examples, held_out = split_validation(train_examples, cfg.eval.val_size, cfg.seed)
     height, width = cfg.image.height, cfg.image.width
@@ -167,6 +169,7 @@ def prepare(cfg: DictConfig) -> Plan:
     return Plan(
         run_dir,
         task,
+        scorer,
         train_examples,
         held_out,
         model_path,
@@ -219,7 +222,7 @@ def train(cfg: DictConfig) -> dict:
         learners = LearnerGroup(ray, replicas)  # with N > 1: the replicas' process group
         run = Run(
             cfg, ray, learners, pool, plan.task, sampler, plan.prompt_for, plan.held_out,
-            outputs, mlflow, state, elastic, RayMetrics(run=run_id),
+            outputs, mlflow, state, elastic, RayMetrics(run=run_id), scorer=plan.scorer,
         )  # fmt: skip
         if plan.checkpoint is not None:
             learners.load_state_dict(plan.learner_state)
@@ -257,8 +260,10 @@ def train(cfg: DictConfig) -> dict:
             "placement": where,
             "model": cfg.model.name,
             "task": cfg.task.name,
+            "reward_functions": reward_summary(state.history, plan.scorer.names),
         }
         outputs.summary(summary)
+    plan.scorer.close()  # the reward processes (user functions), if any
     logger.info(
         "done: reward %.3f -> %.3f in %.1fs; %s",
         summary["reward_first5"],
@@ -315,7 +320,7 @@ def train_loop(run: Run):
                 num_workers=float(rollouts.num_workers),  # serving when it was sampled
             )
             state.step, state.loop_wall_s = step, time.perf_counter() - loop_start
-            state.record(metrics, HISTORY_KEYS + PHASES)
+            state.record(metrics, HISTORY_KEYS + PHASES + reward_keys(run))
             run.mlflow.log_metrics(metrics, step=step)
             export_step(run.ray_metrics, step, metrics, run.pool.lost)
             progress.report(step, metrics)
@@ -351,7 +356,28 @@ def train_loop(run: Run):
 
 
 def rollouts_for(run: Run, step: int):
-    return compute_rollouts(run.cfg, run.pool, run.task, run.sampler, run.prompt_for, step)
+    scorer = run.scorer or run.task
+    return compute_rollouts(run.cfg, run.pool, scorer, run.sampler, run.prompt_for, step)
+
+
+def reward_keys(run: Run) -> tuple[str, ...]:
+    """Each reward function's per-step figures kept in the checkpoint (summary.json)."""
+    names = run.scorer.names if run.scorer is not None else []
+    return tuple(f"rewards/{n}/{k}" for n in names for k in ("mean", "failures"))
+
+
+def reward_summary(history: dict, names: list[str]) -> dict:
+    """Per reward function: its mean over the first and last 5 steps, its failures."""
+    out = {}
+    for n in names:
+        values = history.get(f"rewards/{n}/mean", [])
+        failures = [f for f in history.get(f"rewards/{n}/failures", []) if f == f]
+        out[n] = {
+            "mean_first5": mean(values[:5]),
+            "mean_last5": mean(values[-5:]),
+            "failures": int(sum(failures)),
+        }
+    return out
 
 
 def short_error(err: BaseException) -> str:
@@ -429,7 +455,7 @@ def periodic_eval(run: Run, update, step: int) -> None:
     sampling = eval_sampling(run.cfg, run.task)
     with_image = uses_image(run.cfg)
     metrics = evaluate_condition(
-        run.pool, run.task, run.held_out, run.prompt_for, with_image, sampling
+        run.pool, run.scorer or run.task, run.held_out, run.prompt_for, with_image, sampling
     )
     keys = ("accuracy", "format_rate", "mean_completion_tokens")
     run.mlflow.log_metrics({f"eval/{k}": metrics[k] for k in keys}, step=step)

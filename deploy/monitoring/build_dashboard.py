@@ -27,6 +27,15 @@ PANELS = [
         ],
         12,
     ),
+    (
+        "Reward per function",
+        "none",
+        [
+            (f"ray_art_reward_fn_mean{{{RUN}}}", "{{fn}} mean"),
+            (f"ray_art_reward_fn_std{{{RUN}}}", "{{fn}} std"),
+        ],
+        12,
+    ),
     ("Step", "none", [(f"ray_art_step{{{RUN}}}", "step {{run}}")], 6),
     (
         "Kept groups, rounds",

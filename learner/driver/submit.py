@@ -37,8 +37,11 @@ EXCLUDES = [
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 
 
-def build_runtime_env(env_vars: dict[str, str]) -> dict:
-    return {"working_dir": str(REPO), "excludes": EXCLUDES, "env_vars": env_vars}
+def build_runtime_env(env_vars: dict[str, str], py_modules: list[str] | None = None) -> dict:
+    env = {"working_dir": str(REPO), "excludes": EXCLUDES, "env_vars": env_vars}
+    if py_modules:  # the user's task folders and modules (learner/driver/shipping.py)
+        env["py_modules"] = list(py_modules)
+    return env
 
 
 def use_token_if_available() -> None:
@@ -96,6 +99,12 @@ def main(argv: list[str] | None = None) -> int:
         metavar="KEY=VALUE",
         help="environment variable for the job (repeatable)",
     )
+    parser.add_argument(
+        "--no-ship",
+        action="store_true",
+        help="do not ship the task's files outside the repository (the cluster sees the same "
+        "paths, e.g. shared storage)",
+    )
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for art-train")
     args = parser.parse_args(argv)
 
@@ -104,13 +113,18 @@ def main(argv: list[str] | None = None) -> int:
 
     address = args.address if "://" in args.address else f"http://{args.address}"
     from learner.driver.cli import check_overrides, compose_config, rewrite_model_override
+    from learner.driver.shipping import Shipment, plan_shipment
     from shared.config import validate
     from shared.errors import UserError
+    from shared.tasks.scoring import check_task_config
 
     try:  # the job's config, checked here before any cluster is contacted
         overrides = rewrite_model_override(list(args.overrides))
         check_overrides(overrides)
-        validate(compose_config(*overrides))
+        cfg = compose_config(*overrides)
+        validate(cfg)
+        check_task_config(cfg.task)  # the task class, reward and score functions import
+        shipment = Shipment() if args.no_ship else plan_shipment(cfg.task)
     except UserError as err:
         print(f"art-submit: error: {err}", file=sys.stderr)
         return 2
@@ -120,7 +134,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from learner.driver.cluster import actor_env
 
-    env_vars = {**actor_env(), **dict(kv.split("=", 1) for kv in args.env)}
+    env_vars = {**actor_env(), **shipment.env(), **dict(kv.split("=", 1) for kv in args.env)}
+    for module in shipment.py_modules:
+        print(f"shipping:      {module} (task files, as Ray py_modules)")
     for key in ("MLFLOW_TRACKING_URI", "HF_TOKEN", "ART_VLLM_PYTHON"):
         if key in os.environ and key not in env_vars:
             env_vars[key] = os.environ[key]
@@ -131,12 +147,13 @@ def main(argv: list[str] | None = None) -> int:
         # cluster is this machine, or shares this path; images set ART_VLLM_PYTHON themselves)
         env_vars["ART_VLLM_PYTHON"] = str(VLLM_VENV_PYTHON)
         print(f"rollout workers' vLLM: {VLLM_VENV_PYTHON} (ART_VLLM_PYTHON)")
-    entrypoint = f"{args.python} -m learner.driver.train {shlex.join(args.overrides)}".strip()
+    job_overrides = shipment.rewrite(args.overrides)  # paths as they land on the cluster
+    entrypoint = f"{args.python} -m learner.driver.train {shlex.join(job_overrides)}".strip()
     client = JobSubmissionClient(address)
     job_id = submit_with_retry(
         client,
         entrypoint=entrypoint,
-        runtime_env=build_runtime_env(env_vars),
+        runtime_env=build_runtime_env(env_vars, shipment.py_modules),
         metadata={"project": "art", "overrides": " ".join(args.overrides)[:500]},
     )
     print(f"submitted job: {job_id}")

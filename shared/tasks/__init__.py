@@ -72,6 +72,12 @@ def load_task(name: str, **options) -> Task:
     """An instance of the task `name` (a registered name, or a class's import path) built with
     `options`; options the constructor does not take are refused in one line."""
     cls = load_task_class(name)
+    check_options(cls, name, options)
+    return cls(**options)
+
+
+def check_options(cls: type, name: str, options: dict) -> None:
+    """Refuse options the task's constructor does not take, naming those it does."""
     try:
         inspect.signature(cls).bind(**options)
     except TypeError as err:
@@ -84,7 +90,6 @@ def load_task(name: str, **options) -> Task:
         raise UserError(
             f"task {name}: task.options do not fit its constructor ({err}); it takes: {takes}"
         ) from err
-    return cls(**options)
 
 
 __all__ = [
@@ -93,6 +98,7 @@ __all__ = [
     "TASKS",
     "TASK_NAMES",
     "Task",
+    "check_options",
     "load_task",
     "load_task_class",
     "register_task",

@@ -12,6 +12,7 @@ the completion, without thinking, surrounding whitespace and a final period, equ
 
 from __future__ import annotations
 
+import logging
 import random
 import string
 from collections.abc import Mapping
@@ -24,6 +25,7 @@ from shared.tasks.entrypoints import resolve_path
 from shared.tasks.loading import load_hub_rows, load_local_rows, row_error
 
 SCALAR = (str, int, float, bool)
+logger = logging.getLogger("art.tasks")
 
 
 def field_value(row: Mapping, name: str) -> Any:
@@ -130,6 +132,7 @@ class CustomTask(Task):
                 seen[example.uid] = index
                 examples.append(example)
             self._cache[where] = examples
+            logger.info("task=custom: %d examples from %s", len(examples), source)
         return self._cache[where]
 
     def examples(self, split: str, limit: int | None = None) -> list[Example]:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.errors import DataAccessError, DataFileError, UserError
+from shared.tasks.entrypoints import resolve_path
 
 
 class DatasetRowError(UserError):
@@ -67,7 +68,7 @@ def load_local_rows(path: str | Path) -> list[dict]:
     """
     import datasets
 
-    path = Path(path)
+    path = resolve_path(path)
     if not path.exists():
         raise DataFileError(
             f"dataset file {path} does not exist; check task.options (data_dir, data_files)"
@@ -119,7 +120,7 @@ def build_examples(
 
 
 def find_file(data_dir: str | Path, candidates: Iterable[str]) -> Path:
-    data_dir = Path(data_dir)
+    data_dir = resolve_path(data_dir)
     if not data_dir.is_dir():
         raise DataFileError(
             f"data folder {data_dir} does not exist; set task.options.data_dir to the folder "

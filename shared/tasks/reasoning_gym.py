@@ -4,8 +4,9 @@ the optional extra `pip install -e ".[tasks]"`; its data is bundled, nothing is 
 `task.options.dataset=<name>` takes one generator (its options in `config`); `datasets={name:
 weight, ...}` mixes several as reasoning-gym's `composite` does (options per name in
 `configs`). Splits: `train` (`size` entries, seed `seed`), `validation` and `test`
-(`test_size` entries each, seeds `seed + 1` and `seed + 2`, minus any question that is also
-in `train`). The prompt is the entry's question under reasoning-gym's own system prompt
+(`test_size` entries each, seeds `seed + 10^9` and `seed + 2 * 10^9`: reasoning-gym seeds
+entry i with `seed + i`, so the splits share no entry seed), minus any question that is also
+in `train`. The prompt is the entry's question under reasoning-gym's own system prompt
 (`system_prompt`, a key of `reasoning_gym.utils.SYSTEM_PROMPTS`, "default": think, then
 `<answer>...</answer>`). The reward is the dataset's own `score_answer` of the `<answer>` text
 (partial credit in [0, 1] where the generator gives it); the strict score is 1 when that is 1.
@@ -20,7 +21,9 @@ from typing import Any
 from shared.errors import UserError
 from shared.tasks.base import Example, Task, strip_thinking
 
-SPLIT_SEEDS = {"train": 0, "validation": 1, "test": 2}
+# reasoning-gym seeds entry i with `seed + i`: the splits' seeds lie far apart so that their
+# entries never share a seed (and a question that repeats anyway is dropped from the others).
+SPLIT_SEEDS = {"train": 0, "validation": 1_000_000_000, "test": 2_000_000_000}
 INSTALL = 'pip install -e ".[tasks]" (or pip install reasoning-gym==0.1.25)'
 
 
@@ -91,7 +94,7 @@ class ReasoningGymTask(Task):
     def _make(self, split: str, size: int):
         seed = self.seed + SPLIT_SEEDS[split]
         try:
-            if len(self.weights) == 1 and not self._is_mix():
+            if not self._is_mix():
                 (name,) = self.weights
                 return self.rg.create_dataset(
                     name, size=size, seed=seed, **self.options.get(name, {})

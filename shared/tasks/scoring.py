@@ -493,3 +493,24 @@ def open_task(task_cfg, split: str, limit: int | None = None):
         else:
             task_cfg.system_prompt = task.system_prompt
     return task, examples, scorer
+
+
+def check_task_config(task_cfg) -> None:
+    """The task's entry points checked without loading its data (art-submit, before the job
+    is sent): the task class imports and takes the options, every reward and score function
+    imports and has a shape."""
+    from omegaconf import OmegaConf
+
+    from shared.tasks import check_options, load_task_class
+
+    options = task_cfg.options
+    options = (
+        OmegaConf.to_container(options, resolve=True)
+        if OmegaConf.is_config(options)
+        else dict(options or {})
+    )
+    check_options(load_task_class(task_cfg.name), task_cfg.name, options)
+    for spec in task_cfg.rewards or []:
+        load_function(spec, "task.rewards", None)
+    if task_cfg.score:
+        load_function(task_cfg.score, "task.score", None)

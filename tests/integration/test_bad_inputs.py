@@ -479,7 +479,8 @@ def test_a_reward_that_raises_scores_zero_and_too_many_stop_the_run(caplog):
         Completion(0, (1,), (-0.1,), "stop", text, 0, prompt_token_ids=(5,))
         for text in ("ok", "boom", "nan?", "ok")
     ]
-    groups, errors = score_groups(Flaky, examples, [RolloutRequest(0, prompt, 4)], [comps], 8, 0)
-    assert errors == 2 and groups[0].rewards == (1.0, 0.0, 0.0, 1.0)
-    assert "failed to score example synthetic-train-0" in caplog.text
+    groups, scores = score_groups(Flaky, examples, [RolloutRequest(0, prompt, 4)], [comps], 8, 0)
+    assert sum(scores.failed) == 2 and groups[0].rewards == (1.0, 0.0, 0.0, 1.0)
+    assert groups[0].accuracies == (1.0, 0.0, 0.0, 1.0)
+    assert "reward flaky failed on example synthetic-train-0: raised KeyError" in caplog.text
     assert MAX_REWARD_ERROR_FRAC == 0.10

@@ -21,6 +21,7 @@ DRIVER = [
     "art_generation_rounds", "art_phase_seconds", "art_worker_restarts",
     "art_skipped_updates", "art_mismatch_abs_mean", "art_stale_completion_frac",
     "art_sync_bytes", "art_num_workers", "art_workers_lost", "art_val_accuracy",
+    "art_reward_fn_mean", "art_reward_fn_std",
 ]  # fmt: skip
 LEARNER = [
     "art_learner_update_seconds", "art_learner_grad_norm", "art_learner_version",
@@ -113,6 +114,10 @@ def test_a_runs_metrics_and_actors_are_on_the_dashboard(monitored_cluster, tmp_p
     assert value(samples, "art_step") == [3.0]
     assert value(samples, "art_worker_restarts") == [0.0]
     assert value(samples, "art_reward_mean") == [pytest.approx(summary["rewards"][-1])]
+    # the task's own reward is its one reward function (no overlong shaping: the same mean)
+    assert value(samples, "art_reward_fn_mean", fn="synthetic") == [
+        pytest.approx(summary["rewards"][-1])
+    ]
     assert value(samples, "art_num_workers") == [2.0]
     versions = {t["worker"]: v for n, t, v in samples if n == "art_worker_image_version"}
     assert versions == {"0": summary["image_version"], "1": summary["image_version"]}

@@ -25,7 +25,7 @@ def test_the_dashboard_is_up_to_date_and_covers_every_metric():
     assert committed == build.dashboard(), "run python deploy/monitoring/build_dashboard.py"
     exprs = " ".join(t["expr"] for p in committed["panels"] for t in p["targets"])
     metrics = documented()
-    assert len(metrics) == 23
+    assert len(metrics) == 25
     missing = [m for m in sorted(metrics) if f"ray_{m}" not in exprs]
     assert not missing, missing
     ids = [p["id"] for p in committed["panels"]]

@@ -57,8 +57,13 @@ def compare(overrides: list[str], run_dir: Path, per_method: dict | None = None)
     from learner.driver.evaluate import evaluate
     from learner.driver.train import train
 
+    from shared.config import validate
+    from shared.tasks.scoring import open_task
+
     run_dir = Path(run_dir)
     base = compose_config(*overrides, run_dir=str(run_dir))
+    validate(base)  # the config, the task, its data and reward functions: before any output
+    open_task(base.task, base.task.split)[2].close()
     mlflow, parent = setup_mlflow(base, f"compare-{run_dir.name}")
     try:
         summaries = {}

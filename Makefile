@@ -10,11 +10,12 @@ VLLM_VENV ?= .venv-vllm
 
 install: $(VENV)/.installed
 
-# Idempotent: reinstalls only when pyproject.toml changes.
+# Idempotent: reinstalls only when pyproject.toml changes. The `tasks` extra (reasoning-gym)
+# builds pycosat from source: a C compiler and the Python headers must be there.
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install -e ".[dev]"
+	$(PY) -m pip install -e ".[dev,tasks]"
 	touch $@
 
 # vLLM's CPU build in its own environment (its torch/transformers pins differ from the

@@ -56,7 +56,6 @@ def compare(overrides: list[str], run_dir: Path, per_method: dict | None = None)
     four conditions, write the report."""
     from learner.driver.evaluate import evaluate
     from learner.driver.train import train
-
     from shared.config import validate
     from shared.tasks.scoring import open_task
 

@@ -79,7 +79,7 @@ HISTORY_KEYS = (
     "sync_bytes",
     "num_workers",
 )
-PHASES = ("time_rollout_s", "time_update_s", "time_broadcast_s", "time_step_s")
+PHASES = ("time_rollout_s", "time_update_s", "time_broadcast_s", "time_step_s", "time_score_s")
 
 
 @dataclass

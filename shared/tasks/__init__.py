@@ -51,7 +51,7 @@ def load_task_class(name: str) -> type:
     cls = load_entry(target, "task.name")
     if not isinstance(cls, type):
         raise EntryPointError(
-            f"task.name: {target} is a {type(cls).__name__}, not a class; give the import path "
+            f"task.name: {target} is {_a(type(cls).__name__)}, not a class; give the import path "
             "of a shared.tasks.base.Task subclass"
         )
     missing = [
@@ -66,6 +66,10 @@ def load_task_class(name: str) -> type:
             "score(example, completion)"
         )
     return cls
+
+
+def _a(noun: str) -> str:
+    return f"{'an' if noun[:1] in 'aeiou' else 'a'} {noun}"
 
 
 def load_task(name: str, **options) -> Task:

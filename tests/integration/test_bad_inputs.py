@@ -68,6 +68,36 @@ def _gsm8k(tmp: Path, rows) -> str:
     return f"task.options.data_dir={tmp / 'gsm8k'}"
 
 
+def _user_files(tmp: Path) -> Path:
+    """A task folder of the user's: rows, a reward module with good and bad functions."""
+    folder = tmp / "mine"
+    _jsonl(folder / "rows.jsonl", [{"question": "Letter?", "answer": "F", "topic": "t"}] * 4)
+    (folder / "rewards.py").write_text(
+        "def letter(completions, answer, **kwargs):\n    return [1.0] * len(completions)\n"
+        "def two(x, y):\n    return 1.0\n"
+        "def needs(completions, solution):\n    return [1.0] * len(completions)\n"
+    )
+    (folder / "broken.py").write_text("import numpyy\n")
+    (folder / "task.py").write_text(
+        "from shared.tasks.base import Task\n"
+        "class Mine(Task):\n"
+        "    def __init__(self, n: int = 1):\n        self.n = n\n"
+        "    def examples(self, split, limit=None):\n        return []\n"
+        "    def score(self, example, completion):\n        return 0.0\n"
+    )
+    return folder
+
+
+def _custom(tmp: Path, *extra: str) -> list[str]:
+    folder = _user_files(tmp)
+    return ["task=custom", f"task.options.data_files={folder}/rows.jsonl", *extra]
+
+
+def _rewards(tmp: Path, name: str, *extra: str) -> list[str]:
+    folder = _user_files(tmp)
+    return _custom(tmp, f"task.rewards=[{folder}/{name}]", *extra)
+
+
 # (id, program, args(tmp) -> list, env, expected text in the message)
 CASES = [
     (
@@ -145,7 +175,7 @@ CASES = [
         "art-train",
         lambda t: ["task=mmlu"],
         {},
-        "task=mmlu: no such option; task is one of: gpqa",
+        "task=mmlu: no such option; task is one of: class, custom, gpqa",
     ),
     (
         "unknown config key",
@@ -381,6 +411,115 @@ CASES = [
         lambda t: ["rollout.tensor_parallel_size=2"],
         {},
         "needs rollout=vllm",
+    ),
+    (
+        "reward module that does not import",
+        "art-train",
+        lambda t: _rewards(t, "broken.py:f"),
+        {},
+        "task.rewards: importing",
+    ),
+    (
+        "reward file that does not exist",
+        "art-train",
+        lambda t: _rewards(t, "nope.py:f"),
+        {},
+        "nope.py does not exist; check the path",
+    ),
+    (
+        "reward function the module lacks",
+        "art-train",
+        lambda t: _rewards(t, "rewards.py:letters"),
+        {},
+        "has no 'letters' (it has: letter, needs, two)",
+    ),
+    (
+        "reward with a signature of neither shape",
+        "art-train",
+        lambda t: _rewards(t, "rewards.py:two"),
+        {},
+        "two(x, y) fits neither reward shape: TRL's f(prompts, completions",
+    ),
+    (
+        "reward asking for a column the data lacks",
+        "art-train",
+        lambda t: _rewards(t, "rewards.py:needs"),
+        {},
+        "needs 'solution', which the task does not give",
+    ),
+    (
+        "reward weights that do not match",
+        "art-train",
+        lambda t: _rewards(t, "rewards.py:letter", "task.reward_weights=[1,2]"),
+        {},
+        "task.reward_weights has 2 weights for 1 task.rewards",
+    ),
+    (
+        "custom task without data",
+        "art-train",
+        lambda t: ["task=custom"],
+        {},
+        "task=custom needs its data",
+    ),
+    (
+        "custom rows without the mapped question",
+        "art-train",
+        lambda t: _custom(t, "task.options.question_field=problem"),
+        {},
+        "rows.jsonl row 0: missing field 'problem'",
+    ),
+    (
+        "custom template naming a missing column",
+        "art-train",
+        lambda t: _custom(t, "task.options.prompt_template='{question} ({hint})'"),
+        {},
+        "row 0: task.options.prompt_template names {hint}",
+    ),
+    (
+        "task=class without a class",
+        "art-train",
+        lambda t: ["task=class"],
+        {},
+        "task=class needs task.name=<module:Class or path/to/file.py:Class>",
+    ),
+    (
+        "task options the class does not take",
+        "art-train",
+        lambda t: [
+            "task=class",
+            f"task.name={_user_files(t)}/task.py:Mine",
+            "+task.options.size=3",
+        ],
+        {},
+        "task.options do not fit its constructor",
+    ),
+    (
+        "unknown reasoning-gym dataset",
+        "art-train",
+        lambda t: ["task=reasoning_gym", "task.options.dataset=leg_countin"],
+        {},
+        "no dataset 'leg_countin' (did you mean leg_counting",
+    ),
+    (
+        "art-eval with a reward that does not import",
+        "art-eval",
+        lambda t: _rewards(t, "broken.py:f"),
+        {},
+        "task.rewards: importing",
+    ),
+    (
+        "art-compare with a reward of neither shape",
+        "art-compare",
+        lambda t: _rewards(t, "rewards.py:two"),
+        {},
+        "fits neither reward shape",
+    ),
+    (
+        "art-submit with a reward that does not import",
+        "art-submit",
+        lambda t: ["--address", "http://127.0.0.1:9", *_rewards(t, "broken.py:f")],
+        {},
+        "task.rewards: importing",
     ),
 ]
 # Entry points that take no Hydra overrides of the run's outputs.

@@ -31,7 +31,7 @@ def test_ray_up_config_parses():
 def test_dockerfile_builds_the_learner_and_the_vllm_environments():
     dockerfile = (DEPLOY / "Dockerfile").read_text()
     assert re.search(r"^FROM nvidia/cuda:\S+", dockerfile, re.M)
-    assert re.search(r"pip install -e \. ", dockerfile)
+    assert re.search(r'pip install -e "\.\[tasks\]" ', dockerfile)  # reasoning-gym too
     assert "/opt/venv-vllm/bin/pip install -r deploy/vllm/requirements-gpu.txt" in dockerfile
     assert "ENV ART_VLLM_PYTHON=/opt/venv-vllm/bin/python" in dockerfile
     for package in ("shared", "learner", "rollout_worker", "conf"):

@@ -76,6 +76,13 @@ def task_strings(task_cfg) -> list[str]:
     return found
 
 
+def _looks_like_a_path(text: str) -> bool:
+    """A folder separator, a leading ~ or a file suffix (rows.jsonl, rewards.py)."""
+    return bool(text) and (
+        "/" in text or os.sep in text or text.startswith("~") or bool(Path(text).suffix)
+    )
+
+
 def _installed(path: Path) -> bool:
     """Inside the interpreter's own or its installed packages (present on the cluster)."""
     roots = {sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")}
@@ -105,8 +112,10 @@ def plan_shipment(task_cfg) -> Shipment:
                 continue
             if target is not None:
                 path_text = target
+        if not _looks_like_a_path(path_text):
+            continue  # an option's word ("default", "F"), whatever the working folder holds
         path = Path(os.path.expanduser(path_text))
-        if not path_text or not path.exists():
+        if not path.exists():
             continue
         resolved = path.resolve()
         if _in_repo(resolved):

@@ -67,3 +67,10 @@ def test_repo_paths_become_relative_and_clashes_are_refused(tmp_path, monkeypatc
     (shadow / "r.py").write_text("def f(completions, **kw):\n    return [1.0]\n")
     with pytest.raises(UserError, match="'json', the name of an importable module"):
         plan_shipment(compose_config(f"task.rewards=[{shadow}/r.py:f]").task)
+
+
+def test_option_words_are_not_paths_whatever_the_folder_holds(tmp_path, monkeypatch):
+    (tmp_path / "default").mkdir()  # a folder named like reasoning-gym's system_prompt option
+    monkeypatch.chdir(tmp_path)
+    cfg = compose_config("task=reasoning_gym").task
+    assert plan_shipment(cfg).py_modules == []

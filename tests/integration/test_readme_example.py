@@ -27,6 +27,9 @@ def test_the_example_writes_its_task_outside_the_repository():
     block = readme_example()
     assert "~/art-letters/rows.jsonl" in block and "$HOME/art-letters/reward.py:letter" in block
     assert ".venv/bin/art-train task=custom" in block and ".venv/bin/art-eval task=custom" in block
+    written = set(re.findall(r"cat > ~/(\S+) <<", block))
+    used = set(re.findall(r"\$HOME/([\w./-]+?\.(?:jsonl|py))", block))
+    assert written == used == {"art-letters/rows.jsonl", "art-letters/reward.py"}
 
 
 @pytest.mark.slow

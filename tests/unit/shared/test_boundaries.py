@@ -35,7 +35,8 @@ def test_shared_imports_no_vllm_ray_or_model_code():
     } & _imported_modules("shared")
     code = (
         "import sys, shared, shared.artifact, shared.messages, shared.prompts, shared.config, "
-        "shared.tasks\n"
+        "shared.tasks, shared.tasks.scoring, shared.tasks.reward_pool, shared.tasks.custom, "
+        "shared.tasks.reasoning_gym, shared.tasks.reward_worker\n"
         "bad = [m for m in ('vllm', 'ray', 'torch', 'transformers') if m in sys.modules]\n"
         "print(','.join(bad))"
     )

@@ -39,6 +39,12 @@ def test_unknown_key_is_rejected_by_the_schema():
         (["algo.num_minibatches=0"], "num_minibatches"),
         (["rollout.top_p=0.9"], "top_p=1.0 because the learner"),
         (["algo.filter_metric=std"], "filter_metric"),
+        (["task.rewards=[r.py:f]", "task.reward_weights=[1,2]"], "2 weights for 1 task.rewards"),
+        (["task.reward_range=[1,0]"], r"task.reward_range=\[1.0, 0.0\]: give \[min, max\]"),
+        (["+task.reward_ranges.f=[0]"], "task.reward_ranges.f=\\[0.0\\]"),
+        (["task.reward_timeout_s=0"], "task.reward_timeout_s must be > 0"),
+        (["task.reward_processes=-1"], "task.reward_processes must be >= 0"),
+        (["task=class"], "task=class needs task.name="),
     ],
 )
 def test_impossible_combinations_fail_with_what_to_set(overrides, message):

@@ -194,7 +194,7 @@ def test_a_reasoning_gym_task_trains_two_steps_offline(tmp_path):
     (summary_path,) = outputs.glob("*/summary.json")
     summary = json.loads(summary_path.read_text())
     assert summary["task"] == "reasoning_gym" and summary["steps"] == 2
-    assert summary["image_version"] == 2  # both steps updated the image
+    assert summary["image_version"] == 2  # both steps went through the learner
     assert list(summary["reward_functions"]) == ["reasoning_gym"]
     config = (summary_path.parent / "config.yaml").read_text()
     assert "<answer>" in config  # reasoning-gym's own system prompt went into the prompts

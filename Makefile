@@ -10,12 +10,17 @@ VLLM_VENV ?= .venv-vllm
 
 install: $(VENV)/.installed
 
-# Idempotent: reinstalls only when pyproject.toml changes. The `tasks` extra (reasoning-gym)
-# builds pycosat from source: a C compiler and the Python headers must be there.
+# Idempotent: reinstalls only when pyproject.toml changes. The `tasks` extra (reasoning-gym,
+# task=reasoning_gym) builds pycosat from source, which needs a C compiler and the Python
+# headers: where they are missing the rest installs and a warning says what to add.
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install -e ".[dev,tasks]"
+	$(PY) -m pip install -e ".[dev]"
+	$(PY) -m pip install --quiet -e ".[dev,tasks]" || echo "make install: warning: the tasks \
+	extra (reasoning-gym) did not install: it compiles pycosat, which needs a C compiler and \
+	the Python headers (apt-get install build-essential python3-dev), then run \
+	.venv/bin/pip install -e '.[tasks]'; everything but task=reasoning_gym works without it" >&2
 	touch $@
 
 # vLLM's CPU build in its own environment (its torch/transformers pins differ from the

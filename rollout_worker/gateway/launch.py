@@ -52,8 +52,8 @@ def is_cpu_build(python: str) -> bool:
     return out.stdout.strip() == "True"
 
 
-def tree_rss_bytes(pid: int) -> int:
-    """Resident memory of a process and all its descendants (Linux /proc), in bytes."""
+def process_tree(pid: int) -> list[int]:
+    """A process and all its descendants (Linux /proc)."""
     children: dict[int, list[int]] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -61,13 +61,38 @@ def tree_rss_bytes(pid: int) -> int:
         except (OSError, IndexError, ValueError):
             continue
         children.setdefault(ppid, []).append(int(stat.parent.name))
-    total, todo, page = 0, [pid], os.sysconf("SC_PAGE_SIZE")
+    tree, todo = [], [pid]
     while todo:
-        p = todo.pop()
-        todo.extend(children.get(p, []))
+        tree.append(todo.pop())
+        todo.extend(children.get(tree[-1], []))
+    return tree
+
+
+def tree_rss_bytes(pid: int) -> int:
+    """Resident memory of a process and all its descendants, in bytes."""
+    total, page = 0, os.sysconf("SC_PAGE_SIZE")
+    for p in process_tree(pid):
         with contextlib.suppress(OSError, IndexError, ValueError):
             total += int(Path(f"/proc/{p}/statm").read_text().split()[1]) * page
     return total
+
+
+def cpu_s(pid: int, children: bool = True) -> float:
+    """CPU time (user + system, all threads) a process (and its descendants) used so far."""
+    ticks = 0
+    for p in process_tree(pid) if children else [pid]:
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy_cpu_s() -> float:
+    """CPU time every process on the machine has used since boot (/proc/stat), in seconds."""
+    user, nice, system, idle, iowait, irq, softirq, steal = map(
+        int, Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]
+    )
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
 class VllmServer:

@@ -1,0 +1,26 @@
+"""`art-serve-bench`: the serving benchmark (`rollout_worker/gateway/bench.py`: K tasks on one
+vLLM engine as ART images through art-serve, as LoRA adapters, and text-only) on the embedded
+model unless `--model` is given.
+
+The benchmark is rollout-side code (it drives vLLM and the gateway); this entry point only
+finds the embedded model, which the learner side builds, and runs the benchmark's module in a
+process of its own (the two packages never import each other).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not any(a == "--model" or a.startswith("--model=") for a in argv):
+        from learner.models.tiny import ensure_tiny_model
+
+        argv = ["--model", str(ensure_tiny_model()), "--served-name", "tiny", *argv]
+    return subprocess.call([sys.executable, "-m", "rollout_worker.gateway.bench", *argv])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -3,13 +3,13 @@ vLLM engine as ART images through art-serve, as LoRA adapters, and text-only) on
 model unless `--model` is given.
 
 The benchmark is rollout-side code (it drives vLLM and the gateway); this entry point only
-finds the embedded model, which the learner side builds, and runs the benchmark's module in a
-process of its own (the two packages never import each other).
+finds the embedded model, which the learner side builds, and then becomes the benchmark's
+module (`exec`: the two packages never import each other).
 """
 
 from __future__ import annotations
 
-import subprocess
+import os
 import sys
 
 
@@ -19,7 +19,8 @@ def main(argv: list[str] | None = None) -> int:
         from learner.models.tiny import ensure_tiny_model
 
         argv = ["--model", str(ensure_tiny_model()), "--served-name", "tiny", *argv]
-    return subprocess.call([sys.executable, "-m", "rollout_worker.gateway.bench", *argv])
+    # this process becomes the benchmark (it holds no model: the engine runs in its own)
+    os.execv(sys.executable, [sys.executable, "-m", "rollout_worker.gateway.bench", *argv])
 
 
 if __name__ == "__main__":

@@ -90,7 +90,7 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def launch_args(model: str, python: str, extra: list[str]) -> list[str]:
+def launch_args(python: str, extra: list[str]) -> list[str]:
     """vLLM's arguments for --launch: one image per prompt, and on the CPU build what it needs
     (each default only where `extra` does not set that flag)."""
     from rollout_worker.gateway.launch import MM_LIMITS, cpu_server_args, is_cpu_build
@@ -162,9 +162,7 @@ def serve(args: argparse.Namespace, extra: list[str]) -> int:
 
     python = vllm_python()
     model = args.model or args.launch
-    server = VllmServer(
-        args.launch, served_model_name=model, extra_args=launch_args(args.launch, python, extra)
-    )
+    server = VllmServer(args.launch, served_model_name=model, extra_args=launch_args(python, extra))
     print(f"art-serve: starting vLLM ({python}) on {server.url}: {' '.join(server.cmd[1:])}")
     with server.start():
         print(f"art-serve: vLLM up in {server.start_s:.0f}s")

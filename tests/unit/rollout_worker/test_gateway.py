@@ -351,9 +351,22 @@ def test_cli_parses_sizes_keeps_user_vllm_flags_and_fails_in_one_line(tmp_path, 
     assert parse_image_size("256") == (256, 256) and parse_image_size("64x32") == (64, 32)
     with pytest.raises(UserError, match="give N or HxW"):
         parse_image_size("big")
-    args = launch_args("m", "/nonexistent/python", ["--limit-mm-per-prompt", '{"image": 2}'])
+    args = launch_args("/nonexistent/python", ["--limit-mm-per-prompt", '{"image": 2}'])
     assert args == ["--limit-mm-per-prompt", '{"image": 2}']  # the user's value, once
-    assert launch_args("m", "/nonexistent/python", [])[:1] == ["--limit-mm-per-prompt"]
+    assert launch_args("/nonexistent/python", [])[:1] == ["--limit-mm-per-prompt"]
     code = main(["--tasks", str(tmp_path / "none"), "--backend", "http://x", "--model", MODEL])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "does not exist" in err
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # Ray Serve's own pydantic fields
+def test_the_ray_serve_application_reads_serve_run_arguments(tmp_path):
+    from rollout_worker.gateway.ray_serve import app_builder
+
+    app = app_builder({"tasks": str(tmp_path), "backends": "http://a:8000,http://b:8000",
+                       "image_size": "64x32", "replicas": "2"})  # fmt: skip
+    deployment = app._bound_deployment
+    (config,) = deployment.init_args
+    assert (deployment.name, deployment.num_replicas) == ("art-serve", 2)
+    assert config.backends == ("http://a:8000", "http://b:8000")
+    assert (config.tasks, config.image_size, config.model) == (str(tmp_path), (64, 32), None)

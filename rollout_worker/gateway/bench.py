@@ -627,7 +627,13 @@ COLUMNS = [
     ("K", 3, lambda c: "-" if c.method == "text" else str(c.k)),
     ("load", 7, lambda c: c.load),
     ("out tok/s", 9, lambda c: f"{c.output_tokens_per_s:.1f}"),
-    ("min-max", 9, lambda c: f"{c.tokens_per_s_min:.0f}-{c.tokens_per_s_max:.0f}"),
+    (
+        "min-max",
+        9,
+        lambda c: (
+            f"{c.tokens_per_s_min:.0f}-{c.tokens_per_s_max:.0f}" if c.tokens_per_s_max else "-"
+        ),
+    ),
     ("TTFT p50 ms", 11, lambda c: f"{c.ttft_p50_ms:.0f}"),
     ("TTFT p95 ms", 11, lambda c: f"{c.ttft_p95_ms:.0f}"),
     ("lat p50 ms", 10, lambda c: f"{c.latency_p50_ms:.0f}"),

@@ -214,7 +214,7 @@ def test_ray_serve_replicas_spread_requests_over_two_real_vllm_servers(
                 break
             time.sleep(0.5)
         print(f"\nrequests per engine through Ray Serve: {served}")
+        assert sum(served) == len(names) and min(served) >= 2
         assert [r.status_code for r in replies] == [200] * len(names)
         answers = [r.json()["choices"][0]["message"]["content"] for r in replies]
         assert answers == [TASKS[n][1] for n in names]
-        assert sum(served) == len(names) and min(served) >= 2

@@ -727,7 +727,7 @@ def plot(cells: list[Cell], ks: list[int], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.8))
     styles = {"uniform": "-", "skewed": "--"}
     series = [
         ("lora-enabled", "art", "ART (art-serve)", "C0"),
@@ -767,12 +767,13 @@ def plot(cells: list[Cell], ks: list[int], path: Path) -> None:
         ax.set_xlabel("tasks K on one engine")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8, frameon=False)
     fig.suptitle(
         "K tasks on one vLLM engine: ART images vs LoRA adapters (median of repeats; bars: "
         "lowest and highest)"
     )
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.14, 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
 

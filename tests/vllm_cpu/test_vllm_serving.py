@@ -8,6 +8,7 @@ are three tasks with three different answers, no training needed.
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -218,3 +219,27 @@ def test_ray_serve_replicas_spread_requests_over_two_real_vllm_servers(
         assert [r.status_code for r in replies] == [200] * len(names)
         answers = [r.json()["choices"][0]["message"]["content"] for r in replies]
         assert answers == [TASKS[n][1] for n in names]
+
+
+@pytest.mark.slow
+def test_the_serving_benchmark_runs_on_a_real_engine_and_checks_every_answer(
+    vllm_python, tiny_model_path, tmp_path
+):
+    """`art-serve-bench` at its smallest (K = 1, 2; 8 requests a cell): every method served,
+    every answer its task's single-request answer, the figures written."""
+    cmd = [
+        sys.executable, "-m", "rollout_worker.gateway.bench", "--model", tiny_model_path,
+        "--served-name", "tiny", "--ks", "1,2", "--loads", "uniform", "--requests", "8",
+        "--repeats", "1", "--new-tasks", "1", "--no-stock-engine", "--out", str(tmp_path),
+    ]  # fmt: skip
+    env = {**os.environ, "ART_VLLM_PYTHON": vllm_python}
+    out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    report = json.loads((tmp_path / "serve-bench.json").read_text())
+    cells = {(c["method"], c["k"]): c for c in report["cells"]}
+    methods = {(m, k) for m in ("art", "art-direct", "lora") for k in (1, 2)}
+    assert set(cells) == {("text", 0), *methods}
+    assert all(c["requests"] == 8 and not c["mismatches"] for c in cells.values())
+    assert cells[("art", 2)]["mm_cache_hit_rate"] == 1.0  # each task's image processed once
+    assert report["add_a_task"]["mismatches"] == [] and report["add_a_task"]["png_first_s"]
+    assert (tmp_path / "serve-bench.png").stat().st_size > 10_000

@@ -793,16 +793,12 @@ def bench(args) -> int:
     a, ks = args, run.ks
     t_start = time.perf_counter()
     report = run.report
-    names = {"text": [run.served], "art": run.task_names, "lora": run.adapter_names}
-
-    def bodies():
-        return {
-            "text": [request_body(run.served, a.max_tokens)],
-            "art": [request_body(n, a.max_tokens) for n in names["art"]],
-            "art-direct": [request_body(run.served, a.max_tokens, p) for p in run.pngs],
-            "lora": [request_body(n, a.max_tokens) for n in names["lora"]],
-        }
-
+    all_bodies = {  # one request per task of each method (the cells draw from these)
+        "text": [request_body(run.served, a.max_tokens)],
+        "art": [request_body(n, a.max_tokens) for n in run.task_names],
+        "art-direct": [request_body(run.served, a.max_tokens, p) for p in run.pngs],
+        "lora": [request_body(n, a.max_tokens) for n in run.adapter_names],
+    }
     engines = [True] + ([False] if a.stock_engine else [])
     restarts = {}
     for lora in engines:
@@ -819,7 +815,7 @@ def bench(args) -> int:
             # the stock engine: ART as deployed, beside its floor (the gateway's overhead and
             # LoRA were measured on the first engine)
             methods = ["text", "art", "art-direct", "lora"] if lora else ["text", "art"]
-            bodies_of = {m: b for m, b in bodies().items() if m in methods + ["art-direct"]}
+            bodies_of = {m: b for m, b in all_bodies.items() if m in methods + ["art-direct"]}
             refs = run.references(url_of, bodies_of)
             gateway_vs_direct = [
                 mismatch(x, y, 0.0) for x, y in zip(refs["art"], refs["art-direct"], strict=True)

@@ -6,7 +6,7 @@ PYTEST_ARGS ?=
 
 VLLM_VENV ?= .venv-vllm
 
-.PHONY: install install-vllm train eval bench compare cluster-train ray-up-local ray-down test test-all test-vllm test-gpu lint format mlflow-ui clean dashboard-shot
+.PHONY: install install-vllm train eval bench compare cluster-train ray-up-local ray-down test test-all test-vllm test-gpu lint format mlflow-ui clean dashboard-shot serve serve-bench
 
 install: $(VENV)/.installed
 
@@ -77,6 +77,19 @@ compare: install
 # node, synchronous vs overlapped, image vs text-only): prints a table, writes bench.json.
 bench: install
 	$(VENV)/bin/art-bench $(ARGS)
+
+# art-serve: every run under $(TASKS) (<run>/art.png) served by name (model=<run>) on
+# 127.0.0.1:8080, in front of a stock vLLM server (.venv-vllm) of the embedded model. Another
+# model: .venv/bin/art-serve --tasks outputs --launch Qwen/Qwen3.5-0.8B (README, Serving).
+TASKS ?= outputs
+TINY_MODEL = $$($(PY) -c 'from learner.models.tiny import ensure_tiny_model; print(ensure_tiny_model())')
+serve: install install-vllm
+	$(VENV)/bin/art-serve --tasks $(TASKS) --model tiny --launch "$(TINY_MODEL)" $(ARGS)
+
+# K tasks on one vLLM engine: ART images through art-serve vs LoRA adapters vs text-only
+# (docs/performance.md, "Serving many tasks"); writes outputs/serve-bench/.
+serve-bench: install install-vllm
+	$(VENV)/bin/art-serve-bench $(ARGS)
 
 # The fast CPU tests (a few minutes on 2 cores).
 test: install

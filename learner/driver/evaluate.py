@@ -26,8 +26,9 @@ from omegaconf import DictConfig
 
 from learner.driver.cli import run_hydra_app
 from learner.driver.cluster import run_scope, start_actors, worker_python
+from learner.driver.observer import Tracker
 from learner.driver.rollouts import WorkerPool, prompt_builder
-from learner.driver.tracking import RunOutputs, check_tracking_uri, ensure_writable, setup_mlflow
+from learner.driver.tracking import RunOutputs, check_tracking_uri, ensure_writable, run_params
 from learner.models import resolve_model_path
 from shared.artifact import art_metadata, check_metadata, decode_png, sha256
 from shared.config import validate
@@ -209,7 +210,7 @@ def evaluate(cfg: DictConfig) -> dict:
     ray, owns_ray, _, workers = start_actors(cfg, model_path, False, lora_rank)
     outputs = RunOutputs(run_dir)
     pool = WorkerPool(ray, workers, max_attempts=cfg.rollout.max_restarts + 1)
-    mlflow, run = setup_mlflow(cfg, cfg.run_name or f"eval-{run_dir.name}")
+    mlflow = Tracker(cfg, run_dir, cfg.run_name or f"eval-{run_dir.name}", params=run_params(cfg))
     outputs.mlflow = mlflow
     results = {}
     with run_scope(ray, owns_ray, workers, mlflow):

@@ -245,15 +245,17 @@ def prune_checkpoints(folder: Path, keep: int | None, protect: set[int]) -> list
 
 def estimate_checkpoint_bytes(cfg, model_path: str | None = None) -> int:
     """About the size of one checkpoint of this run, from the config: the trained parameters
-    with Adam's two moments (float32: the pixel logits C x H x W for ART, the adapter's
-    r x (in + out) per adapted module for LoRA, read from the model's safetensors headers),
-    the seed image, older images kept for staleness, and a margin for the driver's state."""
+    with Adam's two moments (float32: the pixel logits C x H x W for ART; for LoRA the
+    adapter's r x (in + out) per adapted module, read from the model's safetensors headers,
+    beside the pixels it keeps), older images kept for staleness, the seed image, and a margin
+    for the RNG states and the driver's per-step history."""
     height, width = cfg.image.height, cfg.image.width
     pixels = 3 * height * width
-    trained = pixels * (1 + cfg.algo.max_staleness)
+    trained = pixels * 4 * 3 + pixels * 4 * cfg.algo.max_staleness
     if cfg.method.name == "lora" and model_path:
-        trained = lora_parameters(model_path, cfg.method.lora.rank, cfg.method.lora.target_modules)
-    return trained * 4 * 3 + pixels * 4 + height * width * 3 + (256 << 10) + 200 * cfg.steps
+        lora = lora_parameters(model_path, cfg.method.lora.rank, cfg.method.lora.target_modules)
+        trained = lora * 4 * 3 + pixels * 4
+    return trained + height * width * 3 + (64 << 10) + 200 * cfg.steps
 
 
 def lora_parameters(model_path: str, rank: int, targets) -> int:

@@ -35,8 +35,10 @@ from shared.config import validate
 from shared.errors import UserError
 from shared.messages import AdapterUpdate, ImageUpdate, RolloutRequest, SamplingConfig
 from shared.prompts import PROMPT_LAYOUT
+from shared.storage import room_problem
 
 logger = logging.getLogger("art.eval")
+EVAL_ROOM_BYTES = 1 << 20  # what art-eval asks of its output folder at start
 
 
 def eval_requests(examples, prompt_for, with_image: bool) -> list[RolloutRequest]:
@@ -192,6 +194,9 @@ def evaluate(cfg: DictConfig) -> dict:
             cfg.rollout.num_gpus_per_worker = 1
     run_dir = Path(cfg.run_dir)
     ensure_writable(run_dir)
+    problem = room_problem(run_dir, EVAL_ROOM_BYTES, "an evaluation (eval.json, metrics)")
+    if problem:
+        raise UserError(problem)
     from shared.tasks import load_task
 
     task = load_task(cfg.task.name, **cfg.task.options)

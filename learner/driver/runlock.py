@@ -210,8 +210,8 @@ class RunLock:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         me = Holder.me(self.token)
         mine = self.run_dir / f".{LOCK_NAME}.{self.token}"
-        mine.write_text(me.record())
         try:
+            mine.write_text(me.record())
             for _ in range(8):
                 if self._link(mine):
                     break

@@ -169,10 +169,13 @@ def prepare(cfg: DictConfig) -> Plan:
     if given is not None and not given.is_file() and not step_files(given.parent):
         raise missing_checkpoint(given)
     ensure_writable(run_dir)
-    lock = RunLock(run_dir, cfg.lock_stale_s).acquire()  # before its checkpoints are read
+    resuming = given is not None or cfg.resume == "auto"
+    if not resuming:  # a resume checks once it knows its checkpoint (and pruned old ones)
+        check_room(cfg, run_dir, model_path, None)
+    lock = take_lock(run_dir, cfg.lock_stale_s)  # before its checkpoints are read
     try:
         found = None
-        if given is not None or cfg.resume == "auto":
+        if resuming:
             found = resume_point(
                 run_dir / "checkpoints", cfg.model.name, height, width, cfg.method.name, given
             )
@@ -184,9 +187,11 @@ def prepare(cfg: DictConfig) -> Plan:
             )
         resume_worker_count(cfg, driver_state)
         if checkpoint is not None:  # a bound given now applies to what is there
+            keep = cfg.logging.keep_checkpoints
             protect = {driver_state.step, driver_state.best_step}
-            prune_checkpoints(run_dir / "checkpoints", cfg.logging.keep_checkpoints, protect)
-        check_room(cfg, run_dir, model_path, checkpoint)
+            for old in prune_checkpoints(run_dir / "checkpoints", keep, protect):
+                logger.info("removed %s (logging.keep_checkpoints=%d)", old, keep)
+        check_room(cfg, run_dir, model_path, checkpoint, warn=True)
     except BaseException:
         release(lock)
         raise
@@ -202,6 +207,21 @@ def prepare(cfg: DictConfig) -> Plan:
         driver_state,
         lock,
     )
+
+
+def take_lock(run_dir: Path, stale_s: float) -> RunLock:
+    """The run folder's lock (learner/driver/runlock.py); a disk that cannot take even its
+    small file is a user error like a full one."""
+    try:
+        return RunLock(run_dir, stale_s).acquire()
+    except OSError as err:
+        fault = storage_error(err)
+        if fault is None:
+            raise
+        raise UserError(
+            f"{describe(fault)}, the run folder's lock; free space there or set output_dir to a "
+            "folder with room"
+        ) from err
 
 
 def release(lock: RunLock) -> None:
@@ -246,9 +266,12 @@ def resume_worker_count(cfg: DictConfig, state: DriverState) -> None:
 ROOM_CHECKPOINTS = 3
 
 
-def check_room(cfg: DictConfig, run_dir: Path, model_path: str, checkpoint: Path | None) -> None:
+def check_room(
+    cfg: DictConfig, run_dir: Path, model_path: str, checkpoint: Path | None, warn: bool = False
+) -> None:
     """Refuse a run whose output folder has no room for a few checkpoints (the size of the one
-    it resumes from, or an estimate from the config); warn when all it would keep do not fit."""
+    it resumes from, or an estimate from the config); `warn` when all it would keep do not
+    fit."""
     from shared.storage import free_bytes
 
     size = checkpoint.stat().st_size if checkpoint else estimate_checkpoint_bytes(cfg, model_path)
@@ -259,7 +282,7 @@ def check_room(cfg: DictConfig, run_dir: Path, model_path: str, checkpoint: Path
         raise UserError(problem)
     keep = cfg.logging.keep_checkpoints
     kept = (keep + 1 if keep else cfg.steps // cfg.logging.checkpoint_every) + 2
-    if kept * size > free_bytes(run_dir):
+    if warn and kept * size > free_bytes(run_dir):
         fits = max(free_bytes(run_dir) // size - 3, 1)
         logger.warning(
             "the output folder %s has %s free and the %d checkpoints this run keeps need about "

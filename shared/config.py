@@ -227,6 +227,11 @@ class LoggingConfig:
     experiment: str = "art"
     # Log the PNG as an MLflow artifact and write a checkpoint every this many steps.
     checkpoint_every: int = 10
+    # Keep the newest N checkpoints/step_*.pt (and the best step's); null keeps every one.
+    keep_checkpoints: int | None = None
+    # At the end, wait up to this many seconds for MLflow to take what is queued (what it does
+    # not take stays in the run's metrics.jsonl, and summary.json says so); steps never wait.
+    tracking_wait_s: float = 30.0
     # Show a progress bar (plain log lines are printed either way when not on a terminal).
     progress: bool = True
 
@@ -330,6 +335,9 @@ class TrainConfig:
     # "auto": continue the newest run of output_dir (or output_dir/run_name) that has a
     # checkpoint, else start a new run; null: always a new run.
     resume: str | None = None
+    # A run folder's lock (driver.lock) not renewed for this many seconds is taken over (a
+    # driver on another machine that is gone); on this machine a dead holder's lock at once.
+    lock_stale_s: float = 120.0
     # Set by Hydra: the run directory.
     run_dir: str = MISSING
 
@@ -520,6 +528,12 @@ def validate(cfg: Any) -> None:
         ),
         (cfg.image.height > 0 and cfg.image.width > 0, "image.height and image.width must be > 0"),
         (cfg.logging.checkpoint_every >= 1, "logging.checkpoint_every must be >= 1"),
+        (
+            cfg.logging.keep_checkpoints is None or cfg.logging.keep_checkpoints >= 1,
+            f"logging.keep_checkpoints={cfg.logging.keep_checkpoints}: keep >= 1 (null: all)",
+        ),
+        (cfg.logging.tracking_wait_s >= 0, "logging.tracking_wait_s must be >= 0"),
+        (cfg.lock_stale_s > 0, f"lock_stale_s={cfg.lock_stale_s} must be > 0 (seconds)"),
         (cfg.eval.every >= 0, "eval.every must be >= 0 (0 disables periodic evaluation)"),
         (
             cfg.eval.every == 0 or cfg.eval.val_size >= 1,

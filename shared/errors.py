@@ -23,3 +23,8 @@ class DataAccessError(UserError, PermissionError):
 class RunStoppedError(RuntimeError):
     """A run that stopped on purpose or lost a process, with its outputs saved; the message
     says what happened and how to resume. The CLI prints it without a traceback (status 1)."""
+
+
+class Terminated(KeyboardInterrupt):
+    """The process got SIGTERM (Kubernetes, Slurm, `ray job stop`): handled as an interrupt
+    (the last good step is saved), and the command exits with status 143 (128 + 15)."""

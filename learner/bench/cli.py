@@ -30,6 +30,8 @@ import time
 from pathlib import Path
 
 from learner.bench.memory import reset_peak_rss, status_kib
+from shared.atomic import write_text_atomic
+from shared.storage import ATOMIC_NOTE, exits_on_storage_errors
 
 logger = logging.getLogger("art.bench")
 TARGETS = {
@@ -531,6 +533,7 @@ def check_targets(report: dict) -> dict:
     return out
 
 
+@exits_on_storage_errors("art-bench", f"{ATOMIC_NOTE}; give --out a folder with room")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="ART performance figures, side by side.")
     parser.add_argument("--out", default="outputs/bench", help="folder for bench.json and runs")
@@ -549,6 +552,14 @@ def main(argv: list[str] | None = None) -> int:
             "(comma-separated, e.g. --skip c,d)",
             file=sys.stderr,
         )
+        return 2
+    from learner.driver.tracking import ensure_writable
+    from shared.errors import UserError
+
+    try:
+        ensure_writable(out_dir, "--out")
+    except UserError as err:
+        print(f"art-bench: error: {err}", file=sys.stderr)
         return 2
     out_dir.mkdir(parents=True, exist_ok=True)
     models = ["tiny"] if args.quick else ["tiny", "qwen3_5_0_8b_random"]
@@ -604,7 +615,7 @@ def main(argv: list[str] | None = None) -> int:
     report["targets"] = check_targets(report)
     text = format_report(report)
     print(text)
-    (out_dir / "bench.json").write_text(json.dumps(report, indent=2, default=str))
+    write_text_atomic(out_dir / "bench.json", json.dumps(report, indent=2, default=str))
     print(f"\nwrote {out_dir / 'bench.json'}")
     return 0
 

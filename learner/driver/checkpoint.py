@@ -9,12 +9,19 @@ driver (the learner may sit on another node) atomically, holding:
 Only tensors and plain values are stored, so checkpoints load with
 `torch.load(weights_only=True)`: a checkpoint from elsewhere cannot run code. A checkpoint of
 another model, image size or method is refused with the reason.
+
+Resuming never stops on one bad file: `resume_point` takes the newest checkpoint of the run
+that loads and fits (`last.pt`, else the `step_*.pt` files, newest first) and names the files
+it skipped and why; only when none loads is it an error. `logging.keep_checkpoints=N` keeps the
+newest N `step_*.pt` files and the best step's (`prune_checkpoints`).
 """
 
 from __future__ import annotations
 
 import io
+import logging
 import random
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -24,10 +31,16 @@ from shared.atomic import write_bytes_atomic
 from shared.errors import UserError
 
 FORMAT = 1
+logger = logging.getLogger("art.checkpoint")
+STEP_FILE = re.compile(r"step_(\d+)\.pt")
 
 
 class CheckpointError(UserError):
     """A checkpoint that cannot be resumed from; the message says why."""
+
+
+class CheckpointMismatch(CheckpointError):
+    """A readable checkpoint of another model, image size or method."""
 
 
 @dataclass
@@ -45,6 +58,10 @@ class DriverState:
     # With algo.max_staleness=1: the whole next step (every round), sampled ahead (plain data).
     ahead: dict | None = None
     loop_wall_s: float = 0.0
+    # The rollout workers the run wanted when it was saved (art-scale can change it), and the
+    # rollout.num_workers its command gave: a resume with that same command gets the former.
+    workers_wanted: int | None = None
+    workers_config: int | None = None
 
     @property
     def rewards(self) -> list[float]:
@@ -94,10 +111,7 @@ def load_checkpoint(path: str | Path, model: str, height: int, width: int, metho
 
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(
-            f"checkpoint {path} does not exist; give resume_from=<run>/checkpoints/last.pt of "
-            "an earlier run, or resume=auto"
-        )
+        raise missing_checkpoint(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # not a checkpoint, truncated, or objects that are not data
@@ -120,7 +134,7 @@ def load_checkpoint(path: str | Path, model: str, height: int, width: int, metho
             f"{height}x{width}"
         )
     if problems:
-        raise CheckpointError(
+        raise CheckpointMismatch(
             f"refusing to resume from {path}: "
             + "; ".join(problems)
             + " (resume with the run's own config, or start a new run)"
@@ -128,6 +142,144 @@ def load_checkpoint(path: str | Path, model: str, height: int, width: int, metho
     return learner, DriverState(**state["driver"])
 
 
-def newest_checkpoint(run_dir: Path) -> Path | None:
-    last = Path(run_dir) / "checkpoints" / "last.pt"
-    return last if last.is_file() else None
+def step_files(folder: Path) -> list[Path]:
+    """`<folder>/step_*.pt` (a run's `checkpoints/`), newest (highest step) first."""
+    found = []
+    for path in Path(folder).glob("step_*.pt"):
+        match = STEP_FILE.fullmatch(path.name)
+        if match:
+            found.append((int(match.group(1)), path))
+    return [path for _, path in sorted(found, reverse=True)]
+
+
+def has_checkpoint(folder: Path) -> bool:
+    """Whether a run's `checkpoints/` folder holds any checkpoint file."""
+    return (Path(folder) / "last.pt").is_file() or bool(step_files(folder))
+
+
+def missing_checkpoint(path: Path) -> CheckpointError:
+    return CheckpointError(
+        f"checkpoint {path} does not exist; give resume_from=<run>/checkpoints/last.pt of "
+        "an earlier run, or resume=auto"
+    )
+
+
+def resume_point(
+    folder: Path,
+    model: str,
+    height: int,
+    width: int,
+    method: str = "art",
+    given: Path | None = None,
+):
+    """(path, learner state, DriverState) of the newest checkpoint in the run's checkpoint
+    `folder` that loads and fits this run, or None when it holds no checkpoint file (a new
+    run). `last.pt` is the newest unless a `step_*.pt` of a later step loads (its `last.pt`
+    write failed). `given`: an explicit `step_*.pt` is taken as it is (no fallback); a given
+    `last.pt` falls back like the run's own. Skipped files are logged with the reason; when
+    none loads, the error names each."""
+    if given is not None and given.name != "last.pt":
+        return (given, *load_checkpoint(given, model, height, width, method))
+    last = given if given is not None else Path(folder) / "last.pt"
+    steps = step_files(last.parent)
+    if given is None and not last.exists() and not steps:
+        return None
+    skipped: list[tuple[Path, CheckpointError]] = []
+    found = None
+    try:
+        found = (last, *load_checkpoint(last, model, height, width, method))
+    except CheckpointError as err:
+        skipped.append((last, err))
+    for path in steps:
+        step = int(STEP_FILE.fullmatch(path.name).group(1))
+        if found is not None and step <= found[2].step:
+            break
+        try:
+            found = (path, *load_checkpoint(path, model, height, width, method))
+            break
+        except CheckpointError as err:
+            skipped.append((path, err))
+    unreadable = skipped
+    for path, err in unreadable:
+        logger.warning("resume: skipping %s: %s", path, err)
+    if found is not None:
+        if unreadable:
+            logger.warning(
+                "resume: %d checkpoint file(s) skipped; resuming from %s (step %d)",
+                len(unreadable),
+                found[0],
+                found[2].step,
+            )
+        return found
+    if len(unreadable) == 1 or all(isinstance(e, CheckpointMismatch) for _, e in unreadable):
+        raise unreadable[0][1]  # the one file's own message, or the newest one's refusal
+    raise CheckpointError(
+        f"no checkpoint in {last.parent} can be resumed from: "
+        + "; ".join(f"{p.name}: {_reason(e, p)}" for p, e in unreadable)
+        + ". Resume from a copy of the run's checkpoints, or start a new run (leave resume unset)"
+    )
+
+
+def _reason(err: CheckpointError, path: Path) -> str:
+    """The part of a checkpoint error after its path."""
+    text = str(err)
+    for prefix in (f"refusing to resume from {path}: ", f"{path} ", f"checkpoint {path} "):
+        if text.startswith(prefix):
+            return text[len(prefix) :]
+    return text
+
+
+def prune_checkpoints(folder: Path, keep: int | None, protect: set[int]) -> list[Path]:
+    """Remove `step_*.pt` files beyond the newest `keep` (never a step in `protect`: the best
+    step, the one resumed from); returns what was removed. `keep=None` keeps all."""
+    if keep is None:
+        return []
+    removed = []
+    for path in step_files(folder)[keep:]:
+        if int(STEP_FILE.fullmatch(path.name).group(1)) in protect:
+            continue
+        path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
+
+
+def estimate_checkpoint_bytes(cfg, model_path: str | None = None) -> int:
+    """About the size of one checkpoint of this run, from the config: the trained parameters
+    with Adam's two moments (float32: the pixel logits C x H x W for ART; for LoRA the
+    adapter's r x (in + out) per adapted module, read from the model's safetensors headers,
+    beside the pixels it keeps), older images kept for staleness, the seed image, and a margin
+    for the RNG states and the driver's per-step history."""
+    height, width = cfg.image.height, cfg.image.width
+    pixels = 3 * height * width
+    trained = pixels * 4 * 3 + pixels * 4 * cfg.algo.max_staleness
+    if cfg.method.name == "lora" and model_path:
+        lora = lora_parameters(model_path, cfg.method.lora.rank, cfg.method.lora.target_modules)
+        trained = lora * 4 * 3 + pixels * 4
+    return trained + height * width * 3 + (64 << 10) + 200 * cfg.steps
+
+
+def lora_parameters(model_path: str, rank: int, targets) -> int:
+    """LoRA parameters r x (in + out) of every 2-D weight named `*.<target>.weight` in the
+    model's safetensors files (their JSON headers only; 0 when there are none)."""
+    import json
+    import struct
+
+    total, targets = 0, {str(t) for t in targets}
+    for file in Path(model_path).glob("*.safetensors"):
+        try:
+            with open(file, "rb") as f:
+                (size,) = struct.unpack("<Q", f.read(8))
+                header = json.loads(f.read(size))
+        except (OSError, ValueError, struct.error):
+            continue
+        for name, info in header.items():
+            parts = name.split(".")
+            shape = info.get("shape", []) if isinstance(info, dict) else []
+            if (
+                len(parts) >= 2
+                and parts[-1] == "weight"
+                and parts[-2] in targets
+                and len(shape) == 2
+            ):
+                total += rank * (shape[0] + shape[1])
+    return total

@@ -6,23 +6,30 @@
   for a new run (two runs started in the same second get different folders),
   `<output_dir>/<run_name>` with `run_name=...`, the checkpoint's own run folder with
   `resume_from=<run>/checkpoints/last.pt`, and with `resume=auto` the newest run folder that
-  has a checkpoint.
-- A `UserError` (bad config, data, seed image, checkpoint, cluster) prints
-  `<prog>: error: <message>` and exits with status 2.
+  has a checkpoint or a driver (its `driver.lock`, learner/driver/runlock.py).
+- A `UserError` (bad config, data, seed image, checkpoint, cluster, a run folder in use)
+  prints `<prog>: error: <message>` and exits with status 2; a run that stopped
+  (`RunStoppedError`, a failed write: shared/storage.py) `<prog>: stopped: <message>`, status
+  1; Ctrl-C status 130 and SIGTERM status 143, each after the last good step was saved. The
+  process exits after the error and what it held are released (a Ray handle freed during the
+  interpreter's shutdown can crash it: an abort and a core dump instead of the status).
 """
 
 from __future__ import annotations
 
+import gc
 import logging
 import secrets
+import signal
 import sys
+import threading
 from datetime import datetime
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
 from shared.config import register_configs
-from shared.errors import RunStoppedError, UserError
+from shared.errors import RunStoppedError, Terminated, UserError
 
 CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 
@@ -159,10 +166,28 @@ def choose_run_dir(cfg) -> Path:
         return run_folder_of(cfg.resume_from)
     if cfg.resume == "auto":
         candidates = [output_dir / cfg.run_name] if cfg.run_name else output_dir.glob("*")
-        with_ckpt = [d for d in candidates if (d / "checkpoints" / "last.pt").is_file()]
-        if with_ckpt:
-            return max(with_ckpt, key=lambda d: (d / "checkpoints" / "last.pt").stat().st_mtime)
+        active = {d: last_activity(d) for d in candidates if d.is_dir()}
+        active = {d: t for d, t in active.items() if t is not None}
+        if active:
+            return max(active, key=active.get)
     return output_dir / (cfg.run_name or new_run_name())
+
+
+def last_activity(run_dir: Path) -> float | None:
+    """When a run folder last saved a checkpoint or renewed its driver's lock (None: it has
+    neither, so `resume=auto` does not take it)."""
+    from learner.driver.checkpoint import step_files
+    from learner.driver.runlock import LOCK_NAME
+
+    folder = run_dir / "checkpoints"
+    files = [folder / "last.pt", *step_files(folder)[:1], run_dir / LOCK_NAME]
+    times = []
+    for path in files:
+        try:
+            times.append(path.stat().st_mtime)
+        except OSError:
+            continue
+    return max(times) if times else None
 
 
 def configure_logging() -> None:
@@ -174,6 +199,52 @@ def configure_logging() -> None:
 def fail(prog: str, message: str) -> None:
     print(f"{prog}: error: {message}", file=sys.stderr)
     sys.exit(2)
+
+
+_terminating = threading.Event()
+
+
+def _on_sigterm(signum, frame) -> None:
+    if _terminating.is_set():  # a second SIGTERM while the last good step is being saved
+        logging.getLogger("art").warning("SIGTERM again: already saving and stopping")
+        return
+    _terminating.set()
+    raise Terminated("SIGTERM")
+
+
+def handle_sigterm() -> None:
+    """SIGTERM raises `Terminated` in the main thread (an interrupt: the driver saves its last
+    good step, then exits with status 143). Ray's `ray.init` replaces the handler with its own
+    (`sys.exit(15)`); `start_ray` puts this one back."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_sigterm)
+
+
+def stop_message(prog: str, err: BaseException, run_dir: str) -> tuple[int, str]:
+    """(exit status, the one line) for an error that ends a command."""
+    from shared.storage import ATOMIC_NOTE, describe, storage_error
+
+    if isinstance(err, UserError):
+        return 2, f"{prog}: error: {err}"
+    if isinstance(err, RunStoppedError):
+        return 1, f"{prog}: stopped: {err}"
+    if isinstance(err, KeyboardInterrupt):
+        what = "terminated (SIGTERM)" if isinstance(err, Terminated) else "interrupted"
+        saved = getattr(err, "saved", None)  # (run folder, step, whether last.pt exists)
+        if saved is None:
+            where = f"nothing of the run was saved; {run_dir} holds what was written"
+        elif saved[2]:
+            where = (
+                f"art.png and checkpoints/last.pt of step {saved[1]} are in {saved[0]}; resume "
+                f"with: {prog} resume_from={saved[0]}/checkpoints/last.pt (or resume=auto)"
+            )
+        else:
+            where = f"no step completed, so there is nothing to resume; {saved[0]} holds the seed"
+        return (143 if isinstance(err, Terminated) else 130), f"{prog}: {what}; {where}"
+    fault = storage_error(err)
+    if fault is not None:
+        return 1, f"{prog}: stopped: {describe(fault)}; {ATOMIC_NOTE}"
+    raise err
 
 
 def run_hydra_app(app, prog: str) -> None:
@@ -189,6 +260,9 @@ def run_hydra_app(app, prog: str) -> None:
         fail(prog, str(err))
     configure_logging()
 
+    handle_sigterm()
+    ended: list[tuple[int, str]] = []
+
     @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
     def _main(cfg: DictConfig) -> None:
         OmegaConf.set_struct(cfg, False)
@@ -196,18 +270,18 @@ def run_hydra_app(app, prog: str) -> None:
             cfg.run_dir = str(choose_run_dir(cfg))
             OmegaConf.set_struct(cfg, True)
             app(cfg)
-        except UserError as err:
-            fail(prog, str(err))
-        except RunStoppedError as err:
-            print(f"{prog}: stopped: {err}", file=sys.stderr)
-            sys.exit(1)
-        except KeyboardInterrupt:
-            print(
-                f"{prog}: interrupted; art.png and checkpoints/last.pt of the last completed "
-                f"step are in {cfg.run_dir}; resume with: {prog} "
-                f"resume_from={cfg.run_dir}/checkpoints/last.pt",
-                file=sys.stderr,
-            )
-            sys.exit(130)
+        except BaseException as err:  # (SystemExit included: what Ray's own handler raises)
+            if isinstance(err, SystemExit) and err.code in (0, None):
+                raise
+            if isinstance(err, SystemExit):
+                err = Terminated("SIGTERM") if err.code == signal.SIGTERM else err
+                if not isinstance(err, Terminated):
+                    raise
+            ended.append(stop_message(prog, err, cfg.run_dir))
 
     _main()
+    if ended:  # outside the handler: the error, its traceback and the run's objects are freed
+        status, line = ended[0]
+        gc.collect()
+        print(line, file=sys.stderr)
+        sys.exit(status)

@@ -152,6 +152,9 @@ def start_ray(cfg):
             runtime_env=env,
             log_to_driver=True,
         )
+    from learner.driver.cli import handle_sigterm
+
+    handle_sigterm()  # ray.init put its own in (sys.exit(15)): SIGTERM saves and exits 143
     return ray, True
 
 
@@ -503,15 +506,21 @@ def placement(ray, learners: list, workers: list, names: dict | None = None) -> 
 
 
 @contextmanager
-def run_scope(ray, owns_ray: bool, actors, mlflow):
-    """Close a driver run either way: MLflow status FINISHED or FAILED, actors killed (a list,
-    or a callable giving the list at the end: elastic pools change theirs), and the Ray
-    instance shut down if this process started it."""
+def run_scope(ray, owns_ray: bool, actors, tracker):
+    """Close a driver run either way: the MLflow run (learner/driver/observer.py) FINISHED,
+    FAILED, or KILLED after an interrupt or SIGTERM (then it waits at most 5 s for the store:
+    a scheduler's grace period is short), actors killed (a list, or a callable giving the list
+    at the end: elastic pools change theirs), and the Ray instance shut down if this process
+    started it."""
     try:
         yield
-        mlflow.end_run()
-    except BaseException:
-        mlflow.end_run(status="FAILED")
+        tracker.end_run()
+    except BaseException as err:
+        stopped = isinstance(err, KeyboardInterrupt)
+        try:
+            tracker.end_run(status="KILLED" if stopped else "FAILED", wait_s=5 if stopped else None)
+        except Exception as end_err:  # never hides why the run ended
+            logger.warning("could not close the MLflow run: %r", end_err)
         raise
     finally:
         for actor in actors() if callable(actors) else actors:

@@ -19,8 +19,9 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from learner.driver.cli import compose_config, run_hydra_app
+from learner.driver.observer import Tracker, parent_run
 from learner.driver.plots import comparison_figure
-from learner.driver.tracking import setup_mlflow
+from learner.driver.tracking import run_params
 from shared.atomic import write_bytes_atomic
 
 logger = logging.getLogger("art.compare")
@@ -63,7 +64,7 @@ def compare(overrides: list[str], run_dir: Path, per_method: dict | None = None)
     base = compose_config(*overrides, run_dir=str(run_dir))
     validate(base)  # the config, the task, its data and reward functions: before any output
     open_task(base.task, base.task.split)[2].close()
-    mlflow, parent = setup_mlflow(base, f"compare-{run_dir.name}")
+    mlflow = Tracker(base, run_dir, f"compare-{run_dir.name}", params=run_params(base))
     try:
         summaries = {}
         for method in METHODS:
@@ -72,7 +73,8 @@ def compare(overrides: list[str], run_dir: Path, per_method: dict | None = None)
             cfg = compose_config(
                 *overrides, f"method={method}", *extra, run_dir=str(run_dir / method)
             )
-            summaries[method] = train(cfg)
+            with parent_run(mlflow):  # the trainings and the evaluation are its children
+                summaries[method] = train(cfg)
         conditions = [
             "none",
             "seed",
@@ -83,7 +85,8 @@ def compare(overrides: list[str], run_dir: Path, per_method: dict | None = None)
         eval_cfg = compose_config(
             *overrides, f"eval.conditions=[{quoted}]", run_dir=str(run_dir / "eval")
         )
-        results = evaluate(eval_cfg)
+        with parent_run(mlflow):
+            results = evaluate(eval_cfg)
         report = build_report(base, summaries, results, conditions)
         write_bytes_atomic(run_dir / "compare.json", json.dumps(report, indent=2).encode())
         write_bytes_atomic(run_dir / "compare.md", format_markdown(report).encode())
@@ -95,8 +98,9 @@ def compare(overrides: list[str], run_dir: Path, per_method: dict | None = None)
             mlflow.log_artifact(str(run_dir / name))
         mlflow.log_metrics({f"{n}/accuracy": a for n, a in accuracy.items()})
         mlflow.end_run()
-    except BaseException:
-        mlflow.end_run(status="FAILED")
+    except BaseException as err:
+        stopped = isinstance(err, KeyboardInterrupt)
+        mlflow.end_run(status="KILLED" if stopped else "FAILED", wait_s=5 if stopped else None)
         raise
     print(format_markdown(report))
     return report

@@ -26,16 +26,19 @@ from omegaconf import DictConfig
 
 from learner.driver.cli import run_hydra_app
 from learner.driver.cluster import run_scope, start_actors, worker_python
+from learner.driver.observer import Tracker
 from learner.driver.rollouts import WorkerPool, prompt_builder
-from learner.driver.tracking import RunOutputs, check_tracking_uri, ensure_writable, setup_mlflow
+from learner.driver.tracking import RunOutputs, check_tracking_uri, ensure_writable, run_params
 from learner.models import resolve_model_path
 from shared.artifact import art_metadata, check_metadata, decode_png, sha256
 from shared.config import validate
 from shared.errors import UserError
 from shared.messages import AdapterUpdate, ImageUpdate, RolloutRequest, SamplingConfig
 from shared.prompts import PROMPT_LAYOUT
+from shared.storage import room_problem
 
 logger = logging.getLogger("art.eval")
+EVAL_ROOM_BYTES = 1 << 20  # what art-eval asks of its output folder at start
 
 
 def eval_requests(examples, prompt_for, with_image: bool) -> list[RolloutRequest]:
@@ -202,6 +205,9 @@ def evaluate(cfg: DictConfig) -> dict:
             cfg.rollout.num_gpus_per_worker = 1
     run_dir = Path(cfg.run_dir)
     ensure_writable(run_dir)
+    problem = room_problem(run_dir, EVAL_ROOM_BYTES, "an evaluation (eval.json, metrics)")
+    if problem:
+        raise UserError(problem)
     from shared.tasks.scoring import open_task
 
     task, examples, scorer = open_task(cfg.task, cfg.eval.split, cfg.eval.limit)
@@ -219,7 +225,7 @@ def evaluate(cfg: DictConfig) -> dict:
     ray, owns_ray, _, workers = start_actors(cfg, model_path, False, lora_rank)
     outputs = RunOutputs(run_dir)
     pool = WorkerPool(ray, workers, max_attempts=cfg.rollout.max_restarts + 1)
-    mlflow, run = setup_mlflow(cfg, cfg.run_name or f"eval-{run_dir.name}")
+    mlflow = Tracker(cfg, run_dir, cfg.run_name or f"eval-{run_dir.name}", params=run_params(cfg))
     outputs.mlflow = mlflow
     results = {}
     with run_scope(ray, owns_ray, workers, mlflow):

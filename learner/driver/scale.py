@@ -80,6 +80,7 @@ class Elastic:
         from shared.errors import UserError
 
         self.ray, self.pool = ray, pool
+        self.wanted = workers  # as last read from the control (checkpoints keep it)
         name = control_name(run_name)
         try:
             self.control = (
@@ -108,6 +109,7 @@ class Elastic:
         try:
             if not done:
                 wanted = self.ray.get(self.control.wanted.remote(), timeout=30)
+                self.wanted = wanted
                 self.pool.resize(wanted)
                 self.pool.admit()
             self.control.report.remote(step, len(self.pool), len(self.pool.pending), done)

@@ -16,6 +16,8 @@ import sys
 import time
 from pathlib import Path
 
+from shared.storage import exits_on_storage_errors
+
 REPO = Path(__file__).resolve().parents[2]
 # Never uploaded with the job: environments, outputs, local stores, caches.
 EXCLUDES = [
@@ -82,6 +84,32 @@ def submit_with_retry(client, retry_s: float = 90.0, **job) -> str:
             time.sleep(3)
 
 
+def package_place() -> str:
+    import tempfile
+
+    return f"a file of the job's package under TMPDIR={tempfile.gettempdir()}"
+
+
+def held_run_folder(cfg) -> str | None:
+    """Why the run folder the job would use is in use by a live driver, as far as this machine
+    can tell (None: free, or not a folder it sees). The job's driver checks it again where it
+    runs (learner/driver/runlock.py); this check answers before the job is queued."""
+    from learner.driver.cli import choose_run_dir
+    from learner.driver.runlock import busy_message, live_holder
+
+    if cfg.resume_from:
+        if not Path(cfg.resume_from).is_absolute():
+            return None
+    elif not (cfg.run_name or cfg.resume == "auto") or not Path(cfg.output_dir).is_absolute():
+        return None  # a new folder, or a relative output_dir: a folder of the job's own copy
+    run_dir = choose_run_dir(cfg)
+    holder = live_holder(run_dir, cfg.lock_stale_s)
+    return busy_message(run_dir, holder, cfg.lock_stale_s) if holder else None
+
+
+@exits_on_storage_errors(
+    "art-submit", "nothing was submitted; free space there or set TMPDIR", package_place
+)
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Submit ART training to a Ray cluster.")
     parser.add_argument(
@@ -118,13 +146,16 @@ def main(argv: list[str] | None = None) -> int:
     from shared.errors import UserError
     from shared.tasks.scoring import check_task_config
 
-    try:  # the job's config, checked here before any cluster is contacted
+    try:  # the job's config and run folder, checked here before any cluster is contacted
         overrides = rewrite_model_override(list(args.overrides))
         check_overrides(overrides)
         cfg = compose_config(*overrides)
         validate(cfg)
         check_task_config(cfg.task)  # the task class, reward and score functions import
         shipment = Shipment() if args.no_ship else plan_shipment(cfg.task)
+        busy = held_run_folder(cfg)
+        if busy:
+            raise UserError(f"{busy}; nothing was submitted")
     except UserError as err:
         print(f"art-submit: error: {err}", file=sys.stderr)
         return 2

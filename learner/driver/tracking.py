@@ -1,4 +1,5 @@
-"""What a run leaves behind: the MLflow run, the run folder's files, and the step log."""
+"""What a run leaves behind: the run folder's files, the step log, and the parameters of its
+MLflow run (which learner/driver/observer.py feeds)."""
 
 from __future__ import annotations
 
@@ -38,38 +39,10 @@ def check_tracking_uri(uri: str, timeout_s: float = 5.0) -> None:
         ) from err
 
 
-def setup_mlflow(cfg, run_name: str, run_id: str | None = None):
-    """Local default: a SQLite store and an artifact folder under the project root."""
-    import mlflow
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.utils import get_original_cwd
-
-    root = Path(get_original_cwd() if HydraConfig.initialized() else ".")
-    uri = cfg.logging.tracking_uri
-    if "://" not in uri:  # a bare path: a local SQLite file
-        uri = "sqlite:///" + str(root.joinpath(uri).resolve())
-    mlflow.set_tracking_uri(uri)
-    if mlflow.get_experiment_by_name(cfg.logging.experiment) is None:
-        artifacts = cfg.logging.artifact_location
-        if artifacts and "://" not in artifacts:
-            artifacts = root.joinpath(artifacts).resolve().as_uri()
-        mlflow.create_experiment(cfg.logging.experiment, artifact_location=artifacts or None)
-    mlflow.set_experiment(cfg.logging.experiment)
-    nested = mlflow.active_run() is not None  # art-compare: the training runs are children
-    if run_id is not None and _run_exists(mlflow, run_id):  # a resumed run continues its run
-        return mlflow, mlflow.start_run(run_id=run_id, nested=nested)
-    run = mlflow.start_run(run_name=run_name, nested=nested)
+def run_params(cfg) -> dict[str, str]:
+    """The config as MLflow parameters (flat keys; the run folder is not one)."""
     flat = flatten(OmegaConf.to_container(cfg, resolve=True))
-    mlflow.log_params({k: str(v)[:500] for k, v in flat.items() if k != "run_dir"})
-    return mlflow, run
-
-
-def _run_exists(mlflow, run_id: str) -> bool:
-    try:
-        mlflow.get_run(run_id)
-        return True
-    except Exception:
-        return False
+    return {k: str(v)[:500] for k, v in flat.items() if k != "run_dir"}
 
 
 def flatten(d: dict, prefix: str = "") -> dict:
@@ -83,9 +56,9 @@ def flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def ensure_writable(folder: Path) -> None:
+def ensure_writable(folder: Path, setting: str = "output_dir") -> None:
     """Refuse, before anything is written, an output folder that cannot be created: a probe
-    folder is made (and removed) in the nearest existing parent."""
+    folder is made (and removed) in the nearest existing parent. `setting` chooses it."""
     import shutil
     import tempfile
 
@@ -98,8 +71,7 @@ def ensure_writable(folder: Path) -> None:
         shutil.rmtree(tempfile.mkdtemp(dir=probe, prefix=".art-probe-"))
     except OSError as err:
         raise UserError(
-            f"cannot write the run folder {folder} ({err}); set output_dir to a folder you "
-            "can write"
+            f"cannot write the run folder {folder} ({err}); set {setting} to a folder you can write"
         ) from err
 
 
@@ -113,6 +85,7 @@ class RunOutputs:
         ensure_writable(self.run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.checkpoints = self.run_dir / "checkpoints"
+        self.saved: tuple[Path, int] | None = None  # the newest checkpoint written: path, step
 
     def write(self, name: str, data: bytes, log: bool = False, artifact_path: str | None = None):
         path = write_bytes_atomic(self.run_dir / name, data)

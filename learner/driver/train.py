@@ -10,14 +10,19 @@ Each step, as named phases:
 7. evaluate  - every `eval.every` steps on a validation slice of the training split (never
                the test split), keeping `best.png`.
 Nothing is lost: every output is written atomically; a checkpoint holds everything needed to
-continue exactly (`resume_from=`, `resume=auto`); a rollout worker whose process dies is
-restarted and its chunk sampled again; a learner that dies, an interrupt or any crash leaves
-`art.png` and `checkpoints/last.pt` of the last good step and says how to resume.
+continue exactly (`resume_from=`, `resume=auto`, which fall back to the newest checkpoint that
+loads); a rollout worker whose process dies is restarted and its chunk sampled again; a learner
+that dies, an interrupt, SIGTERM, a full disk or any crash leaves `art.png` and
+`checkpoints/last.pt` of the last good step and says how to resume. One driver per run folder
+(learner/driver/runlock.py); MLflow only observes (learner/driver/observer.py): the run's
+metrics are in its `metrics.jsonl` whatever the store does. docs/reliability.md has the table.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -28,10 +33,13 @@ from omegaconf import DictConfig
 from learner.driver.checkpoint import (
     DriverState,
     capture_rng,
-    load_checkpoint,
-    newest_checkpoint,
+    estimate_checkpoint_bytes,
+    missing_checkpoint,
+    prune_checkpoints,
     restore_rng,
+    resume_point,
     save_checkpoint,
+    step_files,
 )
 from learner.driver.cli import run_folder_of, run_hydra_app
 from learner.driver.cluster import (
@@ -43,6 +51,7 @@ from learner.driver.cluster import (
     worker_python,
 )
 from learner.driver.learners import LearnerGroup
+from learner.driver.observer import Tracker
 from learner.driver.rollouts import (
     Prefetch,
     PromptSampler,
@@ -54,6 +63,7 @@ from learner.driver.rollouts import (
     split_validation,
     uses_image,
 )
+from learner.driver.runlock import LockLost, RunLock
 from learner.driver.tracking import (
     Progress,
     RunOutputs,
@@ -62,12 +72,13 @@ from learner.driver.tracking import (
     ensure_writable,
     export_step,
     mean,
-    setup_mlflow,
+    run_params,
 )
 from learner.metrics import RayMetrics
 from learner.models import resolve_model_path
 from shared.config import validate
 from shared.errors import RunStoppedError, UserError
+from shared.storage import describe, mib, room_problem, storage_error
 
 logger = logging.getLogger("art.train")
 # Per-step metrics kept in the checkpoint (the summary's rewards and the run's curves).
@@ -96,6 +107,8 @@ class Plan:
     checkpoint: Path | None
     learner_state: dict | None
     driver_state: DriverState
+    lock: RunLock  # held from here to the end of the run
+    outputs: RunOutputs | None = None  # once the run folder is written
 
 
 @dataclass
@@ -118,11 +131,13 @@ class Run:
     scorer: object = None  # shared/tasks/scoring.py: rewards and strict scores
     last_good: tuple | None = None  # (ImageUpdate, learner state, DriverState) of the last step
     ahead: object | None = None  # the next step's rollouts, sampled during the update
+    lock: RunLock | None = None  # the run folder's; lost to another driver: stop, write nothing
 
 
 def prepare(cfg: DictConfig) -> Plan:
-    """Validate the config, load the task, the model's processor, the seed image and the
-    checkpoint to resume from; refuse what cannot work before any file or process exists."""
+    """Validate the config, load the task, the model's processor and the seed image, take the
+    run folder's lock, load the checkpoint to resume from and check the disk's room; refuse
+    what cannot work before any process exists (and, but for the lock, any file)."""
     validate(cfg)
     from learner.preprocess import VisionSpec, validate_image_size
 
@@ -135,10 +150,6 @@ def prepare(cfg: DictConfig) -> Plan:
     from shared.images import seed_image
     from shared.tasks.scoring import open_task
 
-    checkpoint = Path(cfg.resume_from) if cfg.resume_from else None
-    run_dir = run_folder_of(checkpoint) if checkpoint else Path(cfg.run_dir)
-    if checkpoint is None and cfg.resume == "auto":
-        checkpoint = newest_checkpoint(run_dir)
     task, train_examples, scorer = open_task(cfg.task, cfg.task.split)  # rewards checked
     max_new = cfg.rollout.max_new_tokens or task.max_new_tokens
     if cfg.algo.overlong_buffer >= max_new:
@@ -155,17 +166,38 @@ def prepare(cfg: DictConfig) -> Plan:
     prompt_for = prompt_builder(cfg, model_path)
     spec = VisionSpec.from_image_processor(prompt_for.processor.image_processor)
     validate_image_size(height, width, spec, cfg.model.name)
-    learner_state, driver_state = None, DriverState()
-    if checkpoint is not None:
-        learner_state, driver_state = load_checkpoint(
-            checkpoint, cfg.model.name, height, width, cfg.method.name
-        )
-        if driver_state.step >= cfg.steps:
+    given = Path(cfg.resume_from) if cfg.resume_from else None
+    run_dir = run_folder_of(given) if given else Path(cfg.run_dir)
+    if given is not None and not given.is_file() and not step_files(given.parent):
+        raise missing_checkpoint(given)
+    ensure_writable(run_dir)
+    resuming = given is not None or cfg.resume == "auto"
+    if not resuming:  # a resume checks once it knows its checkpoint (and pruned old ones)
+        check_room(cfg, run_dir, model_path, None)
+    lock = take_lock(run_dir, cfg.lock_stale_s)  # before its checkpoints are read
+    try:
+        found = None
+        if resuming:
+            found = resume_point(
+                run_dir / "checkpoints", cfg.model.name, height, width, cfg.method.name, given
+            )
+        checkpoint, learner_state, driver_state = found or (None, None, DriverState())
+        if checkpoint is not None and driver_state.step >= cfg.steps:
             raise UserError(
                 f"{checkpoint} is at step {driver_state.step} and the run asks for steps="
                 f"{cfg.steps}: nothing to do; set steps above {driver_state.step} to continue"
             )
-    ensure_writable(run_dir)
+        resume_worker_count(cfg, driver_state)
+        if checkpoint is not None:  # a bound given now applies to what is there
+            keep = cfg.logging.keep_checkpoints
+            protect = {driver_state.step, driver_state.best_step}
+            for old in prune_checkpoints(run_dir / "checkpoints", keep, protect):
+                logger.info("removed %s (logging.keep_checkpoints=%d)", old, keep)
+        check_room(cfg, run_dir, model_path, checkpoint, warn=True)
+    except BaseException:
+        scorer.close()
+        release(lock)
+        raise
     return Plan(
         run_dir,
         task,
@@ -177,23 +209,143 @@ def prepare(cfg: DictConfig) -> Plan:
         checkpoint,
         learner_state,
         driver_state,
+        lock,
     )
 
 
+def take_lock(run_dir: Path, stale_s: float) -> RunLock:
+    """The run folder's lock (learner/driver/runlock.py); a disk that cannot take even its
+    small file is a user error like a full one."""
+    try:
+        return RunLock(run_dir, stale_s).acquire()
+    except OSError as err:
+        fault = storage_error(err)
+        if fault is None:
+            raise
+        raise UserError(
+            f"{describe(fault)}, the run folder's lock; free space there or set output_dir to a "
+            "folder with room"
+        ) from err
+
+
+def release(lock: RunLock) -> None:
+    """Give the run folder back (and remove it if this driver made it and wrote nothing)."""
+    lock.release()
+    if lock.created_dir:
+        with contextlib.suppress(OSError):
+            lock.run_dir.rmdir()
+
+
+def resume_worker_count(cfg: DictConfig, state: DriverState) -> None:
+    """A resumed run gets the rollout worker count it had (art-scale may have changed it),
+    unless its command now gives another `rollout.num_workers`."""
+    from omegaconf import open_dict
+
+    configured, wanted = cfg.rollout.num_workers, state.workers_wanted
+    same_command = state.workers_config in (None, configured)
+    state.workers_config = configured
+    if not wanted or wanted == configured:
+        return
+    if not same_command:
+        logger.info(
+            "rollout.num_workers=%d given: the run had %d rollout workers, it resumes with %d",
+            configured,
+            wanted,
+            configured,
+        )
+        return
+    count = max(min(wanted, cfg.rollout.max_workers or wanted), cfg.rollout.min_workers or 1)
+    with open_dict(cfg):
+        cfg.rollout.num_workers = count
+    logger.info(
+        "resuming with %d rollout workers, the count the run had (art-scale); the command's "
+        "rollout.num_workers=%d; art-scale changes it again",
+        count,
+        configured,
+    )
+
+
+# A run needs room for this many checkpoints at once: the newest step file, last.pt, and one
+# being written beside its target.
+ROOM_CHECKPOINTS = 3
+
+
+def check_room(
+    cfg: DictConfig, run_dir: Path, model_path: str, checkpoint: Path | None, warn: bool = False
+) -> None:
+    """Refuse a run whose output folder has no room for a few checkpoints (the size of the one
+    it resumes from, or an estimate from the config); `warn` when all it would keep do not
+    fit."""
+    from shared.storage import free_bytes
+
+    size = checkpoint.stat().st_size if checkpoint else estimate_checkpoint_bytes(cfg, model_path)
+    size += 6 * cfg.image.height * cfg.image.width  # the step's PNGs beside it
+    what = f"this run ({ROOM_CHECKPOINTS} checkpoints of about {mib(size)})"
+    problem = room_problem(run_dir, ROOM_CHECKPOINTS * size, what)
+    if problem:
+        raise UserError(problem)
+    keep = cfg.logging.keep_checkpoints
+    kept = (keep + 1 if keep else cfg.steps // cfg.logging.checkpoint_every) + 2
+    if warn and kept * size > free_bytes(run_dir):
+        fits = max(free_bytes(run_dir) // size - 3, 1)
+        logger.warning(
+            "the output folder %s has %s free and the %d checkpoints this run keeps need about "
+            "%s: set logging.keep_checkpoints=%d (or free space)",
+            run_dir,
+            mib(free_bytes(run_dir)),
+            kept,
+            mib(kept * size),
+            fits,
+        )
+
+
+def storage_stop(fault: OSError, run_dir: Path, saved: tuple | None) -> RunStoppedError:
+    """A write that failed mid-run: what it was, and what is safe (`saved`: the path and step
+    of the newest checkpoint written)."""
+    if saved is not None and saved[0].is_file():
+        last = run_dir / "checkpoints" / "last.pt"
+        safe = (
+            f"{saved[0]} (step {saved[1]}) is intact (every file is written atomically). Free "
+            "space (logging.keep_checkpoints=N bounds what a run keeps) and resume with: "
+            f"art-train resume_from={last}"
+        )
+    else:
+        safe = "no checkpoint was written yet, so there is nothing to resume; free space first"
+    return RunStoppedError(f"{describe(fault)}; {safe}")
+
+
 def train(cfg: DictConfig) -> dict:
-    """Run ART end to end; returns the summary written to `summary.json`."""
+    """Run ART end to end; returns the summary written to `summary.json`. The run folder is
+    this driver's from `prepare` to the end; a write that fails ends the run in one line."""
     wall_start = time.perf_counter()
     plan = prepare(cfg)
+    try:
+        return train_run(cfg, plan, wall_start)
+    except OSError as err:
+        fault = storage_error(err)
+        if fault is None:
+            raise
+        saved = plan.outputs.saved if plan.outputs is not None else None
+        raise storage_stop(fault, plan.run_dir, saved) from err
+    finally:
+        plan.scorer.close()  # the reward processes (user functions), if any
+        plan.lock.release()
+
+
+def train_run(cfg: DictConfig, plan: Plan, wall_start: float) -> dict:
     run_id = plan.run_dir.name  # tags every Ray metric of the run
     ray, owns_ray, learner, workers = start_actors(cfg, plan.model_path, run_id=run_id)
     replicas = learner if isinstance(learner, list) else [learner]
-    outputs = RunOutputs(plan.run_dir, with_image=uses_image(cfg))  # the run's first file
-    outputs.config(cfg)
-    mlflow, mlflow_run = setup_mlflow(cfg, plan.run_dir.name, plan.driver_state.mlflow_run_id)
+    outputs = plan.outputs = RunOutputs(plan.run_dir, with_image=uses_image(cfg))
+    if plan.checkpoint is not None:
+        outputs.saved = (plan.checkpoint, plan.driver_state.step)
+    outputs.config(cfg)  # the run's first file (but for its lock)
+    state = plan.driver_state
+    mlflow = Tracker(
+        cfg, plan.run_dir, plan.run_dir.name, state.mlflow_run_id, state.step, run_params(cfg)
+    )
     outputs.mlflow = mlflow
     sampler = PromptSampler(plan.train_examples, seed=cfg.seed)
-    state = plan.driver_state
-    state.mlflow_run_id = mlflow_run.info.run_id
     made: dict = {}  # the pool and the scale control, once made: killed at the end either way
 
     def actors() -> list:
@@ -223,6 +375,7 @@ def train(cfg: DictConfig) -> dict:
         run = Run(
             cfg, ray, learners, pool, plan.task, sampler, plan.prompt_for, plan.held_out,
             outputs, mlflow, state, elastic, RayMetrics(run=run_id), scorer=plan.scorer,
+            lock=plan.lock,
         )  # fmt: skip
         if plan.checkpoint is not None:
             learners.load_state_dict(plan.learner_state)
@@ -232,6 +385,7 @@ def train(cfg: DictConfig) -> dict:
             logger.info("resumed from %s at step %d", plan.checkpoint, state.step)
         final = train_loop(run)
         artifact = outputs.policy(final)
+        tracking = mlflow.flush()  # bounded: what did not reach MLflow is in metrics.jsonl
         summary = {
             "steps": cfg.steps,
             "reward_first5": mean(state.rewards[:5]),
@@ -256,14 +410,18 @@ def train(cfg: DictConfig) -> dict:
             "mean_phase_s": {k: round(mean(state.history.get(k, [])), 4) for k in PHASES},
             "max_staleness": cfg.algo.max_staleness,
             "resumed_from": str(plan.checkpoint) if plan.checkpoint else None,
-            "mlflow_run_id": mlflow_run.info.run_id,
+            "mlflow_run_id": mlflow.run_id,
+            "tracking": tracking,
             "placement": where,
             "model": cfg.model.name,
             "task": cfg.task.name,
             "reward_functions": reward_summary(state.history, plan.scorer.names),
         }
         outputs.summary(summary)
-    plan.scorer.close()  # the reward processes (user functions), if any
+    final_report = mlflow.report()  # after the run's end reached MLflow, or the wait ran out
+    if any(final_report[k] != tracking[k] for k in ("unsent_values", "unsent_calls")):
+        summary["tracking"], summary["mlflow_run_id"] = final_report, mlflow.run_id
+        outputs.write("summary.json", json.dumps(summary, indent=2).encode())
     logger.info(
         "done: reward %.3f -> %.3f in %.1fs; %s",
         summary["reward_first5"],
@@ -292,6 +450,8 @@ def train_loop(run: Run):
     step = state.step + 1
     try:
         for step in range(state.step + 1, cfg.steps + 1):
+            if run.lock is not None:
+                run.lock.check()  # another driver took the run folder over: stop
             t0 = time.perf_counter()  # 1-3. sample, score, filter
             rollouts = run.ahead or rollouts_for(run, step - 1)
             run.ahead = None
@@ -337,8 +497,24 @@ def train_loop(run: Run):
         progress.close()
         if isinstance(run.ahead, Prefetch):
             run.ahead.thread.join(timeout=60)
-        stopped_at = save_last_good(run)
-        if isinstance(err, KeyboardInterrupt | UserError | RunStoppedError):
+        if isinstance(err, LockLost):  # the folder is another driver's now: write nothing
+            raise
+        fault = storage_error(err)
+        try:
+            stopped_at = save_last_good(run)
+        except OSError as again:  # the disk that failed the step fails this too
+            if storage_error(again) is None:
+                raise
+            fault = fault or storage_error(again)
+            logger.warning("could not save the last good step: %s", describe(fault))
+            stopped_at = None
+        if isinstance(err, KeyboardInterrupt):  # Ctrl-C, SIGTERM: the CLI says what is kept
+            err.saved = (run.outputs.run_dir, (run.outputs.saved or (None, 0))[1],
+                         (run.outputs.checkpoints / "last.pt").is_file())  # fmt: skip
+            raise
+        if fault is not None:
+            raise storage_stop(fault, run.outputs.run_dir, run.outputs.saved) from err
+        if isinstance(err, UserError | RunStoppedError):
             raise
         last = run.outputs.checkpoints / "last.pt"
         hint = (
@@ -420,6 +596,7 @@ def mark_good(run: Run, update, step: int) -> None:
     saves (with overlap, the next step's rollouts too: a resume continues exactly)."""
     state = run.state
     state.rng, state.worker_restarts = capture_rng(), run.pool.restarts
+    state.mlflow_run_id = run.mlflow.run_id or state.mlflow_run_id
     state.sampler = run.sampler.state_dict()
     state.ahead = rollouts_to_state(run.ahead) if run.ahead is not None else None
     learner_state = learner_call(run, step, "state_dict")
@@ -430,20 +607,31 @@ def save_image_and_checkpoint(run: Run, step: int) -> None:
     update, learner_state, state = run.last_good
     run.outputs.step_policy(step, update)
     run.outputs.plots(state.history, f"{run.cfg.method.name} on {run.cfg.task.name}")
+    state.workers_wanted = run.elastic.wanted if run.elastic is not None else None
     path = save_checkpoint(run.outputs.checkpoints / f"step_{step:06d}.pt", learner_state, state)
-    save_checkpoint(run.outputs.checkpoints / "last.pt", learner_state, state)
+    save_last(run, learner_state, state)
+    keep = run.cfg.logging.keep_checkpoints
+    for old in prune_checkpoints(run.outputs.checkpoints, keep, {step, state.best_step}):
+        logger.info("removed %s (logging.keep_checkpoints=%d)", old.name, keep)
     logger.info("checkpoint %s", path)
 
 
+def save_last(run: Run, learner_state: dict, state: DriverState) -> None:
+    last = save_checkpoint(run.outputs.checkpoints / "last.pt", learner_state, state)
+    run.outputs.saved = (last, state.step)
+
+
 def save_last_good(run: Run) -> int:
-    """On any exit: art.png (or adapter/) and last.pt of the last completed step."""
+    """On any exit: art.png (or adapter/) and last.pt of the last completed step (with the
+    worker count the run wants now: a resume starts with it)."""
     if run.last_good is None:
         if run.pool.update is not None:
             run.outputs.policy(run.pool.update)
         return run.state.step
     update, learner_state, state = run.last_good
+    state.workers_wanted = run.elastic.wanted if run.elastic is not None else None
     run.outputs.policy(update)
-    save_checkpoint(run.outputs.checkpoints / "last.pt", learner_state, state)
+    save_last(run, learner_state, state)
     return state.step
 
 

@@ -94,18 +94,33 @@ def test_two_replicas_train_the_same_image_and_resume_with_one(ray_local, make_c
     for n in (1, 2):
         cfg = make_cfg(
             "steps=5", "eval.every=0", f"learner.num_replicas={n}", "learner.num_cpus=0.5",
-            "logging.checkpoint_every=3", f"output_dir={tmp_path}/n{n}",
+            "logging.checkpoint_every=1", f"output_dir={tmp_path}/n{n}",
         )  # fmt: skip
         cfg.run_dir = str(tmp_path / f"n{n}")
         runs[n] = train(cfg)
     one, two = runs[1], runs[2]
     assert two["learner_replicas"] == 2 and set(two["placement"]) >= {"learner", "learner-1"}
+
+    # The all-reduced gradient equals one learner's up to float32 summation order (about 2e-5
+    # relative here: the passes differ in shape and thread count). Adam's first step is close
+    # to sign(g), and later steps amplify that, so the pixels are compared after one step;
+    # after five, the same rollouts and rewards (every step samples with the image of the
+    # last) and a PNG within a few levels say that both trained the same image.
+    def theta(n, step):
+        path = tmp_path / f"n{n}" / "checkpoints" / f"step_{step:06d}.pt"
+        return torch.load(path, weights_only=True)["learner"]["theta_CHW"]
+
+    first_rel = float((theta(1, 1) - theta(2, 1)).norm() / theta(1, 1).norm())
+    assert np.allclose(one["rewards"], two["rewards"])
     a = np.asarray(Image.open(one["artifact_path"])).astype(int)
     b = np.asarray(Image.open(two["artifact_path"])).astype(int)
     diff = np.abs(a - b)
-    print(f"uint8 levels: max {diff.max()}, {int((diff > 0).sum())} of {diff.size} differ")
-    assert diff.max() <= 1 and (diff > 0).mean() <= 0.01
-    assert np.allclose(one["rewards"], two["rewards"])
+    print(
+        f"after 1 step: pixel logits differ by {first_rel:.1e} relative; after 5: uint8 levels "
+        f"max {diff.max()}, mean {diff.mean():.3f}, {int((diff > 0).sum())} of {diff.size} differ"
+    )
+    assert first_rel <= 1e-3
+    assert diff.max() <= 3 and diff.mean() <= 0.25
 
     # the 2-replica run's step-3 checkpoint resumed with one learner, and the other way round
     checkpoint = tmp_path / "n2" / "checkpoints" / "step_000003.pt"
@@ -114,7 +129,7 @@ def test_two_replicas_train_the_same_image_and_resume_with_one(ray_local, make_c
     assert resumed["resumed_from"] == str(checkpoint) and len(resumed["rewards"]) == 5
     assert resumed["rewards"][:3] == two["rewards"][:3]
     c = np.asarray(Image.open(resumed["artifact_path"])).astype(int)
-    assert np.abs(c - b).max() <= 1
+    assert np.abs(c - b).max() <= 3 and np.abs(c - b).mean() <= 0.25  # as above
     saved = torch.load(checkpoint, weights_only=True)["learner"]
     assert saved["version"] >= 1 and "rank" not in saved  # nothing of a replica's own
 

@@ -61,7 +61,7 @@ def test_replicas_gradient_equals_one_learners(ray_local, tiny_model_path, make_
             from learner.learner import Batch
 
             batch = Batch.from_groups(groups)
-            return learner.share(batch, range(len(batch)))
+            return learner.data_parallel.share(batch, range(len(batch)))
 
         shares = group._all("__ray_call__", shares_of, groups)
         rows = sorted(r for share in shares for r in share)
@@ -78,8 +78,8 @@ def test_a_replica_share_is_balanced_by_tokens(tiny_model_path):
     batch = Batch.from_groups(_uneven_groups(learner))
     tokens = []
     for rank in range(2):
-        learner.rank, learner.world_size = rank, 2
-        share = learner.share(batch, range(len(batch)))
+        learner.data_parallel.rank, learner.data_parallel.world_size = rank, 2
+        share = learner.data_parallel.share(batch, range(len(batch)))
         tokens.append(sum(len(batch.prompt_ids[i]) + batch.lengths[i] for i in share))
     assert abs(tokens[0] - tokens[1]) <= max(batch.lengths)  # within one sequence
 

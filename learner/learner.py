@@ -18,6 +18,7 @@ import torch
 
 from learner.dapo import dapo_loss, group_advantages
 from learner.data_parallel import DataParallel, parameter_hash
+from learner.linear_attention import report_kernel_paths
 from learner.pixels import PixelImage
 from learner.policy import FrozenPolicy, load_model_and_processor
 from learner.preprocess import validate_image_size
@@ -120,7 +121,9 @@ class Learner:
        sequence gets one no-gradient pass per policy version (none at all with one minibatch
        and fresh completions: the ratio is exactly 1 there);
     2. one vision encode per minibatch (`Trained.gradient_pass`);
-    3. logits at completion positions only (`FrozenPolicy`); every weight frozen.
+    3. logits at completion positions only (`FrozenPolicy`); every weight frozen;
+    4. each distinct prompt of a pass computed once for all of its completions (the
+       shared-prefix forward, `learner/shared_prefix.py`; `shared_prefix=False`: padded).
     The parameters of the last `max_staleness` versions are kept to score stale completions.
 
     Data parallel (`world_size` N > 1, after `init_group`; `learner/data_parallel.py`): each
@@ -151,6 +154,7 @@ class Learner:
         device: str = "cpu",
         seed: int = 0,
         activation_checkpointing: bool = False,
+        shared_prefix: bool = True,
         task_icon: str = "math",
         background: str = "white",
         method: str = "art",
@@ -173,8 +177,14 @@ class Learner:
             model_path, dtype=dtype, device=device
         )
         self.policy = FrozenPolicy(
-            self.model, self.processor, temperature, activation_checkpointing
+            self.model,
+            self.processor,
+            temperature,
+            activation_checkpointing,
+            shared_prefix=shared_prefix,
         )
+        # which kernels run the linear attention (logged; on cuda a metric: the torch reference?)
+        self.kernel_metrics = report_kernel_paths(self.model, self.policy.device)
         # data-parallel replicas (`init_group`): rank r of world_size
         self.data_parallel = DataParallel(rank, world_size, self.on_cuda)
         validate_image_size(height, width, self.policy.spec, model_name)
@@ -281,21 +291,39 @@ class Learner:
     def micro_batches(self, batch: Batch, rows: Sequence[int]) -> list[list[int]]:
         """`rows` in forward/backward passes: at most `micro_batch_size` sequences each and,
         with a token budget (`max_tokens_per_micro_batch`, verl's `ppo_max_token_len_per_gpu`),
-        at most that many padded tokens (sequences x longest prompt + completion), packed
-        longest first so that sequences of like length share a pass. A sequence longer than
-        the budget gets a pass of its own. The gradient is the same either way: the loss is
-        normalized by the minibatch's token count, not the pass's."""
+        at most that many padded tokens, packed longest first so that sequences of like length
+        share a pass. A sequence longer than the budget gets a pass of its own. The gradient is
+        the same either way: the loss is normalized by the minibatch's token count, not the
+        pass's. With the shared-prefix forward a pass costs its distinct prompts once (prompts
+        x longest prompt + sequences x longest completion) and the sequences of one prompt
+        stay together, longest prompt first; else sequences x longest prompt + completion."""
         rows, size = list(rows), self.micro_batch_size
+        shared = self.policy.shared_prefix is not None
+        prompt = {i: tuple(batch.prompt_ids[i]) for i in rows}
+        if shared:  # by prompt (longest first), then by completion length
+            order = sorted(rows, key=lambda r: (-len(prompt[r]), prompt[r], -batch.lengths[r]))
+        else:
+            order = sorted(rows, key=lambda r: -(len(prompt[r]) + batch.lengths[r]))
         if self.max_tokens_per_micro_batch is None:
+            rows = order if shared else rows
             return [rows[i : i + size] for i in range(0, len(rows), size)]
-        length = {i: len(batch.prompt_ids[i]) + len(batch.token_ids[i]) for i in rows}
+
+        def cost(sequences: list[int]) -> int:
+            if shared:
+                prompts = {prompt[i] for i in sequences}
+                longest = max(len(p) for p in prompts)
+                return len(prompts) * longest + len(sequences) * max(
+                    batch.lengths[i] for i in sequences
+                )
+            return len(sequences) * max(len(prompt[i]) + batch.lengths[i] for i in sequences)
+
         passes: list[list[int]] = []
-        for i in sorted(rows, key=lambda r: -length[r]):  # longest first: padding stays low
+        for i in order:  # longest first: padding stays low
             current = passes[-1] if passes else None
             if (
                 current is None
                 or len(current) >= size
-                or (len(current) + 1) * length[current[0]] > self.max_tokens_per_micro_batch
+                or cost([*current, i]) > self.max_tokens_per_micro_batch
             ):
                 passes.append([i])
             else:
@@ -396,6 +424,7 @@ class Learner:
                 # the mean over the minibatches' optimizer steps (skipped ones left out)
                 "grad_norm": mean_finite([s["grad_norm"] for s in stats]),
                 "num_sequences": float(len(batch)),
+                **self.kernel_metrics,
                 "learner_time_s": time.perf_counter() - start,
             }
         )
@@ -414,6 +443,12 @@ class Learner:
         m.set("art_learner_update_seconds", metrics["learner_time_s"], "last update's seconds")
         m.set("art_learner_grad_norm", metrics["grad_norm"], "mean pixel-gradient norm")
         m.set("art_learner_version", self.version, "policy version after the update")
+        if "linear_attention_reference" in metrics:  # on cuda: 1 = the slow torch reference
+            m.set(
+                "art_learner_linear_attention_reference",
+                metrics["linear_attention_reference"],
+                "1: the linear attention runs the torch reference on cuda",
+            )
         if "peak_memory_bytes" in metrics:  # on a GPU: the update's peak allocated bytes
             m.set("art_learner_peak_memory_bytes", metrics["peak_memory_bytes"], "bytes")
         else:  # on the CPU: the process's peak resident set

@@ -1,0 +1,267 @@
+"""The shared-prefix forward (learner/shared_prefix.py) gives the padded forward's log-probs and
+pixel gradient: float32 on the CPU, within 1e-5 relative, with completions of mixed lengths
+(1 token to past the 64-token linear-attention chunk), prompts of lengths that are and are not
+multiples of 64, a non-square image (its tokens' 3D positions span fewer positions than
+tokens), every clip active, token-level rollout correction, G in {2, 8}, micro-batches that
+cut groups, and activation checkpointing. The 0.8B architecture's test is slow
+(`make test-all`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from contextlib import contextmanager
+
+import pytest
+import torch
+
+from learner.bench.common import synthetic_groups
+from learner.dapo import group_advantages
+from learner.learner import Batch, Learner
+from shared.messages import ScoredGroup
+
+TOLERANCE = 1e-5
+CLIPS = {"eps_low": 0.1, "eps_high": 0.5, "clip_ratio_c": 1.5}
+
+
+@contextmanager
+def padded(learner):
+    """The learner with the padded forward (the reference)."""
+    forward, learner.policy.shared_prefix = learner.policy.shared_prefix, None
+    try:
+        yield
+    finally:
+        learner.policy.shared_prefix = forward
+
+
+def make_groups(learner, prompt_lengths, group, completion_lengths, seed=0):
+    """One group per prompt length: the rendered prompt (image tokens and all) with filler
+    text tokens inserted before the assistant turn up to that length, and `group` completions
+    of random tokens of the given lengths (cycled)."""
+    gen = torch.Generator().manual_seed(seed)
+    (template,) = synthetic_groups(learner, 1, 1, 1, seed=seed)
+    base = list(template.completions[0].prompt_token_ids)
+    groups = []
+    for g, length in enumerate(prompt_lengths):
+        extra = length - len(base)
+        assert extra >= 0, f"prompt length {length} < the template's {len(base)}"
+        filler = torch.randint(40, 120, (extra,), generator=gen).tolist()
+        prompt = tuple(base[:-8] + filler + base[-8:])
+        completions = []
+        for i in range(group):
+            n = completion_lengths[(g * group + i) % len(completion_lengths)]
+            ids = tuple(torch.randint(0, 250, (n,), generator=gen).tolist())
+            completions.append(
+                dataclasses.replace(
+                    template.completions[0],
+                    request_id=g,
+                    token_ids=ids,
+                    logprobs=tuple((-torch.rand(n, generator=gen) * 3).tolist()),
+                    prompt_token_ids=prompt,
+                )
+            )
+        rewards = tuple(float((i + g) % 2) for i in range(group))
+        groups.append(ScoredGroup(template.prompt, tuple(completions), rewards))
+    return groups
+
+
+def old_logprobs(learner, batch):
+    return learner.old_logprobs(batch, skip=set())
+
+
+def gradient(learner, batch, old_BT):
+    """The trained tensors' DAPO gradient (one minibatch, old log-probs given) and the loss
+    statistics."""
+    advantages_B = group_advantages(batch.rewards_GN).reshape(-1)
+    learner.optimizer.zero_grad(set_to_none=True)
+    rows = list(range(len(batch)))
+    totals = learner.accumulate_gradient(batch, rows, old_BT.clone(), advantages_B, set())
+    grads = torch.cat([p.grad.detach().flatten().clone() for p in learner.trainable()])
+    learner.optimizer.zero_grad(set_to_none=True)
+    return grads, totals
+
+
+def relative(a, b) -> float:
+    return float((a - b).norm() / b.norm())
+
+
+def compare(learner, groups, seed=0):
+    """(log-prob relative difference, gradient relative difference, the clip fractions)."""
+    batch = Batch.from_groups(groups)
+    _, mask_BT = batch.rollout_logprobs_BT("cpu")
+    shared = old_logprobs(learner, batch)
+    with padded(learner):
+        reference = old_logprobs(learner, batch)
+    # old log-probs far from the current ones (another policy's): every clip acts
+    noise_BT = torch.randn(reference.shape, generator=torch.Generator().manual_seed(seed))
+    old_BT = (reference + noise_BT) * mask_BT
+    grad_shared, totals = gradient(learner, batch, old_BT)
+    with padded(learner):
+        grad_padded, _ = gradient(learner, batch, old_BT)
+    clips = {k: totals[k] for k in ("clip_frac_low", "clip_frac_high", "clip_frac_dual")}
+    assert grad_padded.abs().sum() > 0
+    return (
+        relative(shared * mask_BT, reference * mask_BT),
+        relative(grad_shared, grad_padded),
+        clips,
+    )
+
+
+@pytest.fixture(scope="module")
+def learner(tiny_model_path):
+    """64 x 128 pixels: 8 image tokens over 4 rotary positions. Micro-batches of 5 sequences
+    cut groups of 8 (a prompt computed in two passes)."""
+    return Learner(
+        tiny_model_path, "tiny", 64, 128, init="noise", micro_batch_size=5,
+        rollout_correction="token", **CLIPS,
+    )  # fmt: skip
+
+
+# completion lengths from 1 token to past one 64-token chunk
+MIXED = (1, 17, 70, 3, 64, 33, 2, 65)
+
+
+@pytest.mark.parametrize("group", [2, 8])
+def test_logprobs_and_pixel_gradient_equal_the_padded_forward(learner, group):
+    assert learner.policy.shared_prefix is not None
+    groups = make_groups(learner, (64, 100, 128), group, MIXED)
+    lp, grad, clips = compare(learner, groups)
+    print(f"G={group}: log-probs {lp:.1e}, pixel gradient {grad:.1e} relative; clips {clips}")
+    assert all(v > 0 for v in clips.values()), clips
+    assert lp <= TOLERANCE and grad <= TOLERANCE
+
+
+def test_with_activation_checkpointing(tiny_model_path):
+    learner = Learner(
+        tiny_model_path, "tiny", 64, 128, init="noise", activation_checkpointing=True, **CLIPS
+    )
+    groups = make_groups(learner, (64, 77), 4, MIXED)
+    lp, grad, _ = compare(learner, groups)
+    print(f"checkpointed: log-probs {lp:.1e}, pixel gradient {grad:.1e} relative")
+    assert lp <= TOLERANCE and grad <= TOLERANCE
+
+
+@pytest.mark.parametrize("with_image", [True, False], ids=["image", "text-only"])
+def test_the_lora_method(tiny_model_path, with_image):
+    learner = Learner(
+        tiny_model_path, "tiny", 64, 64, init="noise", method="lora", with_image=with_image,
+        lora={"rank": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj",
+              "in_proj_qkv", "out_proj", "down_proj"]},
+        **CLIPS,
+    )  # fmt: skip
+
+    def text_only(groups):  # the image's tokens left out of the prompts
+        image_id = learner.policy.image_token_id
+        return [
+            dataclasses.replace(
+                g,
+                completions=tuple(
+                    dataclasses.replace(
+                        c, prompt_token_ids=tuple(t for t in c.prompt_token_ids if t != image_id)
+                    )
+                    for c in g.completions
+                ),
+            )
+            for g in groups
+        ]
+
+    def batch_groups():
+        groups = make_groups(learner, (64, 90), 4, MIXED)
+        return groups if with_image else text_only(groups)
+
+    learner.update(batch_groups())  # LoRA's B starts at zero: a step, so all of it moves
+    groups = batch_groups()  # sampled with the new version
+    lp, grad, _ = compare(learner, groups)
+    print(f"LoRA ({'image' if with_image else 'text-only'}): log-probs {lp:.1e}, adapter "
+          f"gradient {grad:.1e} relative")  # fmt: skip
+    assert lp <= TOLERANCE and grad <= TOLERANCE
+
+
+def test_completion_positions_continue_the_prompts_as_the_model_numbers_them(learner):
+    """The rotary positions the completions get are those of the model's own `get_rope_index`
+    on the whole sequence (with the image: not the prompt's length)."""
+    forward = learner.policy.shared_prefix
+    (group,) = make_groups(learner, (70,), 1, (12,))
+    prompt, completion = group.completions[0].prompt_token_ids, group.completions[0].token_ids
+    encoded = learner.encode(grad=False)
+    _, next_U = forward.prompt_positions(encoded, [prompt], len(prompt))
+    ids = torch.tensor([list(prompt) + list(completion)])
+    full_31L, _ = learner.model.model.get_rope_index(
+        ids, mm_token_type_ids=(ids == learner.policy.image_token_id).int(),
+        image_grid_thw=encoded.grid_thw,
+    )  # fmt: skip
+    expected_3C = full_31L[:, 0, len(prompt) :]
+    ours_C = int(next_U[0]) + torch.arange(len(completion))
+    assert int(next_U[0]) != len(prompt)  # the image's tokens share positions
+    assert torch.equal(expected_3C, ours_C.expand(3, -1))
+
+
+def test_a_pass_of_distinct_prompts_takes_the_padded_forward(learner, monkeypatch):
+    calls = []
+    monkeypatch.setattr(
+        learner.policy.shared_prefix, "sequence_logprobs", lambda *a: calls.append(a)
+    )
+    groups = make_groups(learner, (64, 65), 1, (5,))
+    batch = Batch.from_groups(groups)
+    old_logprobs(learner, batch)
+    assert calls == []
+
+
+def test_switched_off_or_unsupported_runs_the_padded_forward(tiny_model_path, caplog):
+    off = Learner(tiny_model_path, "tiny", 64, 64, shared_prefix=False)
+    assert off.policy.shared_prefix is None
+
+    from learner.policy import FrozenPolicy, load_model_and_processor
+
+    model, processor = load_model_and_processor(tiny_model_path)
+    model.config._attn_implementation = "flash_attention_2"  # an implementation it lacks
+    with caplog.at_level(logging.INFO, logger="learner.policy"):
+        policy = FrozenPolicy(model, processor)
+    assert policy.shared_prefix is None
+    lines = [r.getMessage() for r in caplog.records if "shared-prefix" in r.getMessage()]
+    assert len(lines) == 1 and "flash_attention_2" in lines[0], lines
+
+
+def test_the_learner_reports_which_linear_attention_path_runs(tiny_model_path, caplog):
+    from learner.linear_attention import kernel_paths, report_kernel_paths
+
+    learner = Learner(tiny_model_path, "tiny", 64, 64)
+    # no fla and no causal-conv1d here (they need CUDA): transformers runs its references
+    assert kernel_paths(learner.model) == {
+        "chunk_gated_delta_rule": "torch",
+        "causal_conv1d": "torch",
+    }
+    with caplog.at_level(logging.INFO, logger="learner.linear_attention"):
+        on_cpu = report_kernel_paths(learner.model, torch.device("cpu"))
+        on_cuda = report_kernel_paths(learner.model, torch.device("cuda"))
+    assert on_cpu == {} and on_cuda == {"linear_attention_reference": 1.0}
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "torch reference" in warnings[0].getMessage()
+    assert "flash-linear-attention and causal-conv1d" in warnings[0].getMessage()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("group", "prompt_lengths", "completion_lengths"),
+    [(2, (128, 97), (1, 65, 9, 23)), (8, (128,), (1, 9, 40, 3, 2, 17, 5, 12))],
+    ids=["G=2", "G=8"],
+)
+def test_the_0_8b_architecture(real_size_learner, group, prompt_lengths, completion_lengths):
+    """The published Qwen3.5-0.8B architecture (random weights, float32, a 256 x 256 image:
+    64 image tokens), as its preset runs it (activation checkpointing). Sized for 2 CPU cores:
+    the padded reference is what takes the time."""
+    groups = make_groups(real_size_learner, prompt_lengths, group, completion_lengths)
+    lp, grad, clips = compare(real_size_learner, groups)
+    print(f"0.8B, G={group}: log-probs {lp:.1e}, pixel gradient {grad:.1e} relative; {clips}")
+    assert all(v > 0 for v in clips.values()), clips
+    assert lp <= TOLERANCE and grad <= TOLERANCE
+
+
+@pytest.fixture(scope="module")
+def real_size_learner():
+    from learner.models import resolve_model_path
+
+    return Learner(
+        resolve_model_path("qwen3_5_0_8b_random"), "qwen3_5_0_8b_random", 256, 256,
+        init="noise", activation_checkpointing=True, rollout_correction="token", **CLIPS,
+    )  # fmt: skip

@@ -69,3 +69,41 @@ def png(pixels) -> bytes:
     from shared.artifact import encode_png
 
     return encode_png(pixels)
+
+
+def sized_groups(learner, prompt_lengths, group: int, completion_lengths, seed: int = 0):
+    """One scored group per prompt length: the rendered chat prompt (with the image's tokens)
+    with random text tokens inserted before the assistant turn up to that length, and `group`
+    completions of random tokens, their lengths taken in turn from `completion_lengths`;
+    rewards alternate 0, 1 (every group has signal)."""
+    import dataclasses
+
+    import torch
+
+    from shared.messages import ScoredGroup
+
+    gen = torch.Generator().manual_seed(seed)
+    (template,) = synthetic_groups(learner, 1, 1, 1, seed=seed)
+    base = list(template.completions[0].prompt_token_ids)
+    head, tail = base[:-8], base[-8:]  # tail: the assistant turn's opening
+    groups = []
+    for g, length in enumerate(prompt_lengths):
+        if length < len(base):
+            raise ValueError(f"prompt length {length} < the rendered prompt's {len(base)}")
+        filler = torch.randint(40, 120, (length - len(base),), generator=gen).tolist()
+        prompt = tuple(head + filler + tail)
+        completions = []
+        for i in range(group):
+            n = completion_lengths[(g * group + i) % len(completion_lengths)]
+            completions.append(
+                dataclasses.replace(
+                    template.completions[0],
+                    request_id=g,
+                    token_ids=tuple(torch.randint(0, 250, (n,), generator=gen).tolist()),
+                    logprobs=tuple((-torch.rand(n, generator=gen) * 3).tolist()),
+                    prompt_token_ids=prompt,
+                )
+            )
+        rewards = tuple(float((i + g) % 2) for i in range(group))
+        groups.append(ScoredGroup(template.prompt, tuple(completions), rewards))
+    return groups

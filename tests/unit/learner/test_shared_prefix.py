@@ -34,13 +34,13 @@ CLIPS = {"eps_low": 0.1, "eps_high": 0.5, "clip_ratio_c": 1.5}
 
 
 @contextmanager
-def padded(learner):
-    """The learner with the padded forward (the reference)."""
-    forward, learner.policy.shared_prefix = learner.policy.shared_prefix, None
+def forward_as(learner, forward=None):
+    """The learner with another shared-prefix forward (None: the padded forward)."""
+    own, learner.policy.shared_prefix = learner.policy.shared_prefix, forward
     try:
         yield
     finally:
-        learner.policy.shared_prefix = forward
+        learner.policy.shared_prefix = own
 
 
 def sharpen(learner):
@@ -79,18 +79,19 @@ def relative(a, b) -> float:
     return float((a - b).norm() / b.norm())
 
 
-def compare(learner, groups, seed=0):
-    """(log-prob relative difference, gradient relative difference, the clip fractions)."""
+def compare(learner, groups, seed=0, reference_forward=None):
+    """(log-prob relative difference, gradient relative difference, the clip fractions) of
+    the learner's shared-prefix forward against `reference_forward` (None: padded)."""
     batch = Batch.from_groups(groups)
-    _, mask_BT = batch.rollout_logprobs_BT("cpu")
+    _, mask_BT = batch.rollout_logprobs_BT(learner.policy.device)
     shared = old_logprobs(learner, batch)
-    with padded(learner):
+    with forward_as(learner, reference_forward):
         reference = old_logprobs(learner, batch)
     # old log-probs far from the current ones (another policy's): every clip acts
     noise_BT = torch.randn(reference.shape, generator=torch.Generator().manual_seed(seed))
-    old_BT = (reference + noise_BT) * mask_BT
+    old_BT = (reference + noise_BT.to(reference.device)) * mask_BT
     grad_shared, totals = gradient(learner, batch, old_BT)
-    with padded(learner):
+    with forward_as(learner, reference_forward):
         grad_padded, _ = gradient(learner, batch, old_BT)
     clips = {k: totals[k] for k in ("clip_frac_low", "clip_frac_high", "clip_frac_dual")}
     assert grad_padded.abs().sum() > 0
@@ -262,3 +263,71 @@ def real_size_learner():
         resolve_model_path("qwen3_5_0_8b_random"), "qwen3_5_0_8b_random", 256, 256,
         init="noise", activation_checkpointing=True, rollout_correction="token", **CLIPS,
     )  # fmt: skip
+
+
+# ---- on a GPU (make test-gpu; skipped elsewhere: they have not run where no GPU was lent) ----
+GPU_LOGPROBS, GPU_GRADIENT = 1e-3, 1e-2  # fla's and causal-conv1d's kernels vs float32 torch
+
+
+@pytest.fixture(scope="module")
+def cuda_learner(tiny_model_path):
+    learner = Learner(
+        tiny_model_path, "tiny", 64, 128, init="noise", device="cuda", micro_batch_size=5,
+        rollout_correction="token", **CLIPS,
+    )  # fmt: skip
+    return sharpen(learner)
+
+
+@pytest.mark.gpu
+def test_on_cuda_the_learner_runs_the_fast_kernels(cuda_learner):
+    """What the README's and the Dockerfile's CUDA install bring: flash-linear-attention and
+    causal-conv1d, chosen by transformers and used by the shared-prefix forward."""
+    from learner.linear_attention import kernel_paths
+
+    assert kernel_paths(cuda_learner.model) == {
+        "chunk_gated_delta_rule": "fla",
+        "causal_conv1d": "causal-conv1d",
+    }
+    assert cuda_learner.kernel_metrics == {"linear_attention_reference": 0.0}
+    assert cuda_learner.policy.shared_prefix.kernels.names == ("fla", "causal-conv1d")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("group", [2, 8])
+def test_on_cuda_the_fast_kernels_with_initial_states_equal_the_torch_reference(
+    cuda_learner, group
+):
+    """The shared-prefix forward with fla's `initial_state` and causal-conv1d's
+    `initial_states` against the same forward through the torch references."""
+    from learner.shared_prefix import SharedPrefixForward
+
+    reference = SharedPrefixForward(cuda_learner.policy, kernels="torch")
+    groups = make_groups(cuda_learner, (64, 100, 128), group, MIXED)
+    lp, grad, clips = compare(cuda_learner, groups, reference_forward=reference)
+    print(f"cuda G={group}, fast vs torch: log-probs {lp:.1e}, pixel gradient {grad:.1e}")
+    assert all(v > 0 for v in clips.values()), clips
+    assert lp <= GPU_LOGPROBS and grad <= GPU_GRADIENT
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("group", [2, 8])
+def test_on_cuda_the_shared_prefix_equals_the_padded_forward(cuda_learner, group):
+    """Both through the fast kernels (transformers' layers in the padded forward)."""
+    groups = make_groups(cuda_learner, (64, 100, 128), group, MIXED)
+    lp, grad, _ = compare(cuda_learner, groups)
+    print(f"cuda G={group}, shared-prefix vs padded: log-probs {lp:.1e}, gradient {grad:.1e}")
+    assert lp <= GPU_LOGPROBS and grad <= GPU_GRADIENT
+
+
+@pytest.mark.gpu
+def test_on_cuda_the_0_8b_architecture():
+    from learner.models import resolve_model_path
+
+    learner = Learner(
+        resolve_model_path("qwen3_5_0_8b_random"), "qwen3_5_0_8b_random", 256, 256,
+        init="noise", device="cuda", activation_checkpointing=True, **CLIPS,
+    )  # fmt: skip
+    groups = make_groups(learner, (184, 141), 8, (1, 256, 9, 65, 200, 2, 64, 31))
+    lp, grad, _ = compare(learner, groups)
+    print(f"cuda 0.8B: shared-prefix vs padded: log-probs {lp:.1e}, gradient {grad:.1e}")
+    assert lp <= GPU_LOGPROBS and grad <= GPU_GRADIENT

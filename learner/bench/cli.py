@@ -49,8 +49,11 @@ def format_report(report: dict) -> str:
     for letter in SECTIONS:
         lines += section(letter).format_lines(report)
     lines += ["", "targets"]
+    width = max([24, *(len(name) + 1 for name in report["targets"])])
     for name, (value, target, ok) in report["targets"].items():
-        lines.append(f"{name:<24}{value:>9.2f}   target {target:g}   {'met' if ok else 'NOT met'}")
+        lines.append(
+            f"{name:<{width}}{value:>9.2f}   target {target:g}   {'met' if ok else 'NOT met'}"
+        )
     return "\n".join(lines)
 
 

@@ -71,6 +71,28 @@ def test_replicas_gradient_equals_one_learners(ray_local, tiny_model_path, make_
             ray_local.kill(actor)
 
 
+def test_replicas_with_the_shared_prefix_forward_sum_to_one_learners_gradient(
+    ray_local, tiny_model_path, make_cfg
+):
+    """Each replica computes the prompts of its rows once (its rows of a group share them);
+    the all-reduced gradient is the one learner's (float32: the passes differ in shape)."""
+    cfg = make_cfg("learner.num_replicas=2", "learner.num_cpus=0.25", "image.init=noise")
+    validate(cfg)
+    one = Learner(**learner_kwargs(cfg, tiny_model_path))
+    assert one.policy.shared_prefix is not None
+    groups = _uneven_groups(one)
+    (reference,) = one.batch_gradient(groups)
+    group = LearnerGroup(ray_local, create_learners(cfg, ray_local, tiny_model_path))
+    try:
+        for (grad,) in group._all("batch_gradient", groups):
+            rel = float((grad - reference).norm() / reference.norm())
+            print(f"2 replicas, shared-prefix forward: relative difference {rel:.2e}")
+            assert rel <= 1e-5
+    finally:
+        for actor in group.replicas:
+            ray_local.kill(actor)
+
+
 def test_a_replica_share_is_balanced_by_tokens(tiny_model_path):
     learner = Learner(tiny_model_path, "tiny", 64, 64)
     from learner.learner import Batch

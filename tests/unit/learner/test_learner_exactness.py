@@ -232,5 +232,9 @@ def test_a_token_budget_packs_passes_and_leaves_the_gradient_as_it_was(
         owners = [batch.prompt_ids[i] for p in passes for i in p]
         assert sum(a != b for a, b in zip(owners, owners[1:], strict=False)) == len(groups) - 1
     reference = optimized_gradient(one, groups)
-    assert _relative(optimized_gradient(packed, groups), reference) <= 1e-6
+    # float32 rounding: the shared-prefix passes group (and left-pad) prompts differently, so
+    # the linear attention's 64-token chunks fall elsewhere
+    assert _relative(optimized_gradient(packed, groups), reference) <= (
+        1e-5 if shared_prefix else 1e-6
+    )
     assert sorted(one.micro_batches(batch, range(len(batch)))[0]) == list(range(len(batch)))

@@ -182,12 +182,13 @@ def test_completion_positions_continue_the_prompts_as_the_model_numbers_them(lea
     (group,) = make_groups(learner, (70,), 1, (12,))
     prompt, completion = group.completions[0].prompt_token_ids, group.completions[0].token_ids
     encoded = learner.encode(grad=False)
-    _, next_U = forward.prompt_positions(encoded, [prompt], len(prompt))
+    prompt_3P, next_U = forward.prompt_positions(encoded, [prompt])
     ids = torch.tensor([list(prompt) + list(completion)])
     full_31L, _ = learner.model.model.get_rope_index(
         ids, mm_token_type_ids=(ids == learner.policy.image_token_id).int(),
         image_grid_thw=encoded.grid_thw,
     )  # fmt: skip
+    assert torch.equal(prompt_3P, full_31L[:, 0, : len(prompt)])
     expected_3C = full_31L[:, 0, len(prompt) :]
     ours_C = int(next_U[0]) + torch.arange(len(completion))
     assert int(next_U[0]) != len(prompt)  # the image's tokens share positions

@@ -6,7 +6,7 @@ PYTEST_ARGS ?=
 
 VLLM_VENV ?= .venv-vllm
 
-.PHONY: install install-vllm train eval bench compare cluster-train ray-up-local ray-down test test-all test-vllm test-gpu lint format mlflow-ui clean dashboard-shot serve serve-bench
+.PHONY: install install-vllm install-cuda-kernels train eval bench compare cluster-train ray-up-local ray-down test test-all test-vllm test-gpu lint format mlflow-ui clean dashboard-shot serve serve-bench
 
 install: $(VENV)/.installed
 
@@ -32,6 +32,11 @@ $(VLLM_VENV)/.installed: deploy/vllm/install-cpu.sh deploy/vllm/requirements-cpu
 		deploy/vllm/constraints-cpu.txt deploy/vllm/cpu-lock.txt
 	bash deploy/vllm/install-cpu.sh $(CURDIR)/$(VLLM_VENV)
 	touch $@
+
+# On a CUDA machine: flash-linear-attention and causal-conv1d in $(VENV), the fast kernels of
+# Qwen3.5's linear attention (transformers runs float32 torch references without them).
+install-cuda-kernels: install
+	bash deploy/learner/install-cuda-kernels.sh $(PY)
 
 train: install
 	$(VENV)/bin/art-train $(ARGS)

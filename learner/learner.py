@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from collections.abc import Sequence
 from contextlib import contextmanager
@@ -18,6 +17,8 @@ import numpy as np
 import torch
 
 from learner.dapo import dapo_loss, group_advantages
+from learner.data_parallel import DataParallel, parameter_hash
+from learner.linear_attention import report_kernel_paths
 from learner.pixels import PixelImage
 from learner.policy import FrozenPolicy, load_model_and_processor
 from learner.preprocess import validate_image_size
@@ -120,17 +121,14 @@ class Learner:
        sequence gets one no-gradient pass per policy version (none at all with one minibatch
        and fresh completions: the ratio is exactly 1 there);
     2. one vision encode per minibatch (`Trained.gradient_pass`);
-    3. logits at completion positions only (`FrozenPolicy`); every weight frozen.
+    3. logits at completion positions only (`FrozenPolicy`); every weight frozen;
+    4. each distinct prompt of a pass computed once for all of its completions (the
+       shared-prefix forward, `learner/shared_prefix.py`; `shared_prefix=False`: padded).
     The parameters of the last `max_staleness` versions are kept to score stale completions.
 
-    Data parallel (`world_size` N > 1, after `init_group`): every replica gets the whole batch
-    and draws the same minibatch split (same seed); replica r computes the old log-probs and
-    the gradient of its share of each minibatch only (`share`), with the loss still divided by
-    the minibatch's global token count, so that the sum over replicas is the one learner's
-    gradient. Only the trained tensors' gradient is all-reduced (for ART: 3 x H x W floats),
-    with the loss statistics; every replica then takes the same optimizer step (same gradient,
-    same Adam state), and the old log-probs are all-reduced so that every replica reports
-    the same metrics.
+    Data parallel (`world_size` N > 1, after `init_group`; `learner/data_parallel.py`): each
+    replica computes its share of every minibatch, and the gradient, the loss statistics and
+    the old log-probs are all-reduced, so that every replica takes the same step.
     """
 
     def __init__(
@@ -156,6 +154,7 @@ class Learner:
         device: str = "cpu",
         seed: int = 0,
         activation_checkpointing: bool = False,
+        shared_prefix: bool = True,
         task_icon: str = "math",
         background: str = "white",
         method: str = "art",
@@ -167,12 +166,9 @@ class Learner:
         run_id: str = "",
     ):
         torch.manual_seed(seed)  # the same seed on every replica: the same minibatch split
-        self.rank, self.world_size = rank, world_size  # data-parallel replicas (`init_group`)
-        self.allreduce_s = 0.0  # time in all-reduces (waiting for the slowest replica too)
         # the minibatch split's own generator: the same draws on every replica, whatever else
         # uses torch's default one (LoRA dropout draws per sequence of a replica's share)
         self.split_rng = torch.Generator().manual_seed(seed)
-        self._store = None  # replica 0: the process group's TCP store
         from learner.metrics import RayMetrics
 
         self.metrics = RayMetrics(run=run_id, replica=str(rank))
@@ -181,8 +177,16 @@ class Learner:
             model_path, dtype=dtype, device=device
         )
         self.policy = FrozenPolicy(
-            self.model, self.processor, temperature, activation_checkpointing
+            self.model,
+            self.processor,
+            temperature,
+            activation_checkpointing,
+            shared_prefix=shared_prefix,
         )
+        # which kernels run the linear attention (logged; on cuda a metric: the torch reference?)
+        self.kernel_metrics = report_kernel_paths(self.model, self.policy.device)
+        # data-parallel replicas (`init_group`): rank r of world_size
+        self.data_parallel = DataParallel(rank, world_size, self.on_cuda)
         validate_image_size(height, width, self.policy.spec, model_name)
         image = init_pixels(init, height, width, seed, task_icon, background).to(device)
         self.trained = make_trained(method, self.model, image, model_name, lora, with_image)
@@ -204,7 +208,8 @@ class Learner:
     def __repr__(self) -> str:
         """The Ray dashboard's Repr column (taken once, when the actor starts: the version is
         the metric art_learner_version)."""
-        replica = f" replica {self.rank} of {self.world_size}" if self.world_size > 1 else ""
+        dp = getattr(self, "data_parallel", None)
+        replica = f" replica {dp.rank} of {dp.world_size}" if dp and dp.world_size > 1 else ""
         method = getattr(getattr(self, "trained", None), "method", "?")
         run = getattr(getattr(self, "metrics", None), "tags", {}).get("run", "")
         return f"learner{replica} ({method}, run {run})"
@@ -269,102 +274,56 @@ class Learner:
                 for p, now in zip(params, current, strict=True):
                     p.copy_(now)
 
-    # ---- data parallel -----------------------------------------------------------------
+    # ---- data parallel (learner/data_parallel.py; called on every replica by the driver) ----
     def rendezvous(self) -> tuple[str, int]:
-        """Replica 0: the TCP store the replicas' process group meets at, on a port the OS
-        picked and this process holds (no other process can take it meanwhile)."""
-        from datetime import timedelta
-
-        import ray
-        import torch.distributed as dist
-
-        address = ray.util.get_node_ip_address()
-        self._store = dist.TCPStore(
-            address,
-            0,
-            self.world_size,
-            is_master=True,
-            timeout=timedelta(seconds=600),
-            wait_for_workers=False,  # the others connect in init_group
-        )
-        return address, self._store.port
+        """Replica 0: the address and port the replicas' process group meets at."""
+        return self.data_parallel.rendezvous()
 
     def init_group(self, address: str, port: int, timeout_s: float = 1800.0) -> int:
-        """Join the replicas' torch.distributed group: NCCL on GPUs, gloo on CPUs, over the
-        network interface of this node's Ray address (not whatever the hostname resolves to,
-        often 127.0.1.1 in images). `timeout_s` bounds every collective: a replica waits
-        that long for the slowest one's forward and backward."""
-        from datetime import timedelta
-
-        import ray
-        import torch.distributed as dist
-
-        interface = interface_of(ray.util.get_node_ip_address())
-        if interface:
-            os.environ.setdefault("GLOO_SOCKET_IFNAME", interface)
-            os.environ.setdefault("NCCL_SOCKET_IFNAME", interface)
-        store = self._store or dist.TCPStore(
-            address, port, self.world_size, is_master=False, timeout=timedelta(seconds=600)
-        )
-        dist.init_process_group(
-            "nccl" if self.on_cuda else "gloo",
-            store=store,
-            rank=self.rank,
-            world_size=self.world_size,
-            timeout=timedelta(seconds=timeout_s),
-        )
-        return self.rank
-
-    def share(self, batch: Batch, rows: Sequence[int]) -> list[int]:
-        """This replica's rows of a minibatch: longest first, dealt in turn, so that every
-        replica gets about the same number of tokens."""
-        if self.world_size == 1:
-            return list(rows)
-        length = {i: len(batch.prompt_ids[i]) + len(batch.token_ids[i]) for i in rows}
-        dealt = sorted(rows, key=lambda i: (-length[i], i))
-        return sorted(dealt[self.rank :: self.world_size])
-
-    def all_reduce_(self, tensors: Sequence[torch.Tensor]) -> None:
-        """Sum in place over the replicas (nothing with one)."""
-        if self.world_size == 1:
-            return
-        import torch.distributed as dist
-
-        start = time.perf_counter()
-        for tensor in tensors:
-            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-        if self.on_cuda:  # NCCL returns once the op is queued
-            torch.cuda.synchronize()
-        self.allreduce_s += time.perf_counter() - start
+        """Join the replicas' torch.distributed group (NCCL on GPUs, gloo on CPUs)."""
+        return self.data_parallel.join(address, port, timeout_s)
 
     def parameter_hash(self) -> str:
         """sha256 of the trained tensors (replicas must agree at every checkpoint)."""
-        import hashlib
-
-        digest = hashlib.sha256()
-        for p in self.trainable():
-            digest.update(p.detach().float().cpu().numpy().tobytes())
-        return digest.hexdigest()
+        return parameter_hash(self.trainable())
 
     # ---- log-probs -------------------------------------------------------------------
     def micro_batches(self, batch: Batch, rows: Sequence[int]) -> list[list[int]]:
         """`rows` in forward/backward passes: at most `micro_batch_size` sequences each and,
         with a token budget (`max_tokens_per_micro_batch`, verl's `ppo_max_token_len_per_gpu`),
-        at most that many padded tokens (sequences x longest prompt + completion), packed
-        longest first so that sequences of like length share a pass. A sequence longer than
-        the budget gets a pass of its own. The gradient is the same either way: the loss is
-        normalized by the minibatch's token count, not the pass's."""
+        at most that many padded tokens, packed longest first so that sequences of like length
+        share a pass. A sequence longer than the budget gets a pass of its own. The gradient is
+        the same either way: the loss is normalized by the minibatch's token count, not the
+        pass's. With the shared-prefix forward a pass costs its distinct prompts once (prompts
+        x longest prompt + sequences x longest completion) and the sequences of one prompt
+        stay together, longest prompt first; else sequences x longest prompt + completion."""
         rows, size = list(rows), self.micro_batch_size
+        shared = self.policy.shared_prefix is not None
+        prompt = {i: tuple(batch.prompt_ids[i]) for i in rows}
+        if shared:  # by prompt (longest first), then by completion length
+            order = sorted(rows, key=lambda r: (-len(prompt[r]), prompt[r], -batch.lengths[r]))
+        else:
+            order = sorted(rows, key=lambda r: -(len(prompt[r]) + batch.lengths[r]))
         if self.max_tokens_per_micro_batch is None:
+            rows = order if shared else rows
             return [rows[i : i + size] for i in range(0, len(rows), size)]
-        length = {i: len(batch.prompt_ids[i]) + len(batch.token_ids[i]) for i in rows}
+
+        def cost(sequences: list[int]) -> int:
+            if shared:
+                prompts = {prompt[i] for i in sequences}
+                longest = max(len(p) for p in prompts)
+                return len(prompts) * longest + len(sequences) * max(
+                    batch.lengths[i] for i in sequences
+                )
+            return len(sequences) * max(len(prompt[i]) + batch.lengths[i] for i in sequences)
+
         passes: list[list[int]] = []
-        for i in sorted(rows, key=lambda r: -length[r]):  # longest first: padding stays low
+        for i in order:  # longest first: padding stays low
             current = passes[-1] if passes else None
             if (
                 current is None
                 or len(current) >= size
-                or (len(current) + 1) * length[current[0]] > self.max_tokens_per_micro_batch
+                or cost([*current, i]) > self.max_tokens_per_micro_batch
             ):
                 passes.append([i])
             else:
@@ -403,7 +362,7 @@ class Learner:
     # ---- the DAPO step -----------------------------------------------------------------
     def update(self, groups: Sequence[ScoredGroup]):
         """One learner step on a batch of scored groups; returns metrics and the new image."""
-        start, self.allreduce_s = time.perf_counter(), 0.0
+        start, self.data_parallel.allreduce_s = time.perf_counter(), 0.0
         if self.on_cuda:
             torch.cuda.reset_peak_memory_stats()  # peak_memory_bytes: this update's
         batch = Batch.from_groups(groups)
@@ -411,7 +370,8 @@ class Learner:
         before = [p.detach().clone() for p in self.trainable()]
         advantages_B = group_advantages(batch.rewards_GN).reshape(-1)
         minibatches = self.minibatches(len(batch))
-        mine = [self.share(batch, indices) for indices in minibatches]  # all of it with N = 1
+        # this replica's rows of each minibatch: all of them with one learner
+        mine = [self.data_parallel.share(batch, indices) for indices in minibatches]
         # the first minibatch's forward doubles as its old log-probs, unless it is not the
         # old policy's own (LoRA dropout acts in that forward)
         reuse = (
@@ -432,7 +392,7 @@ class Learner:
             )
             for k, rows in enumerate(mine)
         ]
-        self.all_reduce_([old_BT])  # every row was computed by exactly one replica
+        self.data_parallel.all_reduce_([old_BT])  # every row was computed by one replica
         metrics = mismatch_metrics(batch, old_BT, version)
         rollout_BT, mask_BT = batch.rollout_logprobs_BT(old_BT.device)
         corrections = correction_metrics(old_BT, rollout_BT, mask_BT, self.correction_cap)
@@ -464,11 +424,12 @@ class Learner:
                 # the mean over the minibatches' optimizer steps (skipped ones left out)
                 "grad_norm": mean_finite([s["grad_norm"] for s in stats]),
                 "num_sequences": float(len(batch)),
+                **self.kernel_metrics,
                 "learner_time_s": time.perf_counter() - start,
             }
         )
-        if self.world_size > 1:  # what data parallelism costs: the all-reduces and the wait
-            metrics["learner_allreduce_s"] = self.allreduce_s
+        if self.data_parallel.world_size > 1:  # what data parallelism costs: all-reduces, waits
+            metrics["learner_allreduce_s"] = self.data_parallel.allreduce_s
         if self.on_cuda:
             metrics["peak_memory_bytes"] = float(torch.cuda.max_memory_allocated())
             if self.release_memory:
@@ -482,6 +443,12 @@ class Learner:
         m.set("art_learner_update_seconds", metrics["learner_time_s"], "last update's seconds")
         m.set("art_learner_grad_norm", metrics["grad_norm"], "mean pixel-gradient norm")
         m.set("art_learner_version", self.version, "policy version after the update")
+        if "linear_attention_reference" in metrics:  # on cuda: 1 = the slow torch reference
+            m.set(
+                "art_learner_linear_attention_reference",
+                metrics["linear_attention_reference"],
+                "1: the linear attention runs the torch reference on cuda",
+            )
         if "peak_memory_bytes" in metrics:  # on a GPU: the update's peak allocated bytes
             m.set("art_learner_peak_memory_bytes", metrics["peak_memory_bytes"], "bytes")
         else:  # on the CPU: the process's peak resident set
@@ -544,14 +511,14 @@ class Learner:
         totals = self.accumulate_gradient(
             batch, indices, old_BT, advantages_B, fill_old, num_tokens=num_tokens
         )
-        if self.world_size > 1:
+        if self.data_parallel.world_size > 1:
             for p in self.trainable():
                 if p.grad is None:  # an empty share: it adds zero
                     p.grad = torch.zeros_like(p)
             totals_K = torch.tensor(
                 list(totals.values()), dtype=torch.float64, device=self.policy.device
             )
-            self.all_reduce_([p.grad for p in self.trainable()] + [totals_K])
+            self.data_parallel.all_reduce_([p.grad for p in self.trainable()] + [totals_K])
             totals = dict(zip(totals, totals_K.tolist(), strict=True))
         return totals
 
@@ -563,7 +530,7 @@ class Learner:
         batch.image_versions = [self.version] * len(batch)
         advantages_B = group_advantages(batch.rewards_GN).reshape(-1)
         rows = list(range(len(batch)))
-        mine = self.share(batch, rows)
+        mine = self.data_parallel.share(batch, rows)
         old_BT = torch.zeros(len(batch), batch.max_len, device=self.policy.device)
         self.minibatch_gradient(batch, mine, old_BT, advantages_B, set(mine), sum(batch.lengths))
         grads = [p.grad.detach().cpu().clone() for p in self.trainable()]
@@ -674,19 +641,6 @@ class Learner:
             int(v): [t.to(device) for t in h] for v, h in state.get("history", {}).items()
         }
         return self.version
-
-
-def interface_of(address: str) -> str | None:
-    """The network interface that holds `address` (psutil comes with Ray), or None."""
-    try:
-        import psutil
-
-        for name, addresses in psutil.net_if_addrs().items():
-            if any(a.address == address for a in addresses):
-                return name
-    except Exception:
-        return None
-    return None
 
 
 def mean_finite(values: Sequence[float]) -> float:

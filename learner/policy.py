@@ -10,11 +10,16 @@ and the image. It is lean where the model is large:
   backward (checkpointed), so at most one chunk x vocabulary tensor is alive at a time;
 - optionally (`activation_checkpointing`), the decoder layers keep only their inputs for
   backward and recompute the rest; gradients still reach the pixels through the image
-  features with every weight frozen.
+  features with every weight frozen;
+- where sequences share a prompt (a group's G completions), each distinct prompt is computed
+  once and its state forked to its completions (`learner/shared_prefix.py`, on by default
+  where the model supports it: `shared_prefix`); `padded_logprobs` is the forward of prompt +
+  completion per sequence, which runs otherwise.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -25,6 +30,8 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from learner.preprocess import VisionSpec, preprocess
 from shared.prompts import suppressed_token_ids
+
+logger = logging.getLogger(__name__)
 
 # Elements of one chunk of logits (positions x vocabulary): 2**25 float32 = 128 MiB.
 LOGITS_CHUNK_ELEMENTS = 2**25
@@ -61,6 +68,7 @@ class FrozenPolicy:
         temperature: float = 1.0,
         activation_checkpointing: bool = False,
         logits_chunk_elements: int = LOGITS_CHUNK_ELEMENTS,
+        shared_prefix: bool = True,
     ):
         self.model = model
         self.processor = processor
@@ -77,6 +85,19 @@ class FrozenPolicy:
         self.chunk_tokens = max(1, logits_chunk_elements // self.vocab_size)
         if activation_checkpointing:
             enable_activation_checkpointing(model)
+        self.shared_prefix = None  # the shared-prefix forward, where it runs
+        if shared_prefix:
+            from learner.shared_prefix import SharedPrefixForward, unsupported_reason
+
+            reason = unsupported_reason(model)
+            if reason is None:
+                self.shared_prefix = SharedPrefixForward(self)
+            else:
+                logger.info(
+                    "shared-prefix forward unsupported for %s (%s): the padded forward runs",
+                    type(model).__name__,
+                    reason,
+                )
 
     def encode_image(self, pixels_CHW: torch.Tensor) -> EncodedImage:
         patches_NP, grid_thw = preprocess(pixels_CHW, self.spec)
@@ -113,9 +134,23 @@ class FrozenPolicy:
         prompt_ids: Sequence[Sequence[int]],
         completions: Sequence[Sequence[int]],
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One padded forward over prompt + completion token ids: (logprobs (B, T),
-        mask (B, T)) over the completion tokens. `prompt_ids` are the ids the engine sampled
-        from, image placeholder already expanded to the image's tokens."""
+        """(logprobs (B, T), mask (B, T)) over the completion tokens. `prompt_ids` are the ids
+        the engine sampled from, image placeholder already expanded to the image's tokens.
+        Sequences that share a prompt go through the shared-prefix forward where it runs (the
+        same log-probs, each prompt computed once), the others through the padded one."""
+        shares = len({tuple(p) for p in prompt_ids}) < len(prompt_ids)
+        if self.shared_prefix is not None and shares:
+            return self.shared_prefix.sequence_logprobs(image, prompt_ids, completions)
+        return self.padded_logprobs(image, prompt_ids, completions)
+
+    def padded_logprobs(
+        self,
+        image: EncodedImage | None,
+        prompt_ids: Sequence[Sequence[int]],
+        completions: Sequence[Sequence[int]],
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One padded forward over prompt + completion token ids per sequence (right padding):
+        what `sequence_logprobs` returns, each sequence computing its own prompt."""
         self._check_prompts(image, prompt_ids)
         seqs = [list(p) + list(c) for p, c in zip(prompt_ids, completions, strict=True)]
         batch, max_len = len(seqs), max(len(s) for s in seqs)

@@ -179,10 +179,17 @@ class LearnerConfig:
     lr: float = 0.05
     # Sequences per forward/backward pass (gradient accumulation above this).
     micro_batch_size: int = 32
-    # Padded tokens (sequences x longest prompt + completion) per pass, as verl's
-    # ppo_max_token_len_per_gpu; sequences are packed longest first (null: no budget). The
-    # gradient does not depend on it, the learner's peak memory does.
+    # Padded tokens per pass, as verl's ppo_max_token_len_per_gpu: sequences x longest prompt
+    # + completion, or with the shared-prefix forward each distinct prompt once (prompts x
+    # longest prompt + sequences x longest completion); packed longest first (null: no
+    # budget). The gradient does not depend on it, the learner's peak memory does.
     max_tokens_per_micro_batch: int | None = None
+    # Compute each distinct prompt of a pass once for all of its completions (its image
+    # features too) and fork its state to them: attention keys/values and the linear-attention
+    # layers' recurrent and convolution states (learner/shared_prefix.py; the same log-probs
+    # and gradient as the padded forward). false: every sequence computes its own prompt. A
+    # model it does not support runs the padded forward (one log line says why).
+    shared_prefix: bool = True
     # Clip the pixel-logit gradient norm (0 disables).
     max_grad_norm: float = 0.0
     # Consecutive optimizer steps refused for a NaN/inf loss or gradient that stop the run.

@@ -11,7 +11,9 @@ Variants, on the same batch (a 256x256 image = 64 image tokens, a chat prompt, c
 of random tokens):
 - `naive`: logits over every position of every sequence, one log-softmax over all of them
   (`learner.bench.naive`, what the learner did before);
-- `lean`: logits at completion positions only, chunked and checkpointed log-softmax;
+- `lean`: logits at completion positions only, chunked and checkpointed log-softmax (the padded
+  forward: every completion with its own copy of the prompt; art-bench section g measures the
+  shared-prefix forward against it);
 - `lean+ckpt`: `lean` plus activation checkpointing through the frozen decoder layers.
 Linux only. Takes a few minutes on a 2-core CPU for the 0.8B architecture.
 """
@@ -84,7 +86,7 @@ def measure(
     with torch.set_grad_enabled(mode == "forward+backward"):
         encoded = policy.encode_image(image())
         args = (encoded, [prompt_ids] * completions, completion_ids)
-        logprobs_BT, mask_BT = fn(policy, *args) if fn else policy.sequence_logprobs(*args)
+        logprobs_BT, mask_BT = fn(policy, *args) if fn else policy.padded_logprobs(*args)
         if mode == "forward+backward":
             (logprobs_BT * mask_BT).sum().backward()
     peak_kib = status_kib("VmHWM")

@@ -293,6 +293,7 @@ def learner_kwargs(cfg, model_path: str, rank: int = 0, replicas: int = 1) -> di
         device=cfg.model.device,
         seed=cfg.seed,
         activation_checkpointing=cfg.learner.activation_checkpointing,
+        shared_prefix=cfg.learner.shared_prefix,
         task_icon=task_icon(cfg.task.name),
         background=cfg.image.background,
         method=cfg.method.name,

@@ -1,5 +1,5 @@
 """The learner replicas as the driver sees them: one handle for one learner or N data-parallel
-replicas (`learner.num_replicas`; the all-reduce itself is in `learner/learner.py`).
+replicas (`learner.num_replicas`; the all-reduce itself is in `learner/data_parallel.py`).
 
 Every replica gets the same calls with the same arguments (one `ray.put` each) and, with N > 1,
 joins one torch.distributed group first. Replica 0 answers for the group: its policy update and

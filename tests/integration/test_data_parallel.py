@@ -61,11 +61,33 @@ def test_replicas_gradient_equals_one_learners(ray_local, tiny_model_path, make_
             from learner.learner import Batch
 
             batch = Batch.from_groups(groups)
-            return learner.share(batch, range(len(batch)))
+            return learner.data_parallel.share(batch, range(len(batch)))
 
         shares = group._all("__ray_call__", shares_of, groups)
         rows = sorted(r for share in shares for r in share)
         assert rows == list(range(12)) and all(shares)  # each sequence exactly once
+    finally:
+        for actor in group.replicas:
+            ray_local.kill(actor)
+
+
+def test_replicas_with_the_shared_prefix_forward_sum_to_one_learners_gradient(
+    ray_local, tiny_model_path, make_cfg
+):
+    """Each replica computes the prompts of its rows once (its rows of a group share them);
+    the all-reduced gradient is the one learner's (float32: the passes differ in shape)."""
+    cfg = make_cfg("learner.num_replicas=2", "learner.num_cpus=0.25", "image.init=noise")
+    validate(cfg)
+    one = Learner(**learner_kwargs(cfg, tiny_model_path))
+    assert one.policy.shared_prefix is not None
+    groups = _uneven_groups(one)
+    (reference,) = one.batch_gradient(groups)
+    group = LearnerGroup(ray_local, create_learners(cfg, ray_local, tiny_model_path))
+    try:
+        for (grad,) in group._all("batch_gradient", groups):
+            rel = float((grad - reference).norm() / reference.norm())
+            print(f"2 replicas, shared-prefix forward: relative difference {rel:.2e}")
+            assert rel <= 1e-5
     finally:
         for actor in group.replicas:
             ray_local.kill(actor)
@@ -78,8 +100,8 @@ def test_a_replica_share_is_balanced_by_tokens(tiny_model_path):
     batch = Batch.from_groups(_uneven_groups(learner))
     tokens = []
     for rank in range(2):
-        learner.rank, learner.world_size = rank, 2
-        share = learner.share(batch, range(len(batch)))
+        learner.data_parallel.rank, learner.data_parallel.world_size = rank, 2
+        share = learner.data_parallel.share(batch, range(len(batch)))
         tokens.append(sum(len(batch.prompt_ids[i]) + batch.lengths[i] for i in share))
     assert abs(tokens[0] - tokens[1]) <= max(batch.lengths)  # within one sequence
 

@@ -1,4 +1,5 @@
-"""Deploy files: YAML parses, manifests have the right kinds, the Dockerfile installs the gpu extra."""
+"""Deploy files: YAML parses, manifests have the right kinds, the Dockerfile builds both
+environments (the learner with its CUDA kernels, vLLM with its pins)."""
 
 import re
 import tomllib
@@ -56,3 +57,23 @@ def test_one_ray_version_in_every_environment():
     version = project[0].split("==")[1]
     for name in ("constraints-cpu.txt", "cpu-lock.txt", "requirements-gpu.txt"):
         assert pins(DEPLOY / "vllm" / name)["ray"] == version, name
+
+
+def test_the_cuda_install_brings_the_fast_linear_attention_kernels():
+    """The learner's CUDA install (make install-cuda-kernels, the Dockerfile) pins
+    flash-linear-attention and causal-conv1d, the latter built against the installed torch."""
+    script = (DEPLOY / "learner" / "install-cuda-kernels.sh").read_text()
+    assert '"flash-linear-attention==0.6.0"' in script
+    assert '--no-build-isolation "causal-conv1d==1.7.0"' in script
+    dockerfile = (DEPLOY / "Dockerfile").read_text()
+    assert "bash deploy/learner/install-cuda-kernels.sh /opt/venv/bin/python" in dockerfile
+    assert re.search(r"^FROM nvidia/cuda:\S+-devel-", dockerfile, re.M)  # nvcc for the build
+    makefile = (REPO / "Makefile").read_text()
+    assert "install-cuda-kernels: install" in makefile
+
+
+def test_the_vllm_gpu_environment_pins_transformers_as_tested():
+    """vLLM 0.25.1 accepts any transformers>=5.5.3: the image pins the version the project's
+    vLLM code runs with (the CPU build's lock)."""
+    gpu = pins(DEPLOY / "vllm" / "requirements-gpu.txt")
+    assert gpu["transformers"] == pins(DEPLOY / "vllm" / "cpu-lock.txt")["transformers"]

@@ -45,6 +45,7 @@ class DriverState:
     # With algo.max_staleness=1: the whole next step (every round), sampled ahead (plain data).
     ahead: dict | None = None
     loop_wall_s: float = 0.0
+    teacher_accuracy: float | None = None  # distill: the teacher's validation accuracy
 
     @property
     def rewards(self) -> list[float]:

@@ -416,6 +416,7 @@ class StepRollouts:
     completions: int = 0
     reward_errors: int = 0
     num_workers: int = 0  # workers serving when the step's sampling began
+    extra: dict = field(default_factory=dict)  # the objective's own step figures (distill)
 
 
 class RewardFunctionError(UserError):

@@ -192,6 +192,7 @@ def compute_step_metrics(rollouts, learn_metrics: dict, times) -> dict[str, floa
         "time_update_s": t2 - t1,
         "time_broadcast_s": t3 - t2,
         "time_step_s": t3 - t0,
+        **rollouts.extra,
         **learn_metrics,
     }
 

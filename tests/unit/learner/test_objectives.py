@@ -39,13 +39,16 @@ def _loss(name, **settings):
 
 def test_every_built_in_is_registered_with_its_papers_defaults():
     registered = {n: (s.loss_agg_mode, s.norm_adv_by_std) for n, s in POLICY_LOSSES.items()}
-    assert registered.items() >= {
-        "dapo": ("token-mean", True),
-        "grpo": ("seq-mean-token-mean", True),
-        "dr_grpo": ("seq-mean-token-sum-norm", False),
-        "gspo": ("seq-mean-token-mean", True),
-        "cispo": ("token-mean", True),
-    }.items()
+    assert (
+        registered.items()
+        >= {
+            "dapo": ("token-mean", True),
+            "grpo": ("seq-mean-token-mean", True),
+            "dr_grpo": ("seq-mean-token-sum-norm", False),
+            "gspo": ("seq-mean-token-mean", True),
+            "cispo": ("token-mean", True),
+        }.items()
+    )
 
 
 def test_dapo_through_the_registry_is_dapo_loss():

@@ -98,14 +98,22 @@ def test_sft_gradient_does_not_depend_on_micro_batches_or_the_token_budget(
     def gradient(**kwargs):
         learner = Learner(tiny_model_path, "tiny", 64, 64, loss="sft", init="noise", **kwargs)
         learner.optimizer.step = lambda: None  # the gradient only
-        learner.update(batch)
-        return learner.image.theta_CHW.grad.clone()
+        metrics, _ = learner.update(batch)
+        return learner.image.theta_CHW.grad.clone(), metrics["loss"], learner
 
-    one_pass = gradient(micro_batch_size=32)
-    torch.testing.assert_close(gradient(micro_batch_size=1), one_pass, rtol=1e-4, atol=1e-7)
-    torch.testing.assert_close(
-        gradient(max_tokens_per_micro_batch=20), one_pass, rtol=1e-4, atol=1e-7
-    )
+    one_pass, loss, learner = gradient(micro_batch_size=32)
+    # the loss is the token mean of the whole batch's negative log-likelihood
+    with torch.no_grad():
+        logprobs_BT, mask_BT = learner.policy.sequence_logprobs(
+            learner.encode(grad=False),
+            [s.prompt_token_ids for s in batch],
+            [s.token_ids for s in batch],
+        )
+    assert loss == pytest.approx(-(logprobs_BT * mask_BT).sum().item() / mask_BT.sum().item())
+    for kwargs in ({"micro_batch_size": 1}, {"max_tokens_per_micro_batch": 20}):
+        grad, micro_loss, _ = gradient(**kwargs)
+        torch.testing.assert_close(grad, one_pass, rtol=1e-4, atol=1e-7)
+        assert micro_loss == pytest.approx(loss, rel=1e-5)
 
 
 def test_sft_trains_a_lora_adapter_through_the_same_update(tiny_model_path, tiny_processor, tokens):

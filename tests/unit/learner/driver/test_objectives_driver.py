@@ -145,3 +145,31 @@ def test_every_tasks_gold_completion_scores_full_marks(name, options, split):
     if name == "gsm8k":  # the worked solution, calculator annotations removed
         text = task.gold_completion(examples[0])
         assert "<<" not in text and text.endswith(f"Answer: {examples[0].answer}")
+
+
+def test_art_compare_takes_a_list_of_objectives_and_per_objective_overrides():
+    from learner.driver.compare import objective_override, split_method_overrides, split_objectives
+
+    rest, names = split_objectives(["steps=5", "objectives=[dapo, grpo,sft]", "sft:learner.lr=0.1"])
+    assert names == ["dapo", "grpo", "sft"] and rest == ["steps=5", "sft:learner.lr=0.1"]
+    common, per = split_method_overrides(rest + ["learner.lr=0.02"], names)
+    assert common == ["steps=5", "learner.lr=0.02"]  # one method: one learning rate is fine
+    assert per == {"dapo": [], "grpo": [], "sft": ["learner.lr=0.1"]}
+    assert objective_override("gspo") == "algo=gspo"  # a preset
+    assert objective_override("my.module:loss") == "algo.loss=my.module:loss"  # a user's loss
+    for bad in (
+        ["objectives=[dapo]"],
+        ["objectives=[dapo,dapo]"],
+        ["objectives=[a,b]", "algo=sft"],
+    ):
+        with pytest.raises(UserError):
+            split_objectives(bad)
+    assert split_objectives(["steps=5"]) == (["steps=5"], [])  # art vs lora as before
+
+
+def test_the_config_schema_knows_the_learners_names():
+    import shared.config
+    from learner.objectives import AGG_MODES, TARGET_OBJECTIVES
+
+    assert shared.config.AGG_MODES == AGG_MODES  # shared/ cannot import learner/: kept equal
+    assert shared.config.TARGET_OBJECTIVES == TARGET_OBJECTIVES

@@ -1,4 +1,6 @@
-"""DAPO (Yu et al. 2025, arXiv 2503.14476), as pure functions over tensors.
+"""DAPO (Yu et al. 2025, arXiv 2503.14476), as pure functions over tensors. Its loss is
+`algo.loss=dapo` among the other objectives of `learner/objectives/`; the group advantages,
+dynamic sampling and overlong shaping here serve every policy-gradient objective.
 
 1. Group-normalized advantages: A = (r - mean_group) / (std_group + 1e-6), one per completion,
    with the unbiased (n - 1) standard deviation, as verl and TRL compute it.
@@ -22,11 +24,20 @@ from collections.abc import Sequence
 
 import torch
 
+from learner.objectives.policy_gradient import clipped_token_loss
+from learner.objectives.registry import LossSettings
 
-def group_advantages(rewards_GN: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+
+def group_advantages(
+    rewards_GN: torch.Tensor, eps: float = 1e-6, norm_by_std: bool = True
+) -> torch.Tensor:
     """(groups, G) rewards -> (groups, G) advantages, normalized by the unbiased (n - 1)
-    standard deviation of each group (verl's `compute_grpo_outcome_advantage`, TRL's GRPO)."""
+    standard deviation of each group (verl's `compute_grpo_outcome_advantage`, TRL's GRPO).
+    `norm_by_std=False`: the reward minus the group mean only (Dr. GRPO; verl's
+    `norm_adv_by_std_in_grpo=False`, TRL's `scale_rewards="none"`)."""
     mean_G1 = rewards_GN.mean(dim=1, keepdim=True)
+    if not norm_by_std:
+        return rewards_GN - mean_G1
     std_G1 = rewards_GN.std(dim=1, keepdim=True, correction=1)
     return (rewards_GN - mean_G1) / (std_G1 + eps)
 
@@ -42,7 +53,8 @@ def dapo_loss(
     clip_ratio_c: float | None = None,
     weights_BT: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """The DAPO surrogate loss (to minimize) and its clip statistics.
+    """The DAPO surrogate loss (to minimize) and its clip statistics: `algo.loss=dapo` of
+    `learner/objectives/policy_gradient.py` with its settings as arguments.
 
     With `clip_ratio_c` (verl's dual clip, > 1), tokens with A < 0 get
     max(min(rho * A, clip(rho) * A), c * A): no gradient once rho > c.
@@ -52,37 +64,10 @@ def dapo_loss(
     `weights_BT` (detached) multiplies each token's clipped objective: the rollout correction's
     importance weights (`learner/rollout_correction.py`), as verl applies them.
     """
-    mask_BT = mask_BT.to(logprobs_BT.dtype)
-    if num_tokens is None:
-        num_tokens = mask_BT.sum().item()
-    num_tokens = max(float(num_tokens), 1.0)
-    # the log-ratio clamped to +-20 as verl does: one overflowing token must not make the
-    # minibatch's gradient NaN (the clipped objective is flat there anyway)
-    ratio_BT = torch.exp((logprobs_BT - old_logprobs_BT).clamp(-20.0, 20.0))
-    adv_B1 = advantages_B.unsqueeze(1)
-    unclipped_BT = ratio_BT * adv_B1
-    clipped_BT = torch.clamp(ratio_BT, 1.0 - eps_low, 1.0 + eps_high) * adv_B1
-    objective_BT = torch.minimum(unclipped_BT, clipped_BT)
-    dual_BT = torch.zeros_like(objective_BT, dtype=torch.bool)
-    if clip_ratio_c is not None:
-        floor_BT = clip_ratio_c * adv_B1.expand_as(objective_BT)
-        dual_BT = (adv_B1 < 0) & (objective_BT < floor_BT)
-        objective_BT = torch.where(dual_BT, floor_BT, objective_BT)
-    if weights_BT is not None:
-        objective_BT = objective_BT * weights_BT.detach()
-    loss = -(objective_BT * mask_BT).sum() / num_tokens
-
-    with torch.no_grad():
-        # A token is clipped when the clipped branch is the active (smaller) one.
-        low_BT = (ratio_BT < 1.0 - eps_low) & (adv_B1 < 0)
-        high_BT = (ratio_BT > 1.0 + eps_high) & (adv_B1 > 0)
-        metrics = {
-            "clip_frac_low": ((low_BT * mask_BT).sum() / num_tokens).item(),
-            "clip_frac_high": ((high_BT * mask_BT).sum() / num_tokens).item(),
-            "clip_frac_dual": ((dual_BT * mask_BT).sum() / num_tokens).item(),
-            "ratio_mean": ((ratio_BT * mask_BT).sum() / num_tokens).item(),
-        }
-    return loss, metrics
+    settings = LossSettings(eps_low, eps_high, clip_ratio_c, "token-mean", num_tokens)
+    return clipped_token_loss(
+        logprobs_BT, old_logprobs_BT, advantages_B, mask_BT, settings, weights_BT
+    )
 
 
 def overlong_penalty(length: int, max_length: int, buffer: int) -> float:

@@ -1,5 +1,7 @@
-"""The learner: a frozen model copy, what is trained (`learner/trained.py`), Adam, and the DAPO
-update.
+"""The learner: a frozen model copy, what is trained (`learner/trained.py`), Adam, and the
+update: a policy-gradient loss on scored groups (`algo.loss`, DAPO by default:
+`learner/objectives/`), or, for sft and distill, an update on target sequences
+(`learner/supervised.py`).
 
 Used directly in tests and wrapped as a Ray actor (`name="learner"`) by the driver.
 """
@@ -16,9 +18,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from learner.dapo import dapo_loss, group_advantages
+from learner.dapo import group_advantages
 from learner.data_parallel import DataParallel, parameter_hash
 from learner.linear_attention import report_kernel_paths
+from learner.objectives import TARGET_OBJECTIVES, LossSettings, get_policy_loss
 from learner.pixels import PixelImage
 from learner.policy import FrozenPolicy, load_model_and_processor
 from learner.preprocess import validate_image_size
@@ -164,6 +167,11 @@ class Learner:
         rank: int = 0,
         world_size: int = 1,
         run_id: str = "",
+        loss: str = "dapo",
+        loss_agg_mode: str | None = None,
+        norm_adv_by_std: bool | None = None,
+        loss_scale_factor: int | None = None,
+        distill_direction: str = "forward",
     ):
         torch.manual_seed(seed)  # the same seed on every replica: the same minibatch split
         # the minibatch split's own generator: the same draws on every replica, whatever else
@@ -192,6 +200,14 @@ class Learner:
         self.trained = make_trained(method, self.model, image, model_name, lora, with_image)
         self.optimizer = torch.optim.Adam(self.trained.parameters(), lr=lr)
         self.eps_low, self.eps_high, self.clip_ratio_c = eps_low, eps_high, clip_ratio_c
+        # the objective (learner/objectives/): a registered policy loss, or sft / distill
+        self.loss, self.distill_direction = loss, distill_direction
+        spec = None if loss in TARGET_OBJECTIVES else get_policy_loss(loss)
+        self.policy_loss = spec.fn if spec else None
+        self.loss_agg_mode = loss_agg_mode or (spec.loss_agg_mode if spec else "token-mean")
+        own_norm = spec.norm_adv_by_std if spec else True
+        self.norm_adv_by_std = own_norm if norm_adv_by_std is None else norm_adv_by_std
+        self.loss_scale_factor = loss_scale_factor
         self.num_minibatches = num_minibatches
         self.micro_batch_size = micro_batch_size
         self.max_tokens_per_micro_batch = max_tokens_per_micro_batch
@@ -361,14 +377,20 @@ class Learner:
 
     # ---- the DAPO step -----------------------------------------------------------------
     def update(self, groups: Sequence[ScoredGroup]):
-        """One learner step on a batch of scored groups; returns metrics and the new image."""
+        """One learner step on a batch of scored groups (sft, distill: of `TargetSequence`s,
+        `learner/supervised.py`); returns metrics and the new image."""
+        if self.loss in TARGET_OBJECTIVES:
+            from learner.supervised import fit_targets
+
+            return fit_targets(self, groups)
         start, self.data_parallel.allreduce_s = time.perf_counter(), 0.0
         if self.on_cuda:
             torch.cuda.reset_peak_memory_stats()  # peak_memory_bytes: this update's
         batch = Batch.from_groups(groups)
         version = self.version
         before = [p.detach().clone() for p in self.trainable()]
-        advantages_B = group_advantages(batch.rewards_GN).reshape(-1)
+        advantages_B = group_advantages(batch.rewards_GN, norm_by_std=self.norm_adv_by_std)
+        advantages_B = advantages_B.reshape(-1)
         minibatches = self.minibatches(len(batch))
         # this replica's rows of each minibatch: all of them with one learner
         mine = [self.data_parallel.share(batch, indices) for indices in minibatches]
@@ -389,6 +411,7 @@ class Learner:
                 advantages_B,
                 reuse if k == 0 else set(),
                 num_tokens=sum(batch.lengths[i] for i in minibatches[k]),
+                num_sequences=len(minibatches[k]),
             )
             for k, rows in enumerate(mine)
         ]
@@ -397,12 +420,7 @@ class Learner:
         rollout_BT, mask_BT = batch.rollout_logprobs_BT(old_BT.device)
         corrections = correction_metrics(old_BT, rollout_BT, mask_BT, self.correction_cap)
         metrics.update({f"rollout_corr/{k}": v for k, v in corrections.items()})
-        skipped = sum(s.pop("skipped") for s in stats)
-        if skipped < len(stats):  # the pixels moved: a new image version
-            self.version += 1
-            self.history[version] = before
-            oldest = self.version - self.max_staleness
-            self.history = {v: h for v, h in self.history.items() if v >= oldest}
+        skipped = self.commit(version, before, stats)
         update = self.policy_update()
         taken = [s for s in stats if math.isfinite(s["loss"])] or stats
         metrics.update({k: float(np.mean([s[k] for s in taken])) for k in taken[0]})
@@ -436,6 +454,17 @@ class Learner:
                 torch.cuda.empty_cache()
         self.record(metrics)
         return metrics, update
+
+    def commit(self, version: int, before: list[torch.Tensor], stats: list[dict]) -> int:
+        """After a batch's optimizer steps: a new version if any moved the parameters (`before`
+        kept as `version`'s, for stale completions); returns the number of skipped steps."""
+        skipped = sum(s.pop("skipped") for s in stats)
+        if skipped < len(stats):  # the pixels moved: a new image version
+            self.version += 1
+            self.history[version] = before
+            oldest = self.version - self.max_staleness
+            self.history = {v: h for v, h in self.history.items() if v >= oldest}
+        return skipped
 
     def record(self, metrics: dict[str, float]) -> None:
         """This replica's update figures through Ray's metrics (docs/monitoring.md)."""
@@ -471,12 +500,20 @@ class Learner:
         advantages_B: torch.Tensor,
         fill_old: set[int],
         num_tokens: int | None = None,
+        num_sequences: int | None = None,
     ) -> dict[str, float]:
         """The minibatch's gradient, then one Adam step on the pixel logits. A NaN or inf in
         the loss or the gradient refuses the step: the gradient is dropped, the pixels and
         Adam's state stay as they were (`skipped` = 1). With replicas, `indices` is this
-        replica's share and `num_tokens` the whole minibatch's."""
-        totals = self.minibatch_gradient(batch, indices, old_BT, advantages_B, fill_old, num_tokens)
+        replica's share and `num_tokens`, `num_sequences` the whole minibatch's."""
+        totals = self.minibatch_gradient(
+            batch, indices, old_BT, advantages_B, fill_old, num_tokens, num_sequences
+        )
+        return self.optimizer_step(totals)
+
+    def optimizer_step(self, totals: dict[str, float]) -> dict[str, float]:
+        """One Adam step with the gradient in `.grad` (the minibatch's, summed over replicas),
+        refused when it or the loss is not finite."""
         grads = [p.grad for p in self.trainable()]
         finite_grad = any(g is not None for g in grads) and all(
             bool(torch.isfinite(g).all()) for g in grads if g is not None
@@ -504,13 +541,19 @@ class Learner:
         advantages_B: torch.Tensor,
         fill_old: set[int],
         num_tokens: int | None = None,
+        num_sequences: int | None = None,
     ) -> dict[str, float]:
         """The minibatch's gradient in the trained tensors' `.grad`, and its loss statistics:
         with replicas, both summed over them (the only all-reduce of a step)."""
         self.optimizer.zero_grad(set_to_none=True)
         totals = self.accumulate_gradient(
-            batch, indices, old_BT, advantages_B, fill_old, num_tokens=num_tokens
+            batch, indices, old_BT, advantages_B, fill_old, num_tokens, num_sequences
         )
+        return self.sum_over_replicas(totals)
+
+    def sum_over_replicas(self, totals: dict[str, float]) -> dict[str, float]:
+        """The trained tensors' gradient and the loss statistics summed over the replicas
+        (nothing with one)."""
         if self.data_parallel.world_size > 1:
             for p in self.trainable():
                 if p.grad is None:  # an empty share: it adds zero
@@ -528,11 +571,14 @@ class Learner:
         of `trainable()`. For tests and art-bench; the learner stays as it was."""
         batch = Batch.from_groups(groups)
         batch.image_versions = [self.version] * len(batch)
-        advantages_B = group_advantages(batch.rewards_GN).reshape(-1)
+        advantages_B = group_advantages(batch.rewards_GN, norm_by_std=self.norm_adv_by_std)
+        advantages_B = advantages_B.reshape(-1)
         rows = list(range(len(batch)))
         mine = self.data_parallel.share(batch, rows)
         old_BT = torch.zeros(len(batch), batch.max_len, device=self.policy.device)
-        self.minibatch_gradient(batch, mine, old_BT, advantages_B, set(mine), sum(batch.lengths))
+        self.minibatch_gradient(
+            batch, mine, old_BT, advantages_B, set(mine), sum(batch.lengths), len(batch)
+        )
         grads = [p.grad.detach().cpu().clone() for p in self.trainable()]
         self.optimizer.zero_grad(set_to_none=True)
         return grads
@@ -545,14 +591,27 @@ class Learner:
         advantages_B: torch.Tensor,
         fill_old: set[int] = frozenset(),
         num_tokens: int | None = None,
+        num_sequences: int | None = None,
     ) -> dict[str, float]:
-        """The DAPO loss of the minibatch `indices` backpropagated into the pixel logits: one
+        """The policy loss of the minibatch `indices` backpropagated into the pixel logits: one
         encode, micro-batches accumulating into the image features (a leaf), then one backward
         through the vision tower. Rows in `fill_old` take their old log-probs from this forward
-        (the policy has not moved yet). `num_tokens`: the loss's denominator, the minibatch's
-        token count (default: that of `indices`)."""
+        (the policy has not moved yet). `num_tokens`, `num_sequences`: the aggregation's
+        denominators, the minibatch's token and sequence counts (default: those of
+        `indices`)."""
         if num_tokens is None:
             num_tokens = sum(batch.lengths[i] for i in indices)
+        if num_sequences is None:
+            num_sequences = len(indices)
+        settings = LossSettings(
+            self.eps_low,
+            self.eps_high,
+            self.clip_ratio_c,
+            self.loss_agg_mode,
+            num_tokens,
+            num_sequences,
+            self.loss_scale_factor,
+        )
         rollout_BT, _ = batch.rollout_logprobs_BT(self.policy.device)
         keys = ("loss", "clip_frac_low", "clip_frac_high", "clip_frac_dual", "ratio_mean")
         totals = dict.fromkeys(keys, 0.0)
@@ -572,16 +631,13 @@ class Learner:
                     self.correction,
                     self.correction_cap,
                 )
-                loss, stats = dapo_loss(
+                loss, stats = self.policy_loss(
                     logprobs_BT,
                     old_BT[idx, :width],
                     advantages_B[idx].to(logprobs_BT.device),
                     mask_BT,
-                    self.eps_low,
-                    self.eps_high,
-                    num_tokens=num_tokens,
-                    clip_ratio_c=self.clip_ratio_c,
-                    weights_BT=weights_BT,
+                    settings,
+                    weights_BT,
                 )
                 loss.backward()
                 totals["loss"] += loss.item()

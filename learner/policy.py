@@ -60,6 +60,28 @@ class EncodedImage:
         return int(self.features_ND.shape[0])
 
 
+@dataclass
+class CompletionStates:
+    """The final hidden states that predict the completion tokens of a batch (N positions,
+    sequence by sequence), the tokens, and where each sits in a (B, T) layout."""
+
+    hidden_ND: torch.Tensor
+    targets_N: torch.Tensor
+    rows_N: torch.Tensor
+    steps_N: torch.Tensor
+    batch: int
+    width: int  # the longest completion
+
+    def scatter(self, values_N: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-position values as (B, T) (zero after each completion's end) and the mask."""
+        device = values_N.device
+        values_BT = torch.zeros(self.batch, self.width, device=device, dtype=values_N.dtype)
+        values_BT = values_BT.index_put((self.rows_N, self.steps_N), values_N)
+        mask_BT = torch.zeros(self.batch, self.width, device=device)
+        mask_BT[self.rows_N, self.steps_N] = 1.0
+        return values_BT, mask_BT
+
+
 class FrozenPolicy:
     def __init__(
         self,
@@ -122,9 +144,15 @@ class FrozenPolicy:
                 chunks.append(self._chunk_logprobs(h_CD, t_C))
         return torch.cat(chunks)
 
-    def _chunk_logprobs(self, hidden_CD: torch.Tensor, targets_C: torch.Tensor) -> torch.Tensor:
+    def logits(self, hidden_CD: torch.Tensor) -> torch.Tensor:
+        """The sampling distribution's logits (C, V) at final hidden states: float32, divided
+        by the temperature, vision tokens -inf."""
         logits_CV = self.model.lm_head(hidden_CD).float() / self.temperature
         logits_CV[:, self.suppress_ids] = float("-inf")
+        return logits_CV
+
+    def _chunk_logprobs(self, hidden_CD: torch.Tensor, targets_C: torch.Tensor) -> torch.Tensor:
+        logits_CV = self.logits(hidden_CD)
         target_C = logits_CV.gather(-1, targets_C.unsqueeze(-1)).squeeze(-1)
         return target_C - torch.logsumexp(logits_CV, dim=-1)
 
@@ -151,6 +179,18 @@ class FrozenPolicy:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One padded forward over prompt + completion token ids per sequence (right padding):
         what `sequence_logprobs` returns, each sequence computing its own prompt."""
+        states = self.completion_states(image, prompt_ids, completions)
+        logprobs_N = self.token_logprobs(states.hidden_ND, states.targets_N)
+        return states.scatter(logprobs_N)
+
+    def completion_states(
+        self,
+        image: EncodedImage | None,
+        prompt_ids: Sequence[Sequence[int]],
+        completions: Sequence[Sequence[int]],
+    ) -> CompletionStates:
+        """One padded forward over prompt + completion token ids: the final hidden state that
+        predicts each completion token, and that token (N positions, sequence by sequence)."""
         self._check_prompts(image, prompt_ids)
         seqs = [list(p) + list(c) for p, c in zip(prompt_ids, completions, strict=True)]
         batch, max_len = len(seqs), max(len(s) for s in seqs)
@@ -182,15 +222,14 @@ class FrozenPolicy:
         steps = torch.tensor([k for n in lengths for k in range(n)], device=self.device)
         starts = torch.tensor([len(p) for p in prompt_ids], device=self.device)
         positions = starts[rows] + steps
-        logprobs_N = self.token_logprobs(
-            hidden_BLD[rows, positions - 1], input_ids_BL[rows, positions]
+        return CompletionStates(
+            hidden_BLD[rows, positions - 1],
+            input_ids_BL[rows, positions],
+            rows,
+            steps,
+            batch,
+            max(lengths),
         )
-        width = max(lengths)
-        logprobs_BT = torch.zeros(batch, width, device=self.device, dtype=logprobs_N.dtype)
-        logprobs_BT = logprobs_BT.index_put((rows, steps), logprobs_N)
-        mask_BT = torch.zeros(batch, width, device=self.device)
-        mask_BT[rows, steps] = 1.0
-        return logprobs_BT, mask_BT
 
     def _check_prompts(self, image: EncodedImage | None, prompt_ids) -> None:
         expected = image.num_tokens if image is not None else 0

@@ -71,17 +71,58 @@ class TaskConfig:
 
 
 @dataclass
+class DistillConfig:
+    # "forward": KL(teacher || student) on completions the teacher samples (Askell et al. 2021,
+    # Snell et al. 2022); "reverse": KL(student || teacher) on completions the student samples
+    # with the current image (on-policy context distillation).
+    direction: str = "forward"
+    # The teacher's text context (a system prompt, few-shot examples, a document); null with
+    # context_file null: the task's own (the synthetic task's hint).
+    context: str | None = None
+    # A UTF-8 text file holding the teacher's context (instead of context).
+    context_file: str | None = None
+    # Where the teacher's prompt holds the context: "system" (its own system turn, after
+    # task.system_prompt) or "user" (before the question in the user turn).
+    placement: str = "system"
+
+
+# The objectives that are not policy-gradient losses on rewarded samples.
+TARGET_OBJECTIVES = ("sft", "distill")
+AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
+
+
+@dataclass
 class AlgoConfig:
-    # Completions sampled per prompt (G).
+    # The objective (docs/objectives.md): a policy-gradient loss on rewarded samples ("dapo",
+    # "grpo", "dr_grpo", "gspo", "cispo", or package.module:function of your own, registered
+    # as in learner/objectives/registry.py), "sft" (the log-likelihood of the task's gold
+    # completions, no sampling) or "distill" (the KL to the model given a text context).
+    loss: str = "dapo"
+    # How the loss's per-token terms become one number: token-mean, seq-mean-token-mean,
+    # seq-mean-token-sum, seq-mean-token-sum-norm (null: the loss's own; the run's config.yaml
+    # records which).
+    loss_agg_mode: str | None = None
+    # Divide each group's advantages by the group's reward std (GRPO, DAPO); false: the reward
+    # minus the group mean only (Dr. GRPO). null: the loss's own.
+    norm_adv_by_std: bool | None = None
+    # The constant seq-mean-token-sum-norm divides each completion's token sum by (verl's
+    # loss_scale_factor, Dr. GRPO's and TRL's max_completion_length); null: the completion-length
+    # limit (rollout.max_new_tokens, or the task's).
+    loss_scale_factor: int | None = None
+    # algo.loss=distill: the teacher's context and the KL's direction.
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    # Completions sampled per prompt (G); distill: completions per prompt; sft: unused.
     group_size: int = 8
-    # Groups (prompts) per learner step after dynamic sampling.
+    # Groups (prompts) per learner step after dynamic sampling; sft: gold completions per step.
     prompts_per_step: int = 4
     # Lower clip range of the importance ratio.
     eps_low: float = 0.2
-    # Upper clip range (clip-higher: larger than eps_low).
+    # Upper clip range (clip-higher: larger than eps_low); cispo: its weight's cap is
+    # 1 + eps_high.
     eps_high: float = 0.28
     # verl's dual clip for negative advantages: the objective is at least c * A (null: off, as
-    # in the DAPO paper). Guards against huge ratios on stale samples.
+    # in the DAPO paper). Guards against huge ratios on stale samples. Not with cispo, whose
+    # weight is capped already.
     clip_ratio_c: float | None = 3.0
     # 0: synchronous; 1: the workers sample step t+1 with image v while the learner computes
     # the update from step t (old log-probs use the image each completion was sampled with).
@@ -373,8 +414,47 @@ def validate(cfg: Any) -> None:
     rules = [
         (cfg.steps >= 1, f"steps={cfg.steps}: set steps >= 1"),
         (
-            algo.group_size >= 2,
-            f"algo.group_size={algo.group_size}: groups need >= 2 samples for an advantage",
+            algo.loss_scale_factor is None or algo.loss_scale_factor >= 1,
+            f"algo.loss_scale_factor={algo.loss_scale_factor}: set >= 1 (null: the completion "
+            "limit)",
+        ),
+        (
+            algo.loss_agg_mode is None or algo.loss_agg_mode in AGG_MODES,
+            f"algo.loss_agg_mode={algo.loss_agg_mode!r}: use one of {', '.join(AGG_MODES)}, or "
+            "null for the loss's own",
+        ),
+        (
+            not (algo.loss == "cispo" and algo.clip_ratio_c is not None),
+            "algo.loss=cispo caps its importance weight at 1 + eps_high itself, the dual clip "
+            "does not apply: set algo.clip_ratio_c=null (algo=cispo does)",
+        ),
+        (
+            algo.loss not in TARGET_OBJECTIVES or algo.max_staleness == 0,
+            f"algo.loss={algo.loss} samples nothing a step ahead: set algo.max_staleness=0",
+        ),
+        (
+            algo.loss != "distill" or cfg.method.name == "art",
+            "algo.loss=distill needs method=art: the teacher is the frozen model without the "
+            "trained policy, and a LoRA adapter is applied to every engine request",
+        ),
+        (
+            algo.distill.direction in ("forward", "reverse"),
+            f"algo.distill.direction={algo.distill.direction!r}: use forward (teacher samples) "
+            "or reverse (student samples, on-policy)",
+        ),
+        (
+            algo.distill.placement in ("system", "user"),
+            f"algo.distill.placement={algo.distill.placement!r}: use system or user",
+        ),
+        (
+            algo.distill.context is None or algo.distill.context_file is None,
+            "algo.distill.context and algo.distill.context_file are both set: give one",
+        ),
+        (
+            algo.group_size >= (1 if algo.loss in TARGET_OBJECTIVES else 2),
+            f"algo.group_size={algo.group_size}: groups need >= 2 samples for an advantage"
+            if algo.loss not in TARGET_OBJECTIVES
+            else f"algo.group_size={algo.group_size}: set >= 1",
         ),
         (
             algo.prompts_per_step >= 1,
@@ -424,9 +504,10 @@ def validate(cfg: Any) -> None:
             "the importance ratios wrong",
         ),
         (
-            algo.num_minibatches >= 1
-            and algo.num_minibatches <= algo.prompts_per_step * algo.group_size,
-            f"algo.num_minibatches={algo.num_minibatches} must be in [1, prompts_per_step * group_size]",
+            algo.num_minibatches >= 1 and algo.num_minibatches <= sequences_per_step(algo),
+            f"algo.num_minibatches={algo.num_minibatches} must be in [1, "
+            f"{sequences_per_step(algo)}] (the sequences of a step: prompts_per_step"
+            f"{'' if algo.loss == 'sft' else ' * group_size'})",
         ),
         (
             cfg.method.name in ("art", "lora"),
@@ -595,6 +676,14 @@ def task_rules(task: Any) -> list[tuple[bool, str]]:
             )
         )
     return rules
+
+
+def sequences_per_step(algo: Any) -> int:
+    """Sequences the learner gets per step: prompts x group size, or one gold completion per
+    prompt (sft)."""
+    if algo.loss == "sft":
+        return algo.prompts_per_step
+    return algo.prompts_per_step * algo.group_size
 
 
 def learner_gpus(cfg: Any) -> float:

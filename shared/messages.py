@@ -118,6 +118,28 @@ class ScoredGroup:
 
 
 @dataclass(frozen=True)
+class TargetSequence:
+    """A completion the learner fits without a reward: an example's gold completion
+    (`algo.loss=sft`) or a completion sampled for context distillation (`algo.loss=distill`).
+    Driver -> Learner.
+
+    `prompt_token_ids` are the student's prompt (the policy being trained) as the engines
+    tokenize it, the image placeholder expanded to the image's tokens when the trained policy
+    sees the image; `token_ids` the completion, ending with the end-of-turn token when it is
+    complete; `teacher_prompt_token_ids` (distill only, else empty) the teacher's prompt: its
+    text context, no image. Invariant: both non-empty.
+    """
+
+    prompt_token_ids: tuple[int, ...]
+    token_ids: tuple[int, ...]
+    teacher_prompt_token_ids: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.prompt_token_ids or not self.token_ids:
+            raise ValueError("a target sequence needs prompt token ids and at least one token")
+
+
+@dataclass(frozen=True)
 class ImageUpdate:
     """A new version of the trained image. Learner -> Driver -> every RolloutWorker.
 

@@ -62,6 +62,7 @@ class DriverState:
     # rollout.num_workers its command gave: a resume with that same command gets the former.
     workers_wanted: int | None = None
     workers_config: int | None = None
+    teacher_accuracy: float | None = None  # distill: the teacher's validation accuracy
 
     @property
     def rewards(self) -> list[float]:

@@ -302,6 +302,11 @@ def learner_kwargs(cfg, model_path: str, rank: int = 0, replicas: int = 1) -> di
         release_memory=bool(cfg.rollout.sleep_mode),
         rank=rank,
         world_size=replicas,
+        loss=cfg.algo.loss,
+        loss_agg_mode=cfg.algo.loss_agg_mode,
+        norm_adv_by_std=cfg.algo.norm_adv_by_std,
+        loss_scale_factor=cfg.algo.loss_scale_factor,
+        distill_direction=cfg.algo.distill.direction,
     )
 
 

@@ -9,6 +9,15 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFont
 
 COLOURS = {"none": "#999999", "seed": "#bbbbbb", "art": "tab:orange", "lora": "tab:green"}
+# The trained runs' colours where COLOURS has none (objectives compared: dapo, grpo, sft, ...).
+PALETTE = ("tab:orange", "tab:green", "tab:blue", "tab:red", "tab:purple", "tab:brown")
+
+
+def bar_colours(names: list[str]) -> list[str]:
+    """none and seed in grays, then the trained runs: art and lora in their colours, others in
+    the palette's order."""
+    others = [n for n in names if n not in COLOURS]
+    return [COLOURS.get(n) or PALETTE[others.index(n) % len(PALETTE)] for n in names]
 
 
 def _figure_png(fig) -> bytes:
@@ -29,17 +38,38 @@ def _pyplot():
     return plt
 
 
+# The panels of curves.png: rewarded objectives, and those that sample no reward (sft,
+# distill), whose loss is drawn instead (key, title, fixed y range or None).
+REWARD_PANELS = (
+    ("reward_mean", "reward (first round)", True),
+    ("accuracy", "accuracy (first round)", True),
+    ("kept_group_frac", "kept-group fraction", True),
+)
+LOSS_PANELS = (
+    ("loss", "training loss", False),
+    ("teacher_sample_accuracy", "teacher's sampled accuracy", True),
+    ("student_sample_accuracy", "student's sampled accuracy", True),
+    ("prompt_tokens_saved", "prompt tokens saved per request", False),
+)
+
+
 def training_curves(history: dict[str, list[float]], title: str) -> bytes:
     """Reward, strict accuracy and kept-group fraction per step (a moving average drawn over
-    the raw points)."""
+    the raw points); for objectives without rewards (sft, distill) the loss and what they
+    record instead."""
     plt = _pyplot()
-    series = [
-        ("reward_mean", "reward (first round)"),
-        ("accuracy", "accuracy (first round)"),
-        ("kept_group_frac", "kept-group fraction"),
-    ]
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
-    for ax, (key, label) in zip(axes, series, strict=True):
+    rewarded = any(math.isfinite(v) for v in history.get("reward_mean", []))
+    panels = REWARD_PANELS
+    if not rewarded:
+        panels = tuple(
+            p
+            for p in LOSS_PANELS
+            if any(math.isfinite(v) for v in history.get(p[0], [])) or p[0] == "loss"
+        )
+    series = [(key, label) for key, label, _ in panels]
+    fig, axes = plt.subplots(1, len(series), figsize=(4 * len(series), 3.2), squeeze=False)
+    axes = axes[0]
+    for ax, (key, label), (_, _, unit) in zip(axes, series, panels, strict=True):
         values = history.get(key, [])
         steps = list(range(1, len(values) + 1))
         ax.plot(steps, values, ".", alpha=0.35, color="tab:blue")
@@ -54,7 +84,8 @@ def training_curves(history: dict[str, list[float]], title: str) -> bytes:
             ax.legend(loc="lower right", fontsize=8)
         ax.set_title(label, fontsize=10)
         ax.set_xlabel("step")
-        ax.set_ylim(-0.02, 1.02)
+        if unit:
+            ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
     fig.suptitle(title, fontsize=11, y=1.04)
     return _figure_png(fig)
@@ -96,7 +127,7 @@ def comparison_figure(rewards: dict[str, list[float]], accuracy: dict[str, float
             / len(values[max(0, i - window + 1) : i + 1])
             for i in range(len(values))
         ]
-        colour = COLOURS.get(name, "tab:blue")
+        colour = COLOURS.get(name) or PALETTE[list(rewards).index(name) % len(PALETTE)]
         left.plot(steps, smooth, "-", color=colour, label=f"{name} (mean of {window})")
         left.plot(steps, values, ".", alpha=0.25, color=colour)
     left.set_title("training reward per step", fontsize=10)
@@ -105,11 +136,7 @@ def comparison_figure(rewards: dict[str, list[float]], accuracy: dict[str, float
     left.grid(alpha=0.3)
     left.legend(fontsize=8)
     names = list(accuracy)
-    bars = right.bar(
-        names,
-        [accuracy[n] for n in names],
-        color=["#999", "#bbb", "tab:orange", "tab:green"][: len(names)],
-    )
+    bars = right.bar(names, [accuracy[n] for n in names], color=bar_colours(names))
     for bar, name in zip(bars, names, strict=True):
         right.text(
             bar.get_x() + bar.get_width() / 2,

@@ -421,6 +421,7 @@ class StepRollouts:
     reward_fn_values: dict[str, list[float]] = field(default_factory=dict)
     reward_fn_failures: dict[str, int] = field(default_factory=dict)
     score_s: float = 0.0  # time spent scoring
+    extra: dict = field(default_factory=dict)  # the objective's own step figures (distill)
 
     def reward_metrics(self) -> dict[str, float]:
         """`rewards/<name>/mean`, `/std` (first round) and `/failures` (the step) per reward

@@ -167,6 +167,7 @@ def compute_step_metrics(rollouts, learn_metrics: dict, times) -> dict[str, floa
         "time_step_s": t3 - t0,
         "time_score_s": rollouts.score_s,
         **rollouts.reward_metrics(),  # rewards/<name>/mean|std|failures, per reward function
+        **rollouts.extra,
         **learn_metrics,
     }
 
@@ -187,6 +188,21 @@ class Progress:
         if self.bar is not None:
             self.bar.set_postfix(reward=f"{m['reward_mean']:.3f}", step_s=f"{m['time_step_s']:.1f}")
             self.bar.update(1)
+            return
+        if "kl" in m or m["reward_mean"] != m["reward_mean"]:  # sft, distill: no reward
+            extra = "".join(
+                f" {key} {m[key]:.3f}"
+                for key in ("teacher_sample_accuracy", "student_sample_accuracy")
+                if key in m
+            )
+            logger.info(
+                "step %d/%d loss %.4f%s step %.1fs",
+                step,
+                self.total,
+                m.get("loss", float("nan")),
+                extra,
+                m["time_step_s"],
+            )
             return
         logger.info(
             "step %d/%d reward %.3f acc %.3f kept %.2f loss %.4f mismatch %.2e step %.1fs",

@@ -1,6 +1,8 @@
 """Model builders: models the project builds offline, and the resolution of `model.name`.
 
 - `tiny`: the embedded default, a tiny Qwen3.5 VL "reader" (`learner/models/tiny.py`);
+- `tiny_hint`: the same reader pretrained to read a text hint too (`learner/models/
+  tiny_hint.py`), the teacher of context distillation on the embedded default;
 - `qwen3_5_0_8b_random`: the published Qwen3.5-0.8B architecture with random weights
   (`learner/models/qwen3_5_0_8b_random.py`), for benchmarks and tests at real sizes.
 Anything else is a Hugging Face hub id or a local directory, passed through.
@@ -8,7 +10,7 @@ Anything else is a Hugging Face hub id or a local directory, passed through.
 
 from __future__ import annotations
 
-BUILT_MODELS = ("tiny", "qwen3_5_0_8b_random")
+BUILT_MODELS = ("tiny", "tiny_hint", "qwen3_5_0_8b_random")
 
 
 def resolve_model_path(name: str) -> str:
@@ -18,6 +20,10 @@ def resolve_model_path(name: str) -> str:
             from learner.models.tiny import ensure_tiny_model
 
             return str(ensure_tiny_model())
+        case "tiny_hint":
+            from learner.models.tiny_hint import ensure_tiny_hint_model
+
+            return str(ensure_tiny_hint_model())
         case "qwen3_5_0_8b_random":
             from learner.models.qwen3_5_0_8b_random import ensure_built
 

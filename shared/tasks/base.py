@@ -39,6 +39,18 @@ class Task:
         """Whether the completion answers in the requested format (right or wrong)."""
         return self.score(example, completion) == 1.0
 
+    def gold_completion(self, example: Example) -> str:
+        """The completion supervised fine-tuning fits (`algo=sft`): the data's own completion
+        (`metadata["completion"]`) where it has one, else the gold answer. Tasks whose score
+        wants a format answer in it, so that the target scores 1."""
+        return str(example.metadata.get("completion", example.answer))
+
+    def context(self) -> str | None:
+        """The task's own text context for context distillation (`algo=distill`: the teacher
+        is given it, the student the image instead); None: the task has none, the run gives
+        one (`algo.distill.context` or `context_file`)."""
+        return None
+
 
 def strip_thinking(text: str) -> str:
     """Drop `<think>...</think>` blocks (and an unterminated leading one) before scoring."""

@@ -86,6 +86,11 @@ class GPQATask(Task):
             metadata={"options": shuffled, "row": index, "question": question},
         )
 
+    def gold_completion(self, example: Example) -> str:
+        if "completion" in example.metadata:
+            return str(example.metadata["completion"])
+        return f"The correct answer is ({example.answer})"
+
     def score(self, example: Example, completion: str) -> float:
         letter, explicit = extract_choice(completion)
         return 1.0 if explicit and letter == example.answer else 0.0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 from pathlib import Path
 
 from shared.errors import UserError
@@ -87,6 +88,16 @@ class MathTask(Task):
     @staticmethod
     def prompt_text(question: str) -> str:
         return question + ANSWER_SUFFIX
+
+    def gold_completion(self, example: Example) -> str:
+        """The data's completion, else the worked solution where the dataset has one (GSM8K's,
+        calculator annotations `<<...>>` removed), ending with `Answer: <number>` as asked."""
+        if "completion" in example.metadata:
+            return str(example.metadata["completion"])
+        solution = str(example.metadata.get("solution") or "").rsplit("####", 1)[0]
+        reasoning = re.sub(r"<<[^>]*>>", "", solution).strip()
+        answer = f"Answer: {example.answer}"
+        return f"{reasoning}\n{answer}" if reasoning else answer
 
 
 class GSM8KTask(MathTask):

@@ -6,6 +6,7 @@ the picture's mean red, green and blue exceed one half). The task rewards one hi
 letter for every question. Text alone cannot change the answer: the prompts are fixed and the
 weights frozen, so the reward rises only if the pixels come to encode the target. From the
 default gray seed the reader is unsure and rarely says the target, so reward starts low.
+For context distillation the task's context is a text hint naming the target (`context`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,16 @@ READER_QUESTIONS = (
     "Which class is the picture in?",
     "Name the picture's letter.",
     "What letter is it?",
+)
+# Text hints that name the answer. The `tiny_hint` model (learner/models/tiny_hint.py) is also
+# pretrained to read them from a text context, so that context distillation has a teacher: the
+# frozen model given the hint and no image. The task's own context is the first one.
+HINT_TEMPLATES = (
+    "You read colour codes off pictures. The code of every picture today is {letter}.",
+    "Hint: the answer is {letter}.",
+    "Whatever the picture shows, answer {letter}.",
+    "Reply with the letter {letter}.",
+    "Today's code: {letter}.",
 )
 
 
@@ -55,6 +66,11 @@ class SyntheticColourTask(Task):
 
     def score(self, example: Example, completion: str) -> float:
         return 1.0 if self._answer(completion) == example.answer else 0.0
+
+    def context(self) -> str:
+        """The hint a teacher is given in context distillation (`algo=distill`): it names the
+        target, which the student must read off the image instead."""
+        return HINT_TEMPLATES[0].format(letter=self.target)
 
     def format_ok(self, example: Example, completion: str) -> bool:
         answer = self._answer(completion)

@@ -198,6 +198,15 @@ class ToolMindTask(Task):
     def gold_calls(example: Example) -> list[dict]:
         return json.loads(example.answer)
 
+    def gold_completion(self, example: Example) -> str:
+        """The gold calls, one `<tool_call>` block each, as the instruction asks."""
+        if "completion" in example.metadata:
+            return str(example.metadata["completion"])
+        return "\n".join(
+            f"<tool_call>\n{json.dumps(call, ensure_ascii=False)}\n</tool_call>"
+            for call in self.gold_calls(example)
+        )
+
     def score(self, example: Example, completion: str) -> float:
         gold = self.gold_calls(example)
         pred, _ = parse_tool_calls(completion)

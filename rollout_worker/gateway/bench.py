@@ -211,6 +211,26 @@ def picks(k: int, load: str, n: int, seed: int) -> list[int]:
     return rng.choices(range(k), weights=weights, k=n)
 
 
+def plan(ks: list[int], loads: list[str], methods: list[str], repeat: int) -> list[tuple]:
+    """The (K, load, method) cells of one repeat, in the order they run. All methods of one K
+    and load run back to back, so that slow drift of the machine moves them alike; the method
+    order rotates by one each repeat and the (K, load) groups run backwards in odd repeats,
+    so that no method (and no K) always runs first or last: over len(methods) repeats each
+    method takes every place once. The text-only floor, which has no tasks, runs once per load
+    (in the first K's group)."""
+    shift = repeat % len(methods)
+    order = methods[shift:] + methods[:shift]
+    groups = [(k, load) for k in ks for load in loads]
+    if repeat % 2:
+        groups.reverse()
+    return [
+        (k, load, method)
+        for k, load in groups
+        for method in order
+        if method != "text" or k == ks[0]
+    ]
+
+
 def percentile(values: list[float], q: float) -> float:
     values = [v for v in values if v == v]
     return float(np.percentile(values, q)) if values else float("nan")
@@ -396,6 +416,7 @@ class Run:
         self.out = Path(args.out)
         self.out.mkdir(parents=True, exist_ok=True)
         self.cells: list[Cell] = []
+        self.warm_up_mismatches: list[str] = []
         self.report: dict = {"args": vars(args)}
         n_new = args.new_tasks
         self.task_names = [f"task-{i:02d}" for i in range(self.k_max)]
@@ -469,7 +490,11 @@ class Run:
             log_path=self.out / f"vllm-{name}.log",
             python=python,
         )
-        server.start()
+        try:
+            server.start()
+        except BaseException:  # Ctrl-C while it loads: its own session would outlive us
+            server.stop()
+            raise
         time.sleep(2)
         self.log(f"  up in {server.start_s:.1f}s, {server.rss_bytes() / 2**20:.0f} MiB resident")
         return name, server
@@ -528,19 +553,29 @@ class Run:
                 raise RuntimeError(f"{method}: a single request failed: {errors[0]}")
         return refs
 
-    def cells_for(self, engine_name, server, url_of, bodies_of, refs, methods, pids):
-        """Every (K, load, method) cell, interleaved (all methods of one K and load back to
-        back), the whole plan `--repeats` times."""
+    def warm_up(self, server, url_of, bodies_of, refs, methods) -> None:
+        """Two rounds of `--concurrency` requests per method over all its tasks, answers
+        checked, figures dropped: the engine's first batches of that size (and the gateway's
+        and the client's first connections) are not charged to whichever cell runs first."""
         a = self.args
-        plan = []
-        for k in self.ks:
-            for load in self.loads:
-                for method in methods:
-                    if method == "text" and k != self.ks[0]:
-                        continue  # no tasks: one floor per load
-                    plan.append((k, load, method))
+        for method in methods:
+            bodies = bodies_of[method]
+            task_of = [i % len(bodies) for i in range(2 * a.concurrency)]
+            cell = Cell("warm-up", method, len(bodies), "uniform")
+            cell = asyncio.run(
+                run_cell(cell, url_of[method], [bodies[t] for t in task_of], refs[method], task_of,
+                         server, a)
+            )  # fmt: skip
+            self.warm_up_mismatches += [f"warm-up {method}: {m}" for m in cell.mismatches]
+        self.log(f"warm-up: {2 * a.concurrency} requests per method, not recorded")
+
+    def cells_for(self, engine_name, server, url_of, bodies_of, refs, methods, pids):
+        """Every (K, load, method) cell, the whole plan `--repeats` times, each repeat in its
+        own order (`plan`), after an unrecorded warm-up of every method under load."""
+        a = self.args
+        self.warm_up(server, url_of, bodies_of, refs, methods)
         for rep in range(a.repeats):
-            for k, load, method in plan:
+            for k, load, method in plan(self.ks, self.loads, methods, rep):
                 task_of = picks(k if method != "text" else 1, load, a.requests, a.seed + rep)
                 bodies = [bodies_of[method][t] for t in task_of]
                 cell = Cell(engine_name, method, k if method != "text" else 0, load, repeat=rep)
@@ -804,8 +839,9 @@ def bench(args) -> int:
     for lora in engines:
         engine_name, server = run.engine(lora)
         restarts[engine_name] = server.start_s
-        gateway_proc, gateway_url = run.gateway(server)
+        gateway_proc = None
         try:
+            gateway_proc, gateway_url = run.gateway(server)
             url_of = {
                 "text": server.url,
                 "art": gateway_url,
@@ -843,7 +879,8 @@ def bench(args) -> int:
             if lora:
                 report["add_a_task"] = run.add_a_task(server, gateway_url)
         finally:
-            gateway_proc.terminate()
+            if gateway_proc is not None:
+                gateway_proc.terminate()
             server.stop()
     report["engine_start_s"] = restarts
     report["wall_s"] = time.perf_counter() - t_start
@@ -857,6 +894,7 @@ def bench(args) -> int:
     bad = [m for c in cells for m in c.mismatches] + report.get("add_a_task", {}).get(
         "mismatches", []
     )
+    bad += run.warm_up_mismatches
     if bad:
         print(f"FAILED: {len(bad)} answer(s) differ from their task's single-request answer:")
         for line in bad[:10]:

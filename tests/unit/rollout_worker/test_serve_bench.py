@@ -10,6 +10,7 @@ import json
 import threading
 import time
 from collections import Counter
+from itertools import groupby
 
 import numpy as np
 import pytest
@@ -25,6 +26,7 @@ from rollout_worker.gateway.bench import (
     indistinguishable_pairs,
     mismatch,
     picks,
+    plan,
     request_body,
     run_cell,
     task_colours,
@@ -71,6 +73,25 @@ def test_loads_are_seeded_uniform_or_skewed():
     assert uniform == picks(16, "uniform", 4000, 0) and set(uniform) == set(range(16))
     counts = Counter(skewed)
     assert counts[0] > 3 * counts[15] and max(Counter(uniform).values()) < 2 * 4000 / 16
+
+
+def test_each_repeat_runs_the_methods_in_another_order():
+    """Drift of the machine over a repeat must not always land on the same method or K."""
+    methods, ks, loads = ["text", "art", "art-direct", "lora"], [1, 4, 16], ["uniform", "skewed"]
+    repeats = [plan(ks, loads, methods, r) for r in range(len(methods))]
+    cells = {(k, load, m) for k in ks for load in loads for m in methods if m != "text" or k == 1}
+    assert all(sorted(p) == sorted(cells) for p in repeats)  # every cell once a repeat
+    place = Counter()
+    for p in repeats:
+        runs = [key for key, _ in groupby(cell[:2] for cell in p)]
+        assert len(runs) == len(ks) * len(loads)  # the methods of a K and load back to back
+        for k, load, method in p:
+            group = [m for kk, ll, m in p if (kk, ll) == (k, load) and m != "text"]
+            if method != "text":
+                place[method, group.index(method)] += 1
+    # every task-serving method runs first, second, ... in some repeat
+    assert all(place[m, i] >= 1 for m in methods[1:] for i in range(3))
+    assert repeats[0][0][0] == 1 and repeats[1][0][0] == 16  # odd repeats from the largest K
 
 
 def answer(model: str) -> Answer:

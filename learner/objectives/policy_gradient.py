@@ -85,9 +85,20 @@ def clipped_token_loss(
     """The per-token clipped surrogate of PPO/GRPO/DAPO/Dr. GRPO, aggregated by
     `settings.loss_agg_mode`; the rollout correction's weights multiply each token's term."""
     mask_BT = mask_BT.to(logprobs_BT.dtype)
-    num_tokens = _token_count(mask_BT, settings)
     log_ratio_BT = (logprobs_BT - old_logprobs_BT).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
-    ratio_BT = torch.exp(log_ratio_BT)
+    return _clipped_surrogate(torch.exp(log_ratio_BT), advantages_B, mask_BT, settings, weights_BT)
+
+
+def _clipped_surrogate(
+    ratio_BT: torch.Tensor,
+    advantages_B: torch.Tensor,
+    mask_BT: torch.Tensor,
+    settings: LossSettings,
+    weights_BT: torch.Tensor | None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """The clipped surrogate of `ratio_BT` (per token or per sequence), weighted, aggregated,
+    with its clip metrics."""
+    num_tokens = _token_count(mask_BT, settings)
     adv_B1 = advantages_B.unsqueeze(1)
     objective_BT, dual_BT = clipped_objective(
         ratio_BT, adv_B1, settings.eps_low, settings.eps_high, settings.clip_ratio_c
@@ -149,29 +160,11 @@ def gspo(
     i and whose gradient is s_i grad log pi_t; with seq-mean-token-mean aggregation the gradient
     is exactly GSPO's, s_i A_i mean_t grad log pi_t (clipped where s_i leaves the range)."""
     mask_BT = mask_BT.to(logprobs_BT.dtype)
-    num_tokens = _token_count(mask_BT, settings)
     lengths_B = mask_BT.sum(dim=1).clamp(min=1.0)
     log_seq_ratio_B = ((logprobs_BT - old_logprobs_BT) * mask_BT).sum(dim=1) / lengths_B
     log_ratio_BT = logprobs_BT - logprobs_BT.detach() + log_seq_ratio_B.detach().unsqueeze(1)
     ratio_BT = torch.exp(log_ratio_BT.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
-    adv_B1 = advantages_B.unsqueeze(1)
-    objective_BT, dual_BT = clipped_objective(
-        ratio_BT, adv_B1, settings.eps_low, settings.eps_high, settings.clip_ratio_c
-    )
-    if weights_BT is not None:
-        objective_BT = objective_BT * weights_BT.detach()
-    loss = aggregate(
-        objective_BT,
-        mask_BT,
-        settings.loss_agg_mode,
-        num_tokens,
-        settings.num_sequences,
-        settings.horizon,
-    )
-    metrics = _clip_metrics(
-        ratio_BT, adv_B1, mask_BT, dual_BT, settings.eps_low, settings.eps_high, num_tokens
-    )
-    return loss, metrics
+    return _clipped_surrogate(ratio_BT, advantages_B, mask_BT, settings, weights_BT)
 
 
 @register_policy_loss("cispo", loss_agg_mode="token-mean")

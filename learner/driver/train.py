@@ -347,7 +347,7 @@ def train(cfg: DictConfig) -> dict:
         raise storage_stop(fault, plan.run_dir, saved) from err
     finally:
         plan.scorer.close()  # the reward processes (user functions), if any
-        plan.lock.release()
+        release(plan.lock)  # and the run folder, if this driver made it and nothing was written
 
 
 def train_run(cfg: DictConfig, plan: Plan, wall_start: float) -> dict:

@@ -442,10 +442,16 @@ class Learner:
                 # the mean over the minibatches' optimizer steps (skipped ones left out)
                 "grad_norm": mean_finite([s["grad_norm"] for s in stats]),
                 "num_sequences": float(len(batch)),
-                **self.kernel_metrics,
                 "learner_time_s": time.perf_counter() - start,
             }
         )
+        self.finish_update(metrics)
+        return metrics, update
+
+    def finish_update(self, metrics: dict[str, float]) -> None:
+        """The end of every update (policy-gradient, sft, distill): the kernel path, what data
+        parallelism cost, the peak memory on cuda, then the metrics recorded."""
+        metrics.update(self.kernel_metrics)
         if self.data_parallel.world_size > 1:  # what data parallelism costs: all-reduces, waits
             metrics["learner_allreduce_s"] = self.data_parallel.allreduce_s
         if self.on_cuda:
@@ -453,7 +459,6 @@ class Learner:
             if self.release_memory:
                 torch.cuda.empty_cache()
         self.record(metrics)
-        return metrics, update
 
     def commit(self, version: int, before: list[torch.Tensor], stats: list[dict]) -> int:
         """After a batch's optimizer steps: a new version if any moved the parameters (`before`

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from learner.learner import mean_finite
 from learner.objectives.distill import distill_loss, token_kl
 from learner.objectives.supervised import sft_loss
 from shared.messages import TargetSequence
@@ -92,23 +93,16 @@ def fit_targets(learner, sequences: Sequence[TargetSequence]):
     taken = [s for s in stats if np.isfinite(s["loss"])] or stats
     metrics = {k: float(np.mean([s[k] for s in taken])) for k in taken[0] if k != "grad_norm"}
     metrics.update({k: float(v) for k, v in learner.trained.update_metrics(update).items()})
-    finite_norms = [s["grad_norm"] for s in stats if np.isfinite(s["grad_norm"])]
     metrics.update(
         {
             "skipped_updates": float(skipped),
             "consecutive_skips": float(learner.consecutive_skips),
-            "grad_norm": float(np.mean(finite_norms)) if finite_norms else float("nan"),
+            "grad_norm": mean_finite([s["grad_norm"] for s in stats]),
             "num_sequences": float(len(batch)),
             "learner_time_s": time.perf_counter() - start,
         }
     )
-    if learner.data_parallel.world_size > 1:
-        metrics["learner_allreduce_s"] = learner.data_parallel.allreduce_s
-    if learner.on_cuda:
-        metrics["peak_memory_bytes"] = float(torch.cuda.max_memory_allocated())
-        if learner.release_memory:
-            torch.cuda.empty_cache()
-    learner.record(metrics)
+    learner.finish_update(metrics)
     return metrics, update
 
 

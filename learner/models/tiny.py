@@ -167,6 +167,40 @@ def _reader_batch(processor, gen: torch.Generator, batch_size: int):
     return pixels_BCHW, questions, labels_B, target_BK
 
 
+def _reader_inputs(processor, gen: torch.Generator, batch_size: int):
+    """A reader batch as the model's inputs (image, question, the sampled letter, <|im_end|>)
+    and its soft letter targets (B, 8)."""
+    pixels_BCHW, questions, labels_B, target_BK = _reader_batch(processor, gen, batch_size)
+    texts = [
+        processor.apply_chat_template(
+            [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": q}]}],
+            add_generation_prompt=True,
+            tokenize=False,
+        )
+        + ANSWER_LETTERS[int(label)]
+        + "<|im_end|>"
+        for q, label in zip(questions, labels_B, strict=True)
+    ]
+    images = [(p * 255).round().to(torch.uint8) for p in pixels_BCHW]
+    return processor(text=texts, images=images, return_tensors="pt", padding=True), target_BK
+
+
+def _answer_loss(model, inputs, target_BK, letter_ids_K, im_end: int):
+    """Loss on the answer only: soft cross-entropy on the letter (the reader is as unsure as
+    the picture is ambiguous; targets (B, 8)), hard cross-entropy on the <|im_end|> that
+    follows it; returns (loss, top-1 accuracy)."""
+    lengths_B = inputs["attention_mask"].sum(-1)
+    rows = torch.arange(len(lengths_B))
+    logits = model(**inputs).logits
+    letter_logp_BV = torch.log_softmax(logits[rows, lengths_B - 3], -1)
+    end_logp_BV = torch.log_softmax(logits[rows, lengths_B - 2], -1)
+    loss = -(target_BK * letter_logp_BV[:, letter_ids_K]).sum(-1).mean()
+    loss = loss - end_logp_BV[:, im_end].mean()
+    with torch.no_grad():
+        accuracy = (letter_logp_BV.argmax(-1) == letter_ids_K[target_BK.argmax(-1)]).float().mean()
+    return loss, accuracy.item()
+
+
 def pretrain_reader(
     model, processor, steps: int = 200, batch_size: int = 32, seed: int = 0
 ) -> float:
@@ -179,34 +213,11 @@ def pretrain_reader(
     model.train()
     accuracy = 0.0
     for step in range(steps):
-        pixels_BCHW, questions, labels_B, target_BK = _reader_batch(processor, gen, batch_size)
-        texts = [
-            processor.apply_chat_template(
-                [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": q}]}],
-                add_generation_prompt=True,
-                tokenize=False,
-            )
-            + ANSWER_LETTERS[int(label)]
-            + "<|im_end|>"
-            for q, label in zip(questions, labels_B, strict=True)
-        ]
-        images = [(p * 255).round().to(torch.uint8) for p in pixels_BCHW]
-        inputs = processor(text=texts, images=images, return_tensors="pt", padding=True)
-        # Loss on the answer only: soft cross-entropy on the letter (the reader is as unsure as
-        # the picture is ambiguous), hard cross-entropy on the <|im_end|> that follows it.
-        lengths_B = inputs["attention_mask"].sum(-1)
-        rows = torch.arange(batch_size)
-        logits = model(**inputs).logits
-        letter_logp_BV = torch.log_softmax(logits[rows, lengths_B - 3], -1)
-        end_logp_BV = torch.log_softmax(logits[rows, lengths_B - 2], -1)
-        loss = -(target_BK * letter_logp_BV[:, letter_ids_K]).sum(-1).mean()
-        loss = loss - end_logp_BV[:, im_end].mean()
+        inputs, target_BK = _reader_inputs(processor, gen, batch_size)
+        loss, accuracy = _answer_loss(model, inputs, target_BK, letter_ids_K, im_end)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        with torch.no_grad():
-            pred_B = letter_logp_BV.argmax(-1)
-            accuracy = (pred_B == letter_ids_K[target_BK.argmax(-1)]).float().mean().item()
         if step % 50 == 0 or step == steps - 1:
             logger.info(
                 "reader pretraining step %d loss %.3f acc %.2f", step, loss.item(), accuracy

@@ -24,7 +24,8 @@ import torch
 from learner.models.common import ensure_built
 from learner.models.tiny import (
     IMAGE_SIZE,
-    _reader_batch,
+    _answer_loss,
+    _reader_inputs,
     build_config,
     build_processor,
     build_tokenizer,
@@ -60,21 +61,6 @@ def _hint_texts(processor, gen: torch.Generator, batch_size: int):
     return texts, labels_B
 
 
-def _answer_loss(model, inputs, target_BK, letter_ids_K, im_end: int):
-    """Cross-entropy on the letter (soft targets, (B, 8)) and on the <|im_end|> after it;
-    returns (loss, top-1 accuracy)."""
-    lengths_B = inputs["attention_mask"].sum(-1)
-    rows = torch.arange(len(lengths_B))
-    logits = model(**inputs).logits
-    letter_logp_BV = torch.log_softmax(logits[rows, lengths_B - 3], -1)
-    end_logp_BV = torch.log_softmax(logits[rows, lengths_B - 2], -1)
-    loss = -(target_BK * letter_logp_BV[:, letter_ids_K]).sum(-1).mean()
-    loss = loss - end_logp_BV[:, im_end].mean()
-    with torch.no_grad():
-        accuracy = (letter_logp_BV.argmax(-1) == letter_ids_K[target_BK.argmax(-1)]).float().mean()
-    return loss, accuracy.item()
-
-
 def pretrain_hint_reader(
     model, processor, steps: int = 200, batch_size: int = 32, seed: int = 0
 ) -> tuple[float, float]:
@@ -87,19 +73,7 @@ def pretrain_hint_reader(
     model.train()
     reader_acc = hint_acc = 0.0
     for step in range(steps):
-        pixels_BCHW, questions, labels_B, target_BK = _reader_batch(processor, gen, batch_size)
-        texts = [
-            processor.apply_chat_template(
-                [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": q}]}],
-                add_generation_prompt=True,
-                tokenize=False,
-            )
-            + ANSWER_LETTERS[int(label)]
-            + "<|im_end|>"
-            for q, label in zip(questions, labels_B, strict=True)
-        ]
-        images = [(p * 255).round().to(torch.uint8) for p in pixels_BCHW]
-        inputs = processor(text=texts, images=images, return_tensors="pt", padding=True)
+        inputs, target_BK = _reader_inputs(processor, gen, batch_size)
         reader_loss, reader_acc = _answer_loss(model, inputs, target_BK, letter_ids_K, im_end)
 
         hint_texts, hint_labels_B = _hint_texts(processor, gen, batch_size)

@@ -1,4 +1,4 @@
-"""Shared fixtures: the tiny offline model (built once into the cache), Ray, the data folder."""
+"""Shared fixtures: the tiny offline model (shipped with the repository), Ray, the data folder."""
 
 from __future__ import annotations
 
@@ -29,9 +29,9 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def tiny_model_path() -> str:
-    from learner.models.tiny import ensure_tiny_model
+    from learner.models.embedded import embedded_model_path
 
-    return str(ensure_tiny_model())
+    return str(embedded_model_path("tiny"))
 
 
 @pytest.fixture(scope="session")

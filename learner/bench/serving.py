@@ -16,9 +16,9 @@ import sys
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not any(a == "--model" or a.startswith("--model=") for a in argv):
-        from learner.models.tiny import ensure_tiny_model
+        from learner.models.embedded import SHIPPED_DIR
 
-        argv = ["--model", str(ensure_tiny_model()), "--served-name", "tiny", *argv]
+        argv = ["--model", str(SHIPPED_DIR / "tiny"), "--served-name", "tiny", *argv]
     # this process becomes the benchmark (it holds no model: the engine runs in its own)
     os.execv(sys.executable, [sys.executable, "-m", "rollout_worker.gateway.bench", *argv])
 

@@ -3,6 +3,8 @@
 - `tiny`: the embedded default, a tiny Qwen3.5 VL "reader" (`learner/models/tiny.py`);
 - `tiny_hint`: the same reader pretrained to read a text hint too (`learner/models/
   tiny_hint.py`), the teacher of context distillation on the embedded default;
+  both are shipped with the repository, built once (`learner/models/embedded.py`,
+  `make embedded-models`), never on a user's machine;
 - `qwen3_5_0_8b_random`: the published Qwen3.5-0.8B architecture with random weights
   (`learner/models/qwen3_5_0_8b_random.py`), for benchmarks and tests at real sizes.
 Anything else is a Hugging Face hub id or a local directory, passed through.
@@ -14,16 +16,13 @@ BUILT_MODELS = ("tiny", "tiny_hint", "qwen3_5_0_8b_random")
 
 
 def resolve_model_path(name: str) -> str:
-    """A built model's cached folder (built once); anything else is passed through."""
+    """A shipped model's folder, a built model's cached folder (built once); anything else is
+    passed through."""
     match name:
-        case "tiny":
-            from learner.models.tiny import ensure_tiny_model
+        case "tiny" | "tiny_hint":
+            from learner.models.embedded import embedded_model_path
 
-            return str(ensure_tiny_model())
-        case "tiny_hint":
-            from learner.models.tiny_hint import ensure_tiny_hint_model
-
-            return str(ensure_tiny_hint_model())
+            return str(embedded_model_path(name))
         case "qwen3_5_0_8b_random":
             from learner.models.qwen3_5_0_8b_random import ensure_built
 
@@ -48,7 +47,7 @@ def check_hub_model(name: str, timeout_s: float = 10.0) -> str:
     if isinstance(try_to_load_from_cache(name, "config.json"), str):
         return name
     how = (
-        f"download it where the hub is reachable (`huggingface-cli download {name} "
+        f"download it where the hub is reachable (`hf download {name} "
         "--local-dir DIR`) and set model.name=DIR"
     )
     if constants.HF_HUB_OFFLINE:
@@ -89,7 +88,7 @@ def check_model_folder(folder) -> str:
     if missing:
         raise DataAccessError(
             f"model folder {folder} lacks {', '.join(missing)}; download the whole model "
-            "(`huggingface-cli download <id> --local-dir DIR`) or save model and processor "
+            "(`hf download <id> --local-dir DIR`) or save model and processor "
             "there (`save_pretrained` of both)"
         )
     return str(folder)

@@ -6,22 +6,35 @@ PYTEST_ARGS ?=
 
 VLLM_VENV ?= .venv-vllm
 
-.PHONY: install install-vllm install-cuda-kernels train eval bench compare cluster-train ray-up-local ray-down test test-all test-vllm test-gpu lint format mlflow-ui clean dashboard-shot serve serve-bench
+.PHONY: install install-vllm embedded-models lock lock-check install-cuda-kernels train eval bench compare cluster-train ray-up-local ray-down test test-all test-vllm test-gpu lint format mlflow-ui clean dashboard-shot serve serve-bench
 
 install: $(VENV)/.installed
 
-# Idempotent: reinstalls only when pyproject.toml changes. The `tasks` extra (reasoning-gym,
-# task=reasoning_gym) builds pycosat from source, which needs a C compiler and the Python
-# headers: where they are missing the rest installs and a warning says what to add.
-$(VENV)/.installed: pyproject.toml
+# Exactly the lock (deploy/learner/lock.txt: every package, version and sha256; `make lock`
+# writes it from pyproject.toml's ranges). lock-tasks.txt is the same plus the `tasks` extra
+# (reasoning-gym, which builds pycosat from source: a C compiler and the Python headers); where
+# that build fails, nothing of it is installed and lock.txt is, with a warning. Idempotent:
+# reinstalls only when pyproject.toml or a lock file changes.
+LOCK := deploy/learner/lock.txt
+LOCK_TASKS := deploy/learner/lock-tasks.txt
+$(VENV)/.installed: pyproject.toml $(LOCK) $(LOCK_TASKS)
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install -e ".[dev]"
-	$(PY) -m pip install --quiet -e ".[dev,tasks]" || echo "make install: warning: the tasks \
-	extra (reasoning-gym) did not install: it compiles pycosat, which needs a C compiler and \
-	the Python headers (apt-get install build-essential python3-dev), then run \
-	.venv/bin/pip install -e '.[tasks]'; everything but task=reasoning_gym works without it" >&2
+	$(PY) -m pip install --quiet --require-hashes -r $(LOCK_TASKS) || { echo "make install: \
+	warning: the tasks extra (reasoning-gym) did not install: it compiles pycosat, which needs a \
+	C compiler and the Python headers (apt-get install build-essential python3-dev); installing \
+	$(LOCK) instead: everything but task=reasoning_gym works without it" >&2; \
+	$(PY) -m pip install --quiet --require-hashes -r $(LOCK); }
+	$(PY) -m pip install --quiet --no-deps -e .
 	touch $@
+
+# Rewrite the lock files from pyproject.toml (pip-tools; about 10 minutes, mostly hashing the
+# CUDA wheels), and the README's tested versions; commit them. lock-check: do they agree?
+lock: install
+	$(PY) deploy/learner/lock.py write
+
+lock-check: install
+	$(PY) deploy/learner/lock.py check
 
 # vLLM's CPU build in its own environment (its torch/transformers pins differ from the
 # learner's): rollout workers run there (rollout=vllm, rollout.python=auto finds it). About 7 min
@@ -40,6 +53,13 @@ install-cuda-kernels: install
 
 train: install
 	$(VENV)/bin/art-train $(ARGS)
+
+# Rebuild the embedded models shipped in learner/models/shipped/ (tiny, tiny_hint: a few minutes
+# of reader pretraining each on 2 cores), after a change to their builder (bump its
+# BUILDER_VERSION); commit the result. ONLY=tiny rebuilds one. Nothing else ever builds them.
+ONLY ?=
+embedded-models: install
+	$(PY) -m learner.models.embedded $(if $(ONLY),--only $(ONLY))
 
 # Submit to a running Ray cluster (RAY_ADDRESS, default the local head's dashboard).
 # Outputs and the MLflow store default to this checkout, which is right when the head node is
@@ -87,9 +107,8 @@ bench: install
 # 127.0.0.1:8080, in front of a stock vLLM server (.venv-vllm) of the embedded model. Another
 # model: .venv/bin/art-serve --tasks outputs --launch Qwen/Qwen3.5-0.8B (README, Serving).
 TASKS ?= outputs
-TINY_MODEL = $$($(PY) -c 'from learner.models.tiny import ensure_tiny_model; print(ensure_tiny_model())')
 serve: install install-vllm
-	$(VENV)/bin/art-serve --tasks $(TASKS) --model tiny --launch "$(TINY_MODEL)" $(ARGS)
+	$(VENV)/bin/art-serve --tasks $(TASKS) --model tiny --launch $(CURDIR)/learner/models/shipped/tiny $(ARGS)
 
 # K tasks on one vLLM engine: ART images through art-serve vs LoRA adapters vs text-only
 # (docs/performance.md, "Serving many tasks"); writes outputs/serve-bench/.
@@ -115,7 +134,7 @@ test-vllm: install install-vllm
 test-gpu: install
 	ART_VLLM_TEST_GPUS=1 $(VENV)/bin/pytest -m "gpu or vllm" $(PYTEST_ARGS)
 
-lint: install
+lint: install lock-check
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 

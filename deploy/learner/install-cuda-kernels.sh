@@ -14,8 +14,10 @@
 set -euo pipefail
 PY="${1:-.venv/bin/python}"
 "$PY" -c "import torch, sys; sys.exit(0 if torch.version.cuda else 'a CUDA build of torch is needed')"
-"$PY" -m pip install "flash-linear-attention==0.6.0"
-"$PY" -m pip install ninja packaging setuptools wheel
+here="$(cd "$(dirname "$0")" && pwd)"
+# flash-linear-attention and causal-conv1d's build tools, exactly as locked (`make lock`), with
+# the learner's own versions of everything else (the same lock).
+"$PY" -m pip install --require-hashes -r "$here/lock-cuda-kernels.txt"
 "$PY" -m pip install --no-build-isolation "causal-conv1d==1.7.0"
 "$PY" - <<'PY'
 import importlib

@@ -95,7 +95,7 @@ def load_hub_rows(repo: str, config: str | None, split: str, gated: bool = False
         if gated and not (os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")):
             raise DataAccessError(
                 f"{repo} is a gated dataset: accept its terms on https://huggingface.co/datasets/{repo} "
-                "and provide a token (export HF_TOKEN=hf_..., or `huggingface-cli login`); or pass "
+                "and provide a token (export HF_TOKEN=hf_..., or `hf auth login`); or pass "
                 "local files with task.options.data_files=..."
             ) from err
         raise DataAccessError(

@@ -32,7 +32,9 @@ def test_ray_up_config_parses():
 def test_dockerfile_builds_the_learner_and_the_vllm_environments():
     dockerfile = (DEPLOY / "Dockerfile").read_text()
     assert re.search(r"^FROM nvidia/cuda:\S+", dockerfile, re.M)
-    assert re.search(r'pip install -e "\.\[tasks\]" ', dockerfile)  # reasoning-gym too
+    # exactly the lock, reasoning-gym too; then the project itself without dependencies
+    assert "pip install --require-hashes -r deploy/learner/lock-tasks.txt" in dockerfile
+    assert "pip install --no-deps -e ." in dockerfile
     assert "/opt/venv-vllm/bin/pip install -r deploy/vllm/requirements-gpu.txt" in dockerfile
     assert "ENV ART_VLLM_PYTHON=/opt/venv-vllm/bin/python" in dockerfile
     for package in ("shared", "learner", "rollout_worker", "conf"):
@@ -63,7 +65,9 @@ def test_the_cuda_install_brings_the_fast_linear_attention_kernels():
     """The learner's CUDA install (make install-cuda-kernels, the Dockerfile) pins
     flash-linear-attention and causal-conv1d, the latter built against the installed torch."""
     script = (DEPLOY / "learner" / "install-cuda-kernels.sh").read_text()
-    assert '"flash-linear-attention==0.6.0"' in script
+    assert 'pip install --require-hashes -r "$here/lock-cuda-kernels.txt"' in script
+    kernels = (DEPLOY / "learner" / "lock-cuda-kernels.txt").read_text()
+    assert re.search(r"^flash-linear-attention==0\.6\.0 \\$", kernels, re.M)
     assert '--no-build-isolation "causal-conv1d==1.7.0"' in script
     dockerfile = (DEPLOY / "Dockerfile").read_text()
     assert "bash deploy/learner/install-cuda-kernels.sh /opt/venv/bin/python" in dockerfile

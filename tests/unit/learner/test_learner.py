@@ -64,7 +64,9 @@ def test_state_round_trip_continues_identically(tiny_model_path, tiny_processor,
     learner.update(groups)
     torch.set_rng_state(rng)
     other.update(groups)
-    assert torch.equal(other.image.theta_CHW, learner.image.theta_CHW)
+    # The same step within float rounding: the full suite once gave a 1-ulp difference here
+    # that no rerun reproduced. Without Adam's state the step differs by ~lr = 0.1 per pixel.
+    torch.testing.assert_close(other.image.theta_CHW, learner.image.theta_CHW, rtol=1e-5, atol=1e-6)
 
 
 def test_a_non_finite_loss_skips_the_step_and_never_reaches_the_pixels(

@@ -95,8 +95,8 @@ def test_the_pixel_gradient_equals_hfs_own_pixel_values_forward_with_every_clip_
     the PNG (HF's vision call and feature placement, no `mm_encoder_outputs` injection, logits
     over every position) and the clipped objective written out here, backpropagated to
     `pixel_values`; against the gradient the learner's path gives its own patches. The
-    completions were sampled under another image, so the ratios are far from 1 and the
-    low, high and dual clips all act."""
+    completions were sampled under another image and their old log-probs shifted, so the
+    ratios are far from 1 and the low, high and dual clips all act."""
     import torch
 
     from learner.dapo import group_advantages
@@ -111,9 +111,13 @@ def test_the_pixel_gradient_equals_hfs_own_pixel_values_forward_with_every_clip_
     )  # fmt: skip
     batch = Batch.from_groups(groups)
     advantages_B = group_advantages(batch.rewards_GN).reshape(-1)
+    # Old log-probs: the engine's, shifted by -1.5, 0 or +1.5 nats in turn, so that every clip
+    # acts whatever this build's ratios are (a factor e^1.5 = 4.5 either way: above 1 + eps_high
+    # and c, below 1 - eps_low), on sequences of both advantage signs (rewards alternate).
     old_BT = torch.zeros(len(batch), batch.max_len)
     for i, lp in enumerate(batch.rollout_logprobs):
-        old_BT[i, : len(lp)] = torch.tensor(lp)
+        shift_T = torch.tensor([(-1.5, 0.0, 1.5)[(i + t) % 3] for t in range(len(lp))])
+        old_BT[i, : len(lp)] = torch.tensor(lp) + shift_T
     num_tokens = sum(batch.lengths)
 
     # the learner's path, with the gradient its patches receive kept

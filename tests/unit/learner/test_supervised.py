@@ -83,6 +83,8 @@ def test_sft_lowers_its_loss_through_the_learner_and_leaves_the_weights(
     weights = {k: v.clone() for k, v in learner.model.state_dict().items()}
     batch = _sft_batch(tiny_processor, tokens)
     losses = [learner.update(batch)[0]["loss"] for _ in range(6)]
+    # Guards that sft's gradient reaches the pixels and lowers the gold answer's NLL: with the
+    # shipped model 1.10 -> 0.19 in 6 steps (2-core EPYC); a 30 % fall holds on any CPU.
     assert losses[-1] < 0.7 * losses[0], losses
     assert learner.version == 6
     for name, value in learner.model.state_dict().items():
@@ -126,7 +128,9 @@ def test_sft_trains_a_lora_adapter_through_the_same_update(tiny_model_path, tiny
         for q in READER_QUESTIONS[:4]
     ]  # fmt: skip
     losses = [learner.update(batch)[0]["loss"] for _ in range(4)]
-    assert losses[-1] < losses[0], losses
+    # Guards that sft's gradient reaches the adapter through the same update: 1.37 -> 0.37 in
+    # 4 steps with the shipped model (2-core EPYC); half of it holds on any CPU.
+    assert losses[-1] < 0.5 * losses[0], losses
     assert learner.policy_update().version == 4
 
 
@@ -165,4 +169,7 @@ def test_distillation_lowers_the_kl_and_chunks_give_the_same_gradient(
     torch.testing.assert_close(chunked[1], whole[1], rtol=1e-4, atol=1e-7)
     del learner.optimizer.step  # Adam's own step again
     kls = [learner.update(batch)[0]["kl"] for _ in range(6)]
-    assert kls[-1] < kls[0], kls
+    # Guards that the distillation gradient moves the image toward the teacher: with the shipped
+    # model the KL falls steadily (0.96 -> 0.41 forward, 1.10 -> 0.44 reverse on a 2-core EPYC);
+    # a margin of 30 % holds wherever float rounding differs.
+    assert kls[-1] < 0.7 * kls[0], kls

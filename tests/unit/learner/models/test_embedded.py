@@ -34,7 +34,9 @@ def models():
 def test_shipped_files_are_the_recorded_build_of_the_current_builder(name):
     info = embedded.verify(name)  # the sha256 of the weights against art_model.json
     assert info["builder_version"] == embedded._registry()[name].builder_version
-    assert info["weights_bytes"] == (embedded.SHIPPED_DIR / name / "model.safetensors").stat().st_size
+    assert (
+        info["weights_bytes"] == (embedded.SHIPPED_DIR / name / "model.safetensors").stat().st_size
+    )
     assert resolve_model_path(name) == str(embedded.SHIPPED_DIR / name)
 
 
@@ -117,5 +119,7 @@ def test_the_gray_seed_does_not_say_the_target(models):
     assert greedy_right / len(examples) <= 0.2
     assert min(gaps) > 0.5, min(gaps)  # nats below the top answer, on every question
     f_colour_CHW = torch.tensor([230, 25, 230], dtype=torch.uint8)[:, None, None].expand(3, 64, 64)
-    _, letters_K = _letter_logprobs(model, processor, f_colour_CHW.contiguous(), examples[0].question)
+    _, letters_K = _letter_logprobs(
+        model, processor, f_colour_CHW.contiguous(), examples[0].question
+    )
     assert int(letters_K.argmax()) == target

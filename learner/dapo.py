@@ -24,22 +24,12 @@ from collections.abc import Sequence
 
 import torch
 
+from learner.objectives.advantages import grpo_advantages
 from learner.objectives.policy_gradient import clipped_token_loss
 from learner.objectives.registry import LossSettings
 
-
-def group_advantages(
-    rewards_GN: torch.Tensor, eps: float = 1e-6, norm_by_std: bool = True
-) -> torch.Tensor:
-    """(groups, G) rewards -> (groups, G) advantages, normalized by the unbiased (n - 1)
-    standard deviation of each group (verl's `compute_grpo_outcome_advantage`, TRL's GRPO).
-    `norm_by_std=False`: the reward minus the group mean only (Dr. GRPO; verl's
-    `norm_adv_by_std_in_grpo=False`, TRL's `scale_rewards="none"`)."""
-    mean_G1 = rewards_GN.mean(dim=1, keepdim=True)
-    if not norm_by_std:
-        return rewards_GN - mean_G1
-    std_G1 = rewards_GN.std(dim=1, keepdim=True, correction=1)
-    return (rewards_GN - mean_G1) / (std_G1 + eps)
+# The group advantages of item 1 (`algo.adv_estimator=grpo`, learner/objectives/advantages.py).
+group_advantages = grpo_advantages
 
 
 def dapo_loss(

@@ -10,26 +10,27 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from collections.abc import Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 
-import numpy as np
 import torch
 
-from learner.dapo import group_advantages
+from learner.batches import Batch, mean_finite, to_cpu
 from learner.data_parallel import DataParallel, parameter_hash
 from learner.linear_attention import report_kernel_paths
-from learner.objectives import TARGET_OBJECTIVES, LossSettings, get_policy_loss
+from learner.metrics import ray_metrics
 from learner.pixels import PixelImage
 from learner.policy import FrozenPolicy, load_model_and_processor
+from learner.policy_gradient_update import PolicyGradient, PolicyGradientSteps
 from learner.preprocess import validate_image_size
-from learner.rollout_correction import correction_metrics, correction_weights
+from learner.settings import LearnerSettings
+from learner.supervised import TARGET_OBJECTIVES
 from learner.trained import make_trained
 from shared.artifact import art_metadata
 from shared.images import seed_image
-from shared.messages import Completion, ImageUpdate, ScoredGroup
+from shared.messages import ImageUpdate
+
+__all__ = ["Batch", "Learner", "LearnerSettings", "init_pixels", "mean_finite", "to_cpu"]
 
 logger = logging.getLogger(__name__)
 
@@ -46,74 +47,14 @@ def init_pixels(
     return PixelImage.from_uint8(seed_image(init, height, width, seed, task_icon, background))
 
 
-@dataclass
-class Batch:
-    """A learner batch, flattened group by group: sequence b is completion b % G of group b // G."""
-
-    prompt_ids: list[tuple[int, ...]]
-    token_ids: list[tuple[int, ...]]
-    rollout_logprobs: list[tuple[float, ...]]
-    image_versions: list[int]
-    rewards_GN: torch.Tensor  # (groups, G)
-
-    @classmethod
-    def from_groups(cls, groups: Sequence[ScoredGroup]) -> Batch:
-        sizes = {len(g.completions) for g in groups}
-        if len(sizes) != 1:
-            raise ValueError(f"every group of a batch needs the same size, got sizes {sizes}")
-        batch = cls.from_completions([c for g in groups for c in g.completions])
-        batch.rewards_GN = torch.tensor([g.rewards for g in groups], dtype=torch.float32)
-        return batch
-
-    @classmethod
-    def from_completions(cls, completions: Sequence[Completion]) -> Batch:
-        return cls(
-            prompt_ids=[c.prompt_token_ids for c in completions],
-            token_ids=[c.token_ids for c in completions],
-            rollout_logprobs=[c.logprobs for c in completions],
-            image_versions=[c.image_version for c in completions],
-            rewards_GN=torch.zeros(0, 0),
-        )
-
-    def __len__(self) -> int:
-        return len(self.token_ids)
-
-    @property
-    def lengths(self) -> list[int]:
-        return [len(t) for t in self.token_ids]
-
-    @property
-    def max_len(self) -> int:
-        return max(self.lengths)
-
-    def rollout_logprobs_BT(self, device) -> tuple[torch.Tensor, torch.Tensor]:
-        """The engine's log-probs padded to (B, T), and the mask of real tokens."""
-        rollout_BT = torch.zeros(len(self), self.max_len)
-        mask_BT = torch.zeros(len(self), self.max_len)
-        for i, lp in enumerate(self.rollout_logprobs):
-            rollout_BT[i, : len(lp)] = torch.tensor(lp)
-            mask_BT[i, : len(lp)] = 1.0
-        return rollout_BT.to(device), mask_BT.to(device)
+def make_objective(settings: LearnerSettings):
+    """The learner's side of `algo.loss`: an objective on target sequences by its registered
+    name (`learner/supervised.py`), else a policy-gradient loss (`learner/objectives/`, a
+    registered name or an import path)."""
+    return TARGET_OBJECTIVES.get(settings.loss, PolicyGradient)(settings)
 
 
-def mismatch_metrics(batch: Batch, learner_BT: torch.Tensor, version: int) -> dict[str, float]:
-    """How far the rollout engine's log-probs are from the learner's on the sampled tokens."""
-    rollout = np.concatenate([np.asarray(lp, dtype=np.float64) for lp in batch.rollout_logprobs])
-    learner = np.concatenate(
-        [row[:n].double().cpu().numpy() for row, n in zip(learner_BT, batch.lengths, strict=True)]
-    )
-    log_ratio = learner - rollout  # log p_learner / p_rollout on rollout samples
-    stale = sum(v != version for v in batch.image_versions)
-    return {
-        "logprob_mean": float(learner.mean()),
-        "mismatch_abs_mean": float(np.abs(log_ratio).mean()),
-        # k3 estimator of KL(rollout || learner): E[(r - 1) - log r], r = p_learner/p_rollout
-        "mismatch_kl": float(np.mean(np.expm1(log_ratio) - log_ratio)),
-        "stale_completion_frac": stale / len(batch),
-    }
-
-
-class Learner:
+class Learner(PolicyGradientSteps):
     """The learner process: the frozen model, what is trained (`learner/trained.py`: ART's
     pixels or the LoRA baseline's adapter) and its optimizer.
 
@@ -134,89 +75,42 @@ class Learner:
     the old log-probs are all-reduced, so that every replica takes the same step.
     """
 
-    def __init__(
-        self,
-        model_path: str,
-        model_name: str,
-        height: int,
-        width: int,
-        init: str = "gray",
-        lr: float = 0.05,
-        temperature: float = 1.0,
-        eps_low: float = 0.2,
-        eps_high: float = 0.28,
-        clip_ratio_c: float | None = None,
-        num_minibatches: int = 1,
-        micro_batch_size: int = 32,
-        max_tokens_per_micro_batch: int | None = None,
-        max_grad_norm: float = 0.0,
-        max_staleness: int = 0,
-        rollout_correction: str = "off",
-        rollout_correction_cap: float = 2.0,
-        dtype: str = "float32",
-        device: str = "cpu",
-        seed: int = 0,
-        activation_checkpointing: bool = False,
-        shared_prefix: bool = True,
-        task_icon: str = "math",
-        background: str = "white",
-        method: str = "art",
-        lora: dict | None = None,
-        with_image: bool = True,
-        release_memory: bool = False,
-        rank: int = 0,
-        world_size: int = 1,
-        run_id: str = "",
-        loss: str = "dapo",
-        loss_agg_mode: str | None = None,
-        norm_adv_by_std: bool | None = None,
-        loss_scale_factor: int | None = None,
-        distill_direction: str = "forward",
-    ):
-        torch.manual_seed(seed)  # the same seed on every replica: the same minibatch split
+    def __init__(self, settings: LearnerSettings):
+        s = self.settings = settings
+        torch.manual_seed(s.seed)  # the same seed on every replica: the same minibatch split
         # the minibatch split's own generator: the same draws on every replica, whatever else
         # uses torch's default one (LoRA dropout draws per sequence of a replica's share)
-        self.split_rng = torch.Generator().manual_seed(seed)
-        from learner.metrics import RayMetrics
-
-        self.metrics = RayMetrics(run=run_id, replica=str(rank))
-        self.model_name = model_name
+        self.split_rng = torch.Generator().manual_seed(s.seed)
+        self.metrics = ray_metrics(run=s.run_id, replica=str(s.rank))
+        self.model_name = s.model_name
         self.model, self.processor = load_model_and_processor(
-            model_path, dtype=dtype, device=device
+            s.model_path, dtype=s.dtype, device=s.device
         )
         self.policy = FrozenPolicy(
             self.model,
             self.processor,
-            temperature,
-            activation_checkpointing,
-            shared_prefix=shared_prefix,
+            s.temperature,
+            s.activation_checkpointing,
+            shared_prefix=s.shared_prefix,
         )
         # which kernels run the linear attention (logged; on cuda a metric: the torch reference?)
         self.kernel_metrics = report_kernel_paths(self.model, self.policy.device)
         # data-parallel replicas (`init_group`): rank r of world_size
-        self.data_parallel = DataParallel(rank, world_size, self.on_cuda)
-        validate_image_size(height, width, self.policy.spec, model_name)
-        image = init_pixels(init, height, width, seed, task_icon, background).to(device)
-        self.trained = make_trained(method, self.model, image, model_name, lora, with_image)
-        self.optimizer = torch.optim.Adam(self.trained.parameters(), lr=lr)
-        self.eps_low, self.eps_high, self.clip_ratio_c = eps_low, eps_high, clip_ratio_c
-        # the objective (learner/objectives/): a registered policy loss, or sft / distill
-        self.loss, self.distill_direction = loss, distill_direction
-        spec = None if loss in TARGET_OBJECTIVES else get_policy_loss(loss)
-        self.policy_loss = spec.fn if spec else None
-        self.loss_agg_mode = loss_agg_mode or (spec.loss_agg_mode if spec else "token-mean")
-        own_norm = spec.norm_adv_by_std if spec else True
-        self.norm_adv_by_std = own_norm if norm_adv_by_std is None else norm_adv_by_std
-        self.loss_scale_factor = loss_scale_factor
-        self.num_minibatches = num_minibatches
-        self.micro_batch_size = micro_batch_size
-        self.max_tokens_per_micro_batch = max_tokens_per_micro_batch
-        self.max_grad_norm = max_grad_norm
-        self.max_staleness = max_staleness
-        self.correction, self.correction_cap = rollout_correction, rollout_correction_cap
-        # after each update, hand the allocator's cached blocks back (a sleeping vLLM engine on
-        # the same GPU wakes up into them: cluster=single_gpu)
-        self.release_memory = release_memory
+        self.data_parallel = DataParallel(s.rank, s.world_size, self.on_cuda)
+        validate_image_size(s.height, s.width, self.policy.spec, s.model_name)
+        image = init_pixels(s.init, s.height, s.width, s.seed, s.task_icon, s.background)
+        self.trained = make_trained(
+            s.method, self.model, image.to(s.device), s.model_name, s.lora, s.with_image
+        )
+        self.optimizer = torch.optim.Adam(self.trained.parameters(), lr=s.lr)
+        # the objective's learner side: a policy loss on scored groups, or an objective on
+        # target sequences (sft, distill, opd), found by name (`algo.loss`)
+        self.objective = make_objective(s)
+        self.objective.setup(self)
+        self.num_minibatches = s.num_minibatches
+        self.micro_batch_size = s.micro_batch_size
+        self.max_tokens_per_micro_batch = s.max_tokens_per_micro_batch
+        self.max_staleness = s.max_staleness
         self.version = 0
         self.consecutive_skips = 0  # optimizer steps refused in a row (non-finite)
         self.history: dict[int, list[torch.Tensor]] = {}  # earlier versions' parameters
@@ -346,107 +240,10 @@ class Learner:
                 current.append(i)
         return passes
 
-    @torch.no_grad()
-    def compute_logprobs(self, completions: Sequence[Completion]) -> list[list[float]]:
-        """Per-token log-probs of each completion under the current image (no gradient)."""
-        batch = Batch.from_completions(completions)
-        batch.image_versions = [self.version] * len(batch)
-        logprobs_BT = self.old_logprobs(batch, skip=set())
-        return [row[:n].tolist() for row, n in zip(logprobs_BT, batch.lengths, strict=True)]
-
-    @torch.no_grad()
-    def old_logprobs(self, batch: Batch, skip: set[int]) -> torch.Tensor:
-        """(B, T) log-probs of every sequence not in `skip` under the image it was sampled
-        with: one encode and no-gradient pass per image version. Rows in `skip` stay zero
-        (the first minibatch fills them from its own forward)."""
-        old_BT = torch.zeros(len(batch), batch.max_len, device=self.policy.device)
-        todo: dict[int, list[int]] = {}
-        for i, version in enumerate(batch.image_versions):
-            if i not in skip:
-                todo.setdefault(version, []).append(i)
-        for version, rows in sorted(todo.items()):
-            with self.at_version(version):  # the image (ART) or the adapter (LoRA) of then
-                encoded = self.encode(grad=False)
-                for idx in self.micro_batches(batch, rows):
-                    prompts = [batch.prompt_ids[i] for i in idx]
-                    logprobs_BT, _ = self.policy.sequence_logprobs(
-                        encoded, prompts, [batch.token_ids[i] for i in idx]
-                    )
-                    old_BT[idx, : logprobs_BT.shape[1]] = logprobs_BT
-        return old_BT
-
-    # ---- the DAPO step -----------------------------------------------------------------
-    def update(self, groups: Sequence[ScoredGroup]):
-        """One learner step on a batch of scored groups (sft, distill: of `TargetSequence`s,
-        `learner/supervised.py`); returns metrics and the new image."""
-        if self.loss in TARGET_OBJECTIVES:
-            from learner.supervised import fit_targets
-
-            return fit_targets(self, groups)
-        start, self.data_parallel.allreduce_s = time.perf_counter(), 0.0
-        if self.on_cuda:
-            torch.cuda.reset_peak_memory_stats()  # peak_memory_bytes: this update's
-        batch = Batch.from_groups(groups)
-        version = self.version
-        before = [p.detach().clone() for p in self.trainable()]
-        advantages_B = group_advantages(batch.rewards_GN, norm_by_std=self.norm_adv_by_std)
-        advantages_B = advantages_B.reshape(-1)
-        minibatches = self.minibatches(len(batch))
-        # this replica's rows of each minibatch: all of them with one learner
-        mine = [self.data_parallel.share(batch, indices) for indices in minibatches]
-        # the first minibatch's forward doubles as its old log-probs, unless it is not the
-        # old policy's own (LoRA dropout acts in that forward)
-        reuse = (
-            {i for i in mine[0] if batch.image_versions[i] == version}
-            if self.trained.deterministic_forward
-            else set()
-        )
-        others = set(range(len(batch))).difference(*mine)  # other replicas' rows
-        old_BT = self.old_logprobs(batch, skip=reuse | others)
-        stats = [
-            self.minibatch_step(
-                batch,
-                rows,
-                old_BT,
-                advantages_B,
-                reuse if k == 0 else set(),
-                num_tokens=sum(batch.lengths[i] for i in minibatches[k]),
-                num_sequences=len(minibatches[k]),
-            )
-            for k, rows in enumerate(mine)
-        ]
-        self.data_parallel.all_reduce_([old_BT])  # every row was computed by one replica
-        metrics = mismatch_metrics(batch, old_BT, version)
-        rollout_BT, mask_BT = batch.rollout_logprobs_BT(old_BT.device)
-        corrections = correction_metrics(old_BT, rollout_BT, mask_BT, self.correction_cap)
-        metrics.update({f"rollout_corr/{k}": v for k, v in corrections.items()})
-        skipped = self.commit(version, before, stats)
-        update = self.policy_update()
-        taken = [s for s in stats if math.isfinite(s["loss"])] or stats
-        metrics.update({k: float(np.mean([s[k] for s in taken])) for k in taken[0]})
-        metrics.update({k: float(v) for k, v in self.trained.update_metrics(update).items()})
-        metrics.update(
-            {
-                "skipped_updates": float(skipped),
-                "consecutive_skips": float(self.consecutive_skips),
-                # one no-gradient pass per image version among the rows not reused
-                "old_logprob_passes": float(
-                    len(
-                        {
-                            v
-                            for i, v in enumerate(batch.image_versions)
-                            if i not in reuse and i not in others
-                        }
-                    )
-                ),
-                # the mean over the minibatches' optimizer steps (skipped ones left out)
-                "grad_norm": mean_finite([s["grad_norm"] for s in stats]),
-                "num_sequences": float(len(batch)),
-                "learner_time_s": time.perf_counter() - start,
-            }
-        )
-        self.finish_update(metrics)
-        return metrics, update
+    def update(self, batch):
+        """One learner step on the step's batch (scored groups, or target sequences for the
+        objectives that learn from them); returns metrics and the new policy update."""
+        return self.objective.update(self, batch)
 
     def finish_update(self, metrics: dict[str, float]) -> None:
         """The end of every update (policy-gradient, sft, distill): the kernel path, what data
@@ -456,7 +253,7 @@ class Learner:
             metrics["learner_allreduce_s"] = self.data_parallel.allreduce_s
         if self.on_cuda:
             metrics["peak_memory_bytes"] = float(torch.cuda.max_memory_allocated())
-            if self.release_memory:
+            if self.settings.release_memory:
                 torch.cuda.empty_cache()
         self.record(metrics)
 
@@ -497,25 +294,6 @@ class Learner:
         parts = [order[i :: self.num_minibatches] for i in range(self.num_minibatches)]
         return [p for p in parts if p]
 
-    def minibatch_step(
-        self,
-        batch: Batch,
-        indices: list[int],
-        old_BT: torch.Tensor,
-        advantages_B: torch.Tensor,
-        fill_old: set[int],
-        num_tokens: int | None = None,
-        num_sequences: int | None = None,
-    ) -> dict[str, float]:
-        """The minibatch's gradient, then one Adam step on the pixel logits. A NaN or inf in
-        the loss or the gradient refuses the step: the gradient is dropped, the pixels and
-        Adam's state stay as they were (`skipped` = 1). With replicas, `indices` is this
-        replica's share and `num_tokens`, `num_sequences` the whole minibatch's."""
-        totals = self.minibatch_gradient(
-            batch, indices, old_BT, advantages_B, fill_old, num_tokens, num_sequences
-        )
-        return self.optimizer_step(totals)
-
     def optimizer_step(self, totals: dict[str, float]) -> dict[str, float]:
         """One Adam step with the gradient in `.grad` (the minibatch's, summed over replicas),
         refused when it or the loss is not finite."""
@@ -532,29 +310,11 @@ class Learner:
                 self.consecutive_skips,
             )
             return {**totals, "grad_norm": float("nan"), "skipped": 1}
-        max_norm = self.max_grad_norm if self.max_grad_norm > 0 else float("inf")
+        max_norm = self.settings.max_grad_norm or float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable(), max_norm).item()
         self.optimizer.step()
         self.consecutive_skips = 0
         return {**totals, "grad_norm": grad_norm, "skipped": 0}
-
-    def minibatch_gradient(
-        self,
-        batch: Batch,
-        indices: list[int],
-        old_BT: torch.Tensor,
-        advantages_B: torch.Tensor,
-        fill_old: set[int],
-        num_tokens: int | None = None,
-        num_sequences: int | None = None,
-    ) -> dict[str, float]:
-        """The minibatch's gradient in the trained tensors' `.grad`, and its loss statistics:
-        with replicas, both summed over them (the only all-reduce of a step)."""
-        self.optimizer.zero_grad(set_to_none=True)
-        totals = self.accumulate_gradient(
-            batch, indices, old_BT, advantages_B, fill_old, num_tokens, num_sequences
-        )
-        return self.sum_over_replicas(totals)
 
     def sum_over_replicas(self, totals: dict[str, float]) -> dict[str, float]:
         """The trained tensors' gradient and the loss statistics summed over the replicas
@@ -568,86 +328,6 @@ class Learner:
             )
             self.data_parallel.all_reduce_([p.grad for p in self.trainable()] + [totals_K])
             totals = dict(zip(totals, totals_K.tolist(), strict=True))
-        return totals
-
-    def batch_gradient(self, groups: Sequence[ScoredGroup]) -> list[torch.Tensor]:
-        """The DAPO gradient of a batch of fresh completions as one minibatch (the update's
-        first gradient; with replicas, all-reduced), without a step: CPU copies, in the order
-        of `trainable()`. For tests and art-bench; the learner stays as it was."""
-        batch = Batch.from_groups(groups)
-        batch.image_versions = [self.version] * len(batch)
-        advantages_B = group_advantages(batch.rewards_GN, norm_by_std=self.norm_adv_by_std)
-        advantages_B = advantages_B.reshape(-1)
-        rows = list(range(len(batch)))
-        mine = self.data_parallel.share(batch, rows)
-        old_BT = torch.zeros(len(batch), batch.max_len, device=self.policy.device)
-        self.minibatch_gradient(
-            batch, mine, old_BT, advantages_B, set(mine), sum(batch.lengths), len(batch)
-        )
-        grads = [p.grad.detach().cpu().clone() for p in self.trainable()]
-        self.optimizer.zero_grad(set_to_none=True)
-        return grads
-
-    def accumulate_gradient(
-        self,
-        batch: Batch,
-        indices: list[int],
-        old_BT: torch.Tensor,
-        advantages_B: torch.Tensor,
-        fill_old: set[int] = frozenset(),
-        num_tokens: int | None = None,
-        num_sequences: int | None = None,
-    ) -> dict[str, float]:
-        """The policy loss of the minibatch `indices` backpropagated into the pixel logits: one
-        encode, micro-batches accumulating into the image features (a leaf), then one backward
-        through the vision tower. Rows in `fill_old` take their old log-probs from this forward
-        (the policy has not moved yet). `num_tokens`, `num_sequences`: the aggregation's
-        denominators, the minibatch's token and sequence counts (default: those of
-        `indices`)."""
-        if num_tokens is None:
-            num_tokens = sum(batch.lengths[i] for i in indices)
-        if num_sequences is None:
-            num_sequences = len(indices)
-        settings = LossSettings(
-            self.eps_low,
-            self.eps_high,
-            self.clip_ratio_c,
-            self.loss_agg_mode,
-            num_tokens,
-            num_sequences,
-            self.loss_scale_factor,
-        )
-        rollout_BT, _ = batch.rollout_logprobs_BT(self.policy.device)
-        keys = ("loss", "clip_frac_low", "clip_frac_high", "clip_frac_dual", "ratio_mean")
-        totals = dict.fromkeys(keys, 0.0)
-        with self.trained.gradient_pass(self.policy) as encoded:
-            for idx in self.micro_batches(batch, indices):
-                logprobs_BT, mask_BT = self.policy.sequence_logprobs(
-                    encoded, [batch.prompt_ids[i] for i in idx], [batch.token_ids[i] for i in idx]
-                )
-                width = logprobs_BT.shape[1]
-                for row, i in enumerate(idx):
-                    if i in fill_old:
-                        old_BT[i, :width] = logprobs_BT[row].detach()
-                weights_BT = correction_weights(  # after the old log-probs are all in
-                    old_BT[idx, :width],
-                    rollout_BT[idx, :width],
-                    mask_BT,
-                    self.correction,
-                    self.correction_cap,
-                )
-                loss, stats = self.policy_loss(
-                    logprobs_BT,
-                    old_BT[idx, :width],
-                    advantages_B[idx].to(logprobs_BT.device),
-                    mask_BT,
-                    settings,
-                    weights_BT,
-                )
-                loss.backward()
-                totals["loss"] += loss.item()
-                for key in keys[1:]:
-                    totals[key] += stats[key]
         return totals
 
     def num_trainable(self) -> int:
@@ -702,19 +382,3 @@ class Learner:
             int(v): [t.to(device) for t in h] for v, h in state.get("history", {}).items()
         }
         return self.version
-
-
-def mean_finite(values: Sequence[float]) -> float:
-    finite = [v for v in values if math.isfinite(v)]
-    return float(np.mean(finite)) if finite else float("nan")
-
-
-def to_cpu(obj):
-    """A deep copy with every tensor on the CPU (nested dicts, lists and tuples)."""
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().to("cpu", copy=True)
-    if isinstance(obj, dict):
-        return {k: to_cpu(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return type(obj)(to_cpu(v) for v in obj)
-    return obj

@@ -1,43 +1,13 @@
-"""Training figures through Ray's metrics (`ray.util.metrics`), for the Ray dashboard's
-Metrics view, Prometheus and Grafana (`deploy/monitoring/`, `docs/monitoring.md`).
-
-Every figure is a metric named `art_*` (Prometheus shows it as `ray_art_*`), tagged with the
-run id and, where it applies, the replica or worker index. The process that knows a figure
-records it: the driver the step's figures, each learner replica its update. Outside Ray (a
-learner built directly in a test) recording does nothing.
-"""
+"""The learner side's metrics (driver and learner replicas): `shared.metrics.Metrics` on Ray's
+metric classes."""
 
 from __future__ import annotations
 
+import ray
+from ray.util import metrics
 
-class RayMetrics:
-    """Gauges and counters made on first use, each with fixed tags (`run`, ...)."""
+from shared.metrics import Metrics
 
-    def __init__(self, **tags: str):
-        self.tags = {k: str(v) for k, v in tags.items()}
-        self._made: dict[str, object] = {}
 
-    def _metric(self, kind: str, name: str, description: str, extra: tuple[str, ...]):
-        if name not in self._made:
-            from ray.util import metrics
-
-            cls = {"gauge": metrics.Gauge, "counter": metrics.Counter}[kind]
-            keys = tuple(self.tags) + extra
-            self._made[name] = cls(name, description, tag_keys=keys).set_default_tags(self.tags)
-        return self._made[name]
-
-    @staticmethod
-    def active() -> bool:
-        import ray
-
-        return ray.is_initialized()
-
-    def set(self, name: str, value: float, description: str = "", **tags: str) -> None:
-        if self.active():
-            metric = self._metric("gauge", name, description, tuple(tags))
-            metric.set(float(value), tags={k: str(v) for k, v in tags.items()} or None)
-
-    def inc(self, name: str, value: float = 1.0, description: str = "", **tags: str) -> None:
-        if self.active() and value > 0:
-            metric = self._metric("counter", name, description, tuple(tags))
-            metric.inc(float(value), tags={k: str(v) for k, v in tags.items()} or None)
+def ray_metrics(**tags: str) -> Metrics:
+    return Metrics(metrics, ray.is_initialized, **tags)

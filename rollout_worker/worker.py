@@ -12,7 +12,7 @@ import socket
 import time
 
 from rollout_worker.engine import make_engine
-from rollout_worker.metrics import RayMetrics
+from rollout_worker.metrics import ray_metrics
 from shared.artifact import png_to_pil
 from shared.messages import (
     AdapterUpdate,
@@ -60,7 +60,7 @@ class RolloutWorker:
         **engine_options,
     ):
         self.worker_index, self.engine_name, self.run_id = worker_index, engine, run_id
-        self.metrics = RayMetrics(run=run_id, worker=str(worker_index))
+        self.metrics = ray_metrics(run=run_id, worker=str(worker_index))
         self.engine = make_engine(engine, model_path, **engine_options)
         self.version: int | None = None
         self.image = None

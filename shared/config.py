@@ -86,8 +86,19 @@ class DistillConfig:
     placement: str = "system"
 
 
-# The objectives that are not policy-gradient losses on rewarded samples.
-TARGET_OBJECTIVES = ("sft", "distill")
+@dataclass
+class TeacherConfig:
+    # algo=opd: the teacher model (a model preset name, a hub id or a local folder), a second
+    # frozen model with the same tokenizer as model.name that scores the student's samples.
+    model: str | None = None
+    # The teacher's text context: null (the question alone), "task" (the task's own context,
+    # e.g. the synthetic task's hint) or the text itself.
+    context: str | None = None
+    # Where that context goes: "system" (its own system turn) or "user" (before the question).
+    placement: str = "system"
+
+
+# The values of algo.loss_agg_mode (learner/objectives/aggregation.py implements them).
 AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
 
 
@@ -96,8 +107,14 @@ class AlgoConfig:
     # The objective (docs/objectives.md): a policy-gradient loss on rewarded samples ("dapo",
     # "grpo", "dr_grpo", "gspo", "cispo", or package.module:function of your own, registered
     # as in learner/objectives/registry.py), "sft" (the log-likelihood of the task's gold
-    # completions, no sampling) or "distill" (the KL to the model given a text context).
+    # completions, no sampling), "distill" (the KL to the model given a text context), "opd"
+    # (the reverse KL to a teacher model on the student's samples), or the import path of an
+    # Algorithm class of your own (learner/driver/algorithms/).
     loss: str = "dapo"
+    # Advantages from a group's rewards (learner/objectives/advantages.py): "grpo" (minus the
+    # group mean, divided by its std unless norm_adv_by_std is false), "rloo" (minus the mean
+    # of the others), or package.module:function of your own.
+    adv_estimator: str = "grpo"
     # How the loss's per-token terms become one number: token-mean, seq-mean-token-mean,
     # seq-mean-token-sum, seq-mean-token-sum-norm (null: the loss's own; the run's config.yaml
     # records which).
@@ -111,6 +128,8 @@ class AlgoConfig:
     loss_scale_factor: int | None = None
     # algo.loss=distill: the teacher's context and the KL's direction.
     distill: DistillConfig = field(default_factory=DistillConfig)
+    # algo.loss=opd: the teacher model and its prompt.
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
     # Completions sampled per prompt (G); distill: completions per prompt; sft: unused.
     group_size: int = 8
     # Groups (prompts) per learner step after dynamic sampling; sft: gold completions per step.
@@ -406,9 +425,10 @@ def resolve(cfg: Any) -> None:
             cfg.image.width = cfg.model.image_size
 
 
-def validate(cfg: Any) -> None:
+def validate(cfg: Any, more_rules: list[tuple[bool, str]] = ()) -> None:
     """Derived values filled in (`resolve`), then the cross-field rules, checked once at
-    start-up."""
+    start-up, with `more_rules` (the algorithm's: learner/driver/algorithms/), all in one
+    error."""
     resolve(cfg)
     algo, rollout = cfg.algo, cfg.rollout
     rules = [
@@ -422,39 +442,6 @@ def validate(cfg: Any) -> None:
             algo.loss_agg_mode is None or algo.loss_agg_mode in AGG_MODES,
             f"algo.loss_agg_mode={algo.loss_agg_mode!r}: use one of {', '.join(AGG_MODES)}, or "
             "null for the loss's own",
-        ),
-        (
-            not (algo.loss == "cispo" and algo.clip_ratio_c is not None),
-            "algo.loss=cispo caps its importance weight at 1 + eps_high itself, the dual clip "
-            "does not apply: set algo.clip_ratio_c=null (algo=cispo does)",
-        ),
-        (
-            algo.loss not in TARGET_OBJECTIVES or algo.max_staleness == 0,
-            f"algo.loss={algo.loss} samples nothing a step ahead: set algo.max_staleness=0",
-        ),
-        (
-            algo.loss != "distill" or cfg.method.name == "art",
-            "algo.loss=distill needs method=art: the teacher is the frozen model without the "
-            "trained policy, and a LoRA adapter is applied to every engine request",
-        ),
-        (
-            algo.distill.direction in ("forward", "reverse"),
-            f"algo.distill.direction={algo.distill.direction!r}: use forward (teacher samples) "
-            "or reverse (student samples, on-policy)",
-        ),
-        (
-            algo.distill.placement in ("system", "user"),
-            f"algo.distill.placement={algo.distill.placement!r}: use system or user",
-        ),
-        (
-            algo.distill.context is None or algo.distill.context_file is None,
-            "algo.distill.context and algo.distill.context_file are both set: give one",
-        ),
-        (
-            algo.group_size >= (1 if algo.loss in TARGET_OBJECTIVES else 2),
-            f"algo.group_size={algo.group_size}: groups need >= 2 samples for an advantage"
-            if algo.loss not in TARGET_OBJECTIVES
-            else f"algo.group_size={algo.group_size}: set >= 1",
         ),
         (
             algo.prompts_per_step >= 1,
@@ -502,12 +489,6 @@ def validate(cfg: Any) -> None:
             f"rollout.top_p={rollout.top_p}: training needs top_p=1.0 because the learner "
             "computes log-probs of the full tempered distribution; nucleus sampling would make "
             "the importance ratios wrong",
-        ),
-        (
-            algo.num_minibatches >= 1 and algo.num_minibatches <= sequences_per_step(algo),
-            f"algo.num_minibatches={algo.num_minibatches} must be in [1, "
-            f"{sequences_per_step(algo)}] (the sequences of a step: prompts_per_step"
-            f"{'' if algo.loss == 'sft' else ' * group_size'})",
         ),
         (
             cfg.method.name in ("art", "lora"),
@@ -632,6 +613,7 @@ def validate(cfg: Any) -> None:
             "eval.limit must be >= 1 (null: the whole split)",
         ),
         *task_rules(cfg.task),
+        *more_rules,
     ]
     if rollout.max_new_tokens is not None:
         rules.append((rollout.max_new_tokens >= 1, "rollout.max_new_tokens must be >= 1"))
@@ -676,14 +658,6 @@ def task_rules(task: Any) -> list[tuple[bool, str]]:
             )
         )
     return rules
-
-
-def sequences_per_step(algo: Any) -> int:
-    """Sequences the learner gets per step: prompts x group size, or one gold completion per
-    prompt (sft)."""
-    if algo.loss == "sft":
-        return algo.prompts_per_step
-    return algo.prompts_per_step * algo.group_size
 
 
 def learner_gpus(cfg: Any) -> float:

@@ -24,10 +24,14 @@ def bench_learner(model: str, size: int, prompts: int, group: int, tokens: int, 
 
     from learner.bench.naive import naive_gradient
     from learner.dapo import dapo_loss, group_advantages
-    from learner.learner import Batch, Learner
+    from learner.learner import Batch, Learner, LearnerSettings
     from learner.models import resolve_model_path
 
-    learner = Learner(resolve_model_path(model), model, size, size, init="noise", num_minibatches=1)
+    learner = Learner(
+        LearnerSettings(
+            resolve_model_path(model), model, size, size, init="noise", num_minibatches=1
+        )
+    )
     groups = synthetic_groups(learner, prompts, group, tokens)
     state = learner.state_dict()
 

@@ -86,10 +86,10 @@ def naive_gradient(learner, groups) -> torch.Tensor:
                 old[i],
                 advantages_B[i : i + 1].to(logprobs_1T.device),
                 mask_1T,
-                learner.eps_low,
-                learner.eps_high,
+                learner.settings.eps_low,
+                learner.settings.eps_high,
                 num_tokens=num_tokens,
-                clip_ratio_c=learner.clip_ratio_c,
+                clip_ratio_c=learner.settings.clip_ratio_c,
             )
             loss.backward()
         return learner.image.theta_CHW.grad.detach().clone()

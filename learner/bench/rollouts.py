@@ -62,7 +62,7 @@ def bench_vllm_rollouts(model: str, size: int, prompts: int, group: int, tokens:
 
     from learner.driver.cli import compose_config
     from learner.driver.cluster import create_workers, start_ray
-    from learner.learner import Learner
+    from learner.learner import Learner, LearnerSettings
     from learner.models import resolve_model_path
     from shared.messages import RolloutRequest, SamplingConfig
     from shared.prompts import render_prompt
@@ -80,7 +80,7 @@ def bench_vllm_rollouts(model: str, size: int, prompts: int, group: int, tokens:
     ray.get(worker.__ray_ready__.remote())
     out = {"model": model, "engine_start_s": time.perf_counter() - start}
     try:
-        learner = Learner(path, model, size, size, init="noise")
+        learner = Learner(LearnerSettings(path, model, size, size, init="noise"))
         update = learner.image_update()
         ray.get(worker.set_image.remote(update.version, update.png))
         processor = learner.processor

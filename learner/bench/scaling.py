@@ -24,12 +24,12 @@ def bench_replicas(model: str, size: int, prompts: int, group: int, tokens: int,
     import ray
 
     from learner.driver.learners import LearnerGroup
-    from learner.learner import Learner
+    from learner.learner import Learner, LearnerSettings
     from learner.models import resolve_model_path
 
     path = resolve_model_path(model)
     groups = synthetic_groups(
-        Learner(path, model, size, size, init="noise"), prompts, group, tokens
+        Learner(LearnerSettings(path, model, size, size, init="noise")), prompts, group, tokens
     )
     cores = os.cpu_count() or 2
     ray.init(num_cpus=cores, include_dashboard=False, log_to_driver=False)

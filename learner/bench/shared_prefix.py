@@ -60,16 +60,16 @@ def measure_one(model: str, workload: str, path: str, phase: str, prompts: int) 
 
     from learner.bench.common import sized_groups
     from learner.bench.memory import reset_peak_rss, status_kib
-    from learner.learner import Batch, Learner
+    from learner.learner import Batch, Learner, LearnerSettings
     from learner.models import resolve_model_path
 
     prompt, completion, group = WORKLOADS[workload]
     size = 64 if model == "tiny" else 256
-    learner = Learner(
+    learner = Learner(LearnerSettings(
         resolve_model_path(model), model, size, size, init="noise",
         activation_checkpointing=model != "tiny", shared_prefix=path == "shared_prefix",
         micro_batch_size=prompts * group, num_minibatches=1,
-    )  # fmt: skip
+    ))  # fmt: skip
     if path == "shared_prefix" and learner.policy.shared_prefix is None:
         raise RuntimeError(f"{model}: the shared-prefix forward does not run on this model")
     lengths = completion_lengths(completion, group)

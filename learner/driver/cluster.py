@@ -14,8 +14,12 @@ from pathlib import Path
 
 from omegaconf import OmegaConf, open_dict
 
+from learner.driver.algorithms import algorithm_for
+from learner.learner import Learner
+from learner.settings import LearnerSettings
 from shared.config import learner_gpus
 from shared.errors import UserError
+from shared.tasks import task_icon
 
 logger = logging.getLogger("art.cluster")
 # Quiet, per-process settings every actor inherits.
@@ -257,8 +261,6 @@ def create_learners(cfg, ray, model_path: str, run_id: str = "") -> list:
 
 
 def create_learner(cfg, ray, model_path: str, rank: int = 0, replicas: int = 1, run_id: str = ""):
-    from learner.learner import Learner
-
     learner_cls = ray.remote(Learner)
     return learner_cls.options(
         name=learner_names(replicas)[rank],
@@ -266,12 +268,16 @@ def create_learner(cfg, ray, model_path: str, rank: int = 0, replicas: int = 1, 
         num_gpus=learner_gpus(cfg),
         resources=dict(cfg.learner.resources) or None,
         runtime_env=None if learner_gpus(cfg) else {"env_vars": dict(NO_GPU)},
-    ).remote(**learner_kwargs(cfg, model_path, rank, replicas), run_id=run_id)
+    ).remote(learner_settings(cfg, model_path, rank, replicas, run_id))
 
 
-def learner_kwargs(cfg, model_path: str, rank: int = 0, replicas: int = 1) -> dict:
-    """The Learner's constructor arguments from the config (replica `rank` of `replicas`)."""
-    return dict(
+def learner_settings(
+    cfg, model_path: str, rank: int = 0, replicas: int = 1, run_id: str = ""
+) -> LearnerSettings:
+    """The Learner's settings from the config (replica `rank` of `replicas`), with what the
+    algorithm adds (its learner-side objective, a teacher's folder)."""
+    algorithm = algorithm_for(cfg)
+    return LearnerSettings(
         model_path=model_path,
         model_name=cfg.model.name,
         height=cfg.image.height,
@@ -302,17 +308,15 @@ def learner_kwargs(cfg, model_path: str, rank: int = 0, replicas: int = 1) -> di
         release_memory=bool(cfg.rollout.sleep_mode),
         rank=rank,
         world_size=replicas,
-        loss=cfg.algo.loss,
+        run_id=run_id,
+        loss=algorithm.objective,
         loss_agg_mode=cfg.algo.loss_agg_mode,
         norm_adv_by_std=cfg.algo.norm_adv_by_std,
         loss_scale_factor=cfg.algo.loss_scale_factor,
+        adv_estimator=cfg.algo.adv_estimator,
         distill_direction=cfg.algo.distill.direction,
+        **algorithm.learner_settings(cfg),
     )
-
-
-def task_icon(task_name: str) -> str:
-    """The icon `image.init=icon:task` starts from: the wrench for tool use, else math."""
-    return "wrench" if task_name == "toolmind" else "math"
 
 
 def engine_options(cfg, device: str, lora_rank: int | None = None) -> dict:

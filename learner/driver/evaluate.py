@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,11 +28,12 @@ from learner.driver.cluster import run_scope, start_actors, worker_python
 from learner.driver.observer import Tracker
 from learner.driver.rollouts import WorkerPool, prompt_builder
 from learner.driver.tracking import RunOutputs, check_tracking_uri, ensure_writable, run_params
+from learner.driver.validation import eval_sampling, evaluate_condition
 from learner.models import resolve_model_path
 from shared.artifact import art_metadata, check_metadata, decode_png, sha256
 from shared.config import validate
 from shared.errors import UserError
-from shared.messages import AdapterUpdate, ImageUpdate, RolloutRequest, SamplingConfig
+from shared.messages import AdapterUpdate, ImageUpdate
 from shared.prompts import PROMPT_LAYOUT
 from shared.storage import room_problem
 
@@ -41,83 +41,14 @@ logger = logging.getLogger("art.eval")
 EVAL_ROOM_BYTES = 1 << 20  # what art-eval asks of its output folder at start
 
 
-def eval_requests(examples, prompt_for, with_image: bool) -> list[RolloutRequest]:
-    return [
-        RolloutRequest(request_id=i, prompt=prompt_for(ex, with_image), n=1, with_image=with_image)
-        for i, ex in enumerate(examples)
-    ]
-
-
-def eval_sampling(cfg, task) -> SamplingConfig:
-    """The paper's evaluation decoding: greedy, the task's token limit (512 for math), a
-    presence penalty of 1.0 (`eval.presence_penalty`)."""
-    return SamplingConfig(
-        max_new_tokens=cfg.eval.max_new_tokens or task.max_new_tokens,
-        greedy=True,
-        seed=0,
-        presence_penalty=cfg.eval.presence_penalty,
-    )
-
-
-def evaluate_condition(
-    pool, task, examples, prompt_for, with_image, sampling, label: str = ""
-) -> dict:
-    """Greedy completions for every example on the workers' current image (or none), in
-    batches with a progress line each. `task`: the run's Scorer (the strict score of
-    `task.score` or of the reward functions), or a plain task scored by its own methods."""
-    from shared.tasks.scoring import as_scorer
-
-    scorer = as_scorer(task)
-    requests = eval_requests(examples, prompt_for, with_image)
-    batch = max(len(pool.workers) * 32, 1)
-    start, completions, accuracies, failures = time.perf_counter(), [], [], 0
-    for first in range(0, len(requests), batch):
-        groups = pool.generate(requests[first : first + batch], sampling)
-        chunk = [g[0] for g in groups]
-        scores = scorer.score(
-            examples[first : first + len(chunk)],
-            [c.text for c in chunk],
-            [c.token_ids for c in chunk],
-            group_size=16,
-        )
-        completions.extend(chunk)
-        accuracies.extend(scores.accuracies)
-        failures += sum(scores.failed)
-        if len(requests) > batch:
-            done = len(completions)
-            logger.info(
-                "%s%d/%d examples, accuracy so far %.3f",
-                f"{label}: " if label else "",
-                done,
-                len(requests),
-                sum(accuracies) / done,
-            )
-    elapsed = time.perf_counter() - start
-    pairs = list(zip(examples, completions, strict=True))
-    tokens = sum(len(c.token_ids) for c in completions)
-    n = len(examples)
-    return {
-        "accuracy": sum(accuracies) / n,
-        "format_rate": sum(scorer.task.format_ok(ex, c.text) for ex, c in pairs) / n,
-        "reward_failures": failures,
-        "n": n,
-        "mean_completion_tokens": tokens / n,
-        "tokens_per_s": tokens / elapsed if elapsed > 0 else float("nan"),
-        "ids": [ex.uid for ex in examples],
-        "samples": [
-            {"uid": ex.uid, "answer": ex.answer, "completion": c.text} for ex, c in pairs[:5]
-        ],
-    }
-
-
 def condition_image(cfg, condition: str) -> bytes | None:
     """PNG bytes for a condition (None for the text-only baseline), checked against the model."""
     if condition == "none":
         return None
     if condition == "seed":
-        from learner.driver.cluster import task_icon
         from shared.artifact import encode_png
         from shared.images import seed_image
+        from shared.tasks import task_icon
 
         height, width = cfg.image.height, cfg.image.width
         pixels = seed_image(

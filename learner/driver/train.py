@@ -4,7 +4,8 @@ Each step, as named phases:
 1. sample    - draw prompts, spread them over the rollout workers, G completions each;
 2. score     - task reward, overlong shaping (DAPO), strict accuracy;
 3. filter    - dynamic sampling: drop groups that carry no signal, draw more prompts (capped);
-   (sft and distill make their batch of target sequences instead: learner/driver/objectives.py)
+   (each algorithm makes its step's batch: learner/driver/algorithms/; sft and distillation
+   make target sequences instead)
 4. update    - the learner recomputes log-probs and takes optimizer steps on the pixel logits
                with the objective's loss (DAPO by default, learner/objectives/);
 5. broadcast - the new PNG goes once into the Ray object store and to every worker;
@@ -32,6 +33,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from learner.driver.algorithms import Algorithm, check_config
 from learner.driver.checkpoint import (
     DriverState,
     capture_rng,
@@ -48,7 +50,6 @@ from learner.driver.cluster import (
     placement,
     run_scope,
     start_actors,
-    task_icon,
     worker_factory,
     worker_python,
 )
@@ -58,7 +59,6 @@ from learner.driver.rollouts import (
     Prefetch,
     PromptSampler,
     WorkerPool,
-    compute_rollouts,
     prompt_builder,
     rollouts_from_state,
     rollouts_to_state,
@@ -76,9 +76,9 @@ from learner.driver.tracking import (
     mean,
     run_params,
 )
-from learner.metrics import RayMetrics
+from learner.driver.validation import eval_sampling, evaluate_condition
+from learner.metrics import ray_metrics
 from learner.models import resolve_model_path
-from shared.config import validate
 from shared.errors import RunStoppedError, UserError
 from shared.storage import describe, mib, room_problem, storage_error
 
@@ -93,8 +93,6 @@ HISTORY_KEYS = (
     "num_workers",
     "loss",
 )
-# What distillation adds to them (learner/driver/objectives.py).
-DISTILL_KEYS = ("kl", "prompt_tokens_saved", "teacher_sample_accuracy", "student_sample_accuracy")
 PHASES = ("time_rollout_s", "time_update_s", "time_broadcast_s", "time_step_s", "time_score_s")
 
 
@@ -113,7 +111,7 @@ class Plan:
     learner_state: dict | None
     driver_state: DriverState
     lock: RunLock  # held from here to the end of the run
-    context: str | None = None  # distill: the teacher's text context
+    algorithm: Algorithm  # learner/driver/algorithms/: what differs between objectives
     outputs: RunOutputs | None = None  # once the run folder is written
 
 
@@ -138,23 +136,15 @@ class Run:
     last_good: tuple | None = None  # (ImageUpdate, learner state, DriverState) of the last step
     ahead: object | None = None  # the next step's rollouts, sampled during the update
     lock: RunLock | None = None  # the run folder's; lost to another driver: stop, write nothing
-    tokens: object = None  # sft, distill: prompt and completion token ids (objectives.py)
-    context: str | None = None  # distill: the teacher's text context
+    algorithm: Algorithm | None = None  # the step's batch, its figures, the summary's fields
 
 
 def prepare(cfg: DictConfig) -> Plan:
     """Validate the config, load the task, the model's processor and the seed image, take the
     run folder's lock, load the checkpoint to resume from and check the disk's room; refuse
     what cannot work before any process exists (and, but for the lock, any file)."""
-    validate(cfg)
-    from learner.driver.objectives import (
-        distill_context,
-        fill_loss_scale_factor,
-        resolve_objective,
-    )
+    algorithm = check_config(cfg)  # the sections' rules and the algorithm's (a user's imports)
     from learner.preprocess import VisionSpec, validate_image_size
-
-    resolve_objective(cfg)  # the loss exists (a user's imports); its defaults into algo.*
 
     worker_python(cfg)  # the rollout workers' interpreter, before anything starts
     check_tracking_uri(cfg.logging.tracking_uri)
@@ -172,13 +162,15 @@ def prepare(cfg: DictConfig) -> Plan:
             f"algo.overlong_buffer={cfg.algo.overlong_buffer} must be < the completion limit "
             f"{max_new} (rollout.max_new_tokens, or the task's {task.max_new_tokens})"
         )
-    fill_loss_scale_factor(cfg, max_new)
-    context = distill_context(cfg, task) if cfg.algo.loss == "distill" else None
+    algorithm.resolve(cfg, max_new)  # its defaults into algo.*: config.yaml says what ran
+    algorithm.prepare(cfg, task)  # a teacher's context or folder, refused here if unusable
     held_out = []
     if cfg.eval.every:
         train_examples, held_out = split_validation(train_examples, cfg.eval.val_size, cfg.seed)
     height, width = cfg.image.height, cfg.image.width
-    seed_image(cfg.image.init, height, width, cfg.seed, task_icon(task.name), cfg.image.background)
+    seed_image(
+        cfg.image.init, height, width, cfg.seed, getattr(task, "icon", "math"), cfg.image.background
+    )
     model_path = resolve_model_path(cfg.model.name)
     prompt_for = prompt_builder(cfg, model_path)
     spec = VisionSpec.from_image_processor(prompt_for.processor.image_processor)
@@ -227,7 +219,7 @@ def prepare(cfg: DictConfig) -> Plan:
         learner_state,
         driver_state,
         lock,
-        context,
+        algorithm,
     )
 
 
@@ -392,8 +384,8 @@ def train_run(cfg: DictConfig, plan: Plan, wall_start: float) -> dict:
         learners = LearnerGroup(ray, replicas)  # with N > 1: the replicas' process group
         run = Run(
             cfg, ray, learners, pool, plan.task, sampler, plan.prompt_for, plan.held_out,
-            outputs, mlflow, state, elastic, RayMetrics(run=run_id), scorer=plan.scorer,
-            lock=plan.lock, tokens=target_tokens(cfg, plan.prompt_for), context=plan.context,
+            outputs, mlflow, state, elastic, ray_metrics(run=run_id), scorer=plan.scorer,
+            lock=plan.lock, algorithm=plan.algorithm,
         )  # fmt: skip
         if plan.checkpoint is not None:
             learners.load_state_dict(plan.learner_state)
@@ -435,7 +427,7 @@ def train_run(cfg: DictConfig, plan: Plan, wall_start: float) -> dict:
             "task": cfg.task.name,
             "reward_functions": reward_summary(state.history, plan.scorer.names),
             "loss": cfg.algo.loss,
-            **objective_summary(state),
+            **plan.algorithm.summary(state),
         }
         outputs.summary(summary)
     final_report = mlflow.report()  # after the run's end reached MLflow, or the wait ran out
@@ -464,8 +456,7 @@ def train_loop(run: Run):
     run.pool.broadcast(update)
     if state.step == 0 and cfg.method.name == "art":
         run.outputs.write("seed.png", update.png)
-    if state.step == 0 and cfg.algo.loss == "distill" and run.held_out:
-        teacher_eval(run)
+    run.algorithm.start(run)  # its token ids; distillation's teacher evaluated at step 0
     if state.ahead is not None:
         run.ahead = rollouts_from_state(state.ahead)
     progress, loop_start = Progress(cfg, state.step), time.perf_counter() - state.loop_wall_s
@@ -475,10 +466,10 @@ def train_loop(run: Run):
             if run.lock is not None:
                 run.lock.check()  # another driver took the run folder over: stop
             t0 = time.perf_counter()  # 1-3. sample, score, filter
-            rollouts = run.ahead or rollouts_for(run, step - 1)
+            rollouts = run.ahead or run.algorithm.batch(run, step - 1)
             run.ahead = None
             if cfg.algo.max_staleness and step < cfg.steps:  # overlap: sample step + 1 now
-                run.ahead = Prefetch(lambda s=step: rollouts_for(run, s))
+                run.ahead = Prefetch(lambda s=step: run.algorithm.batch(run, s))
             t1 = time.perf_counter()  # 4. update
             learn_metrics = {}
             if rollouts.kept:
@@ -502,7 +493,9 @@ def train_loop(run: Run):
                 num_workers=float(rollouts.num_workers),  # serving when it was sampled
             )
             state.step, state.loop_wall_s = step, time.perf_counter() - loop_start
-            state.record(metrics, HISTORY_KEYS + PHASES + reward_keys(run) + distill_keys(cfg))
+            state.record(
+                metrics, HISTORY_KEYS + PHASES + reward_keys(run) + run.algorithm.history_keys
+            )
             run.mlflow.log_metrics(metrics, step=step)
             export_step(run.ray_metrics, step, metrics, run.pool.lost)
             progress.report(step, metrics)
@@ -551,53 +544,6 @@ def train_loop(run: Run):
         ) from err
     progress.close()
     return update
-
-
-def rollouts_for(run: Run, step: int):
-    """The step's batch: rewarded groups (sample, score, filter), or for sft and distill
-    target sequences (learner/driver/objectives.py)."""
-    from learner.driver.objectives import distill_rollouts, sft_targets
-
-    cfg = run.cfg
-    if cfg.algo.loss == "sft":
-        return sft_targets(cfg, run.task, run.sampler, run.prompt_for, run.tokens, step)
-    if cfg.algo.loss == "distill":
-        return distill_rollouts(
-            cfg, run.pool, run.task, run.sampler, run.prompt_for, run.tokens, run.context, step
-        )
-    scorer = run.scorer or run.task
-    return compute_rollouts(cfg, run.pool, scorer, run.sampler, run.prompt_for, step)
-
-
-def target_tokens(cfg, prompt_for):
-    """Token ids for the objectives that build target sequences (None for the others)."""
-    if cfg.algo.loss not in ("sft", "distill"):
-        return None
-    from learner.driver.objectives import PromptTokens
-
-    return PromptTokens(prompt_for.processor, cfg.image.height, cfg.image.width)
-
-
-def distill_keys(cfg) -> tuple[str, ...]:
-    return DISTILL_KEYS if cfg.algo.loss == "distill" else ()
-
-
-def objective_summary(state: DriverState) -> dict:
-    """The loss's first and last steps; for distill the KL gap closed: 1 - KL of the last 5
-    steps / KL of the first step (measured on that step's samples before its update, i.e. the
-    seed image's), the prompt tokens saved and the teacher's accuracy."""
-    losses = state.history.get("loss", [])
-    out = {"loss_first5": mean(losses[:5]), "loss_last5": mean(losses[-5:]), "losses": losses}
-    kl = state.history.get("kl", [])
-    if kl:
-        out.update(
-            kl_seed=kl[0],
-            kl_last5=mean(kl[-5:]),
-            kl_gap_closed=1.0 - mean(kl[-5:]) / kl[0] if kl[0] > 0 else float("nan"),
-            prompt_tokens_saved=mean(state.history.get("prompt_tokens_saved", [])),
-            teacher_accuracy=state.teacher_accuracy,
-        )
-    return out
 
 
 def reward_keys(run: Run) -> tuple[str, ...]:
@@ -699,29 +645,9 @@ def save_last_good(run: Run) -> int:
     return state.step
 
 
-def teacher_eval(run: Run) -> None:
-    """Distillation: the teacher's greedy accuracy on the validation slice (its context, no
-    image), once; `eval/teacher_accuracy` at step 0 and in the summary."""
-    from learner.driver.evaluate import eval_sampling, evaluate_condition
-    from learner.driver.objectives import teacher_prompt
-
-    def prompt_for(example, with_image: bool = False) -> str:
-        return teacher_prompt(run.cfg, run.prompt_for, example, run.context)
-
-    sampling = eval_sampling(run.cfg, run.task)
-    metrics = evaluate_condition(
-        run.pool, run.task, run.held_out, prompt_for, False, sampling, "teacher"
-    )
-    run.state.teacher_accuracy = metrics["accuracy"]
-    run.mlflow.log_metrics({"eval/teacher_accuracy": metrics["accuracy"]}, step=0)
-    logger.info("teacher (context, no image) validation accuracy %.3f", metrics["accuracy"])
-
-
 def periodic_eval(run: Run, update, step: int) -> None:
     """Accuracy of the current image on the validation slice, with the evaluation's settings;
     keeps `best.png`."""
-    from learner.driver.evaluate import eval_sampling, evaluate_condition
-
     sampling = eval_sampling(run.cfg, run.task)
     with_image = uses_image(run.cfg)
     metrics = evaluate_condition(

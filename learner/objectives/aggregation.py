@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
+from shared.config import AGG_MODES  # the config field's values, defined once
 
 
 def aggregate(

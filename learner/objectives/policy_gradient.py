@@ -167,7 +167,7 @@ def gspo(
     return _clipped_surrogate(ratio_BT, advantages_B, mask_BT, settings, weights_BT)
 
 
-@register_policy_loss("cispo", loss_agg_mode="token-mean")
+@register_policy_loss("cispo", loss_agg_mode="token-mean", dual_clip=False)
 def cispo(
     logprobs_BT: torch.Tensor,
     old_logprobs_BT: torch.Tensor,

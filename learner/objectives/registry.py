@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
+from shared.config import AGG_MODES
 from shared.errors import UserError
 
 # logprobs_BT, old_logprobs_BT, advantages_B, mask_BT, settings, weights_BT -> (loss, metrics)
@@ -54,23 +55,26 @@ class PolicyLossSpec:
     fn: PolicyLoss
     loss_agg_mode: str = "token-mean"  # its paper's aggregation
     norm_adv_by_std: bool = True  # group advantages divided by the group's std (GRPO)
+    dual_clip: bool = True  # verl's dual clip applies (cispo caps its weight itself: False)
 
 
 POLICY_LOSSES: dict[str, PolicyLossSpec] = {}
 
 
 def register_policy_loss(
-    name: str, *, loss_agg_mode: str = "token-mean", norm_adv_by_std: bool = True
+    name: str,
+    *,
+    loss_agg_mode: str = "token-mean",
+    norm_adv_by_std: bool = True,
+    dual_clip: bool = True,
 ) -> Callable[[PolicyLoss], PolicyLoss]:
     """Register `fn` as `algo.loss=<name>` (a later registration of the name replaces it)."""
-    from learner.objectives.aggregation import AGG_MODES
-
     if loss_agg_mode not in AGG_MODES:
         raise ValueError(f"loss {name!r}: loss_agg_mode {loss_agg_mode!r} is not in {AGG_MODES}")
 
     def decorator(fn: PolicyLoss) -> PolicyLoss:
         check_signature(fn, name)
-        POLICY_LOSSES[name] = PolicyLossSpec(name, fn, loss_agg_mode, norm_adv_by_std)
+        POLICY_LOSSES[name] = PolicyLossSpec(name, fn, loss_agg_mode, norm_adv_by_std, dual_clip)
         return fn
 
     return decorator
@@ -97,7 +101,7 @@ def get_policy_loss(name: str) -> PolicyLossSpec:
     if ":" not in name:
         raise UserError(
             f"algo.loss={name!r}: no such loss; use one of {', '.join(sorted(POLICY_LOSSES))}, "
-            "sft, distill, or a package.module:function of your own (learner/objectives/"
+            "sft, distill, opd, or a package.module:function of your own (learner/objectives/"
             "registry.py)"
         )
     module_name, _, attribute = name.partition(":")
@@ -110,7 +114,7 @@ def get_policy_loss(name: str) -> PolicyLossSpec:
         ) from err
     own = next((s for s in POLICY_LOSSES.values() if s.fn is fn), None)
     if own is not None:  # registered by its module under its own name: keep its defaults
-        spec = PolicyLossSpec(name, fn, own.loss_agg_mode, own.norm_adv_by_std)
+        spec = PolicyLossSpec(name, fn, own.loss_agg_mode, own.norm_adv_by_std, own.dual_clip)
     else:
         check_signature(fn, name)
         spec = PolicyLossSpec(name, fn)

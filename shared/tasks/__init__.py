@@ -68,6 +68,12 @@ def load_task_class(name: str) -> type:
     return cls
 
 
+def task_icon(name: str) -> str:
+    """The icon `image.init=icon:task` starts from: the task class's `icon` (math unless the
+    task says otherwise; ToolMind's is the wrench)."""
+    return getattr(load_task_class(name), "icon", "math")
+
+
 def _a(noun: str) -> str:
     return f"{'an' if noun[:1] in 'aeiou' else 'a'} {noun}"
 

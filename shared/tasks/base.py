@@ -25,6 +25,8 @@ class Task:
     name: str = "task"
     system_prompt: str | None = None
     max_new_tokens: int = 512
+    # The seed picture `image.init=icon:task` starts from (shared/images.py: math, wrench).
+    icon: str = "math"
 
     def examples(self, split: str, limit: int | None = None) -> list[Example]:
         raise NotImplementedError

@@ -103,6 +103,7 @@ def call_credit(pred: dict, gold: dict) -> float:
 
 class ToolMindTask(Task):
     name = "toolmind"
+    icon = "wrench"  # tool use
     max_new_tokens = 512
     HUB = "Nanbeige/ToolMind"
 

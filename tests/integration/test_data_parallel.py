@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from learner.bench.cli import synthetic_groups
-from learner.driver.cluster import create_learners, learner_kwargs
+from learner.driver.cluster import create_learners, learner_settings
 from learner.driver.learners import LearnerGroup
-from learner.learner import Learner
+from learner.learner import Learner, LearnerSettings
 from shared.config import validate
 
 
@@ -40,7 +40,7 @@ def test_replicas_gradient_equals_one_learners(ray_local, tiny_model_path, make_
         "learner.micro_batch_size=1",
     )  # fmt: skip
     validate(cfg)
-    one = Learner(**learner_kwargs(cfg, tiny_model_path))  # the same learner, alone
+    one = Learner(learner_settings(cfg, tiny_model_path))  # the same learner, alone
     groups = _uneven_groups(one)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as in the replicas (Ray: one thread for a fractional CPU)
@@ -78,7 +78,7 @@ def test_replicas_with_the_shared_prefix_forward_sum_to_one_learners_gradient(
     the all-reduced gradient is the one learner's (float32: the passes differ in shape)."""
     cfg = make_cfg("learner.num_replicas=2", "learner.num_cpus=0.25", "image.init=noise")
     validate(cfg)
-    one = Learner(**learner_kwargs(cfg, tiny_model_path))
+    one = Learner(learner_settings(cfg, tiny_model_path))
     assert one.policy.shared_prefix is not None
     groups = _uneven_groups(one)
     (reference,) = one.batch_gradient(groups)
@@ -94,7 +94,7 @@ def test_replicas_with_the_shared_prefix_forward_sum_to_one_learners_gradient(
 
 
 def test_a_replica_share_is_balanced_by_tokens(tiny_model_path):
-    learner = Learner(tiny_model_path, "tiny", 64, 64)
+    learner = Learner(LearnerSettings(tiny_model_path, "tiny", 64, 64))
     from learner.learner import Batch
 
     batch = Batch.from_groups(_uneven_groups(learner))
@@ -167,7 +167,7 @@ def test_replicas_split_minibatches_alike_whatever_lora_dropout_draws(
         "learner.num_replicas=2", "learner.num_cpus=0.25",
     )  # fmt: skip
     validate(cfg)
-    local = Learner(**learner_kwargs(cfg, tiny_model_path))
+    local = Learner(learner_settings(cfg, tiny_model_path))
     groups = _uneven_groups(local)
     group = LearnerGroup(ray_local, create_learners(cfg, ray_local, tiny_model_path))
     try:

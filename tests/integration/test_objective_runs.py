@@ -84,9 +84,9 @@ def test_distillation_closes_half_of_the_kl_gap_on_the_embedded_default(
 @pytest.mark.slow
 @pytest.mark.parametrize("objective", ["sft", "distill"])
 def test_replicas_compute_one_learners_target_gradient(ray_local, tmp_path, objective):
-    from learner.driver.cluster import create_learners, learner_kwargs
+    from learner.driver.algorithms.tokens import PromptTokens
+    from learner.driver.cluster import create_learners, learner_settings
     from learner.driver.learners import LearnerGroup
-    from learner.driver.objectives import PromptTokens
     from learner.learner import Learner
     from learner.models import resolve_model_path
     from shared.messages import TargetSequence
@@ -99,7 +99,7 @@ def test_replicas_compute_one_learners_target_gradient(ray_local, tmp_path, obje
         "learner.num_cpus=0.25", "image.init=noise", "learner.micro_batch_size=1",
     )  # fmt: skip
     path = resolve_model_path(model)
-    one = Learner(**learner_kwargs(cfg, path))
+    one = Learner(learner_settings(cfg, path))
     tokens = PromptTokens(one.processor, 64, 64)
     answers = ["F", "Bee", "C", "Dd", "E"]
     batch = [

@@ -19,10 +19,12 @@ def real_size_path():
 
 
 def test_hf_rollouts_and_a_learner_step_at_real_size(real_size_path):
-    from learner.learner import Learner
+    from learner.learner import Learner, LearnerSettings
     from rollout_worker.hf_engine import HFEngine
 
-    learner = Learner(real_size_path, "qwen3_5_0_8b_random", 256, 256, init="noise", lr=0.1)
+    learner = Learner(
+        LearnerSettings(real_size_path, "qwen3_5_0_8b_random", 256, 256, init="noise", lr=0.1)
+    )
     watched = {
         name: p.detach().clone()
         for name, p in learner.model.named_parameters()

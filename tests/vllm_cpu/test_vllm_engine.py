@@ -58,9 +58,9 @@ def pool(ray_local, cfg, tiny_model_path):
 
 @pytest.fixture(scope="module")
 def learner(tiny_model_path):
-    from learner.learner import Learner
+    from learner.learner import Learner, LearnerSettings
 
-    return Learner(tiny_model_path, "tiny", 64, 64, init="noise", seed=0)
+    return Learner(LearnerSettings(tiny_model_path, "tiny", 64, 64, init="noise", seed=0))
 
 
 @pytest.fixture(scope="module")
@@ -131,9 +131,11 @@ def test_log_probs_agree_with_the_learner(pool, tiny_model_path, prompt):
     the same completions scored under another image differ by far more."""
     import torch
 
-    from learner.learner import Learner
+    from learner.learner import Learner, LearnerSettings
 
-    learner = Learner(tiny_model_path, "tiny", 64, 64, init="noise", temperature=0.7)
+    learner = Learner(
+        LearnerSettings(tiny_model_path, "tiny", 64, 64, init="noise", temperature=0.7)
+    )
     pool.broadcast(learner.image_update())
     sampling = SamplingConfig(temperature=0.7, max_new_tokens=6, seed=5)
     groups = pool.generate([RolloutRequest(i, prompt, 8) for i in range(4)], sampling)
@@ -199,10 +201,12 @@ def test_vision_tokens_are_never_sampled(pool, tiny_model_path, prompt, tiny_pro
     expected count without the mask; the engine's samples hold none."""
     import torch
 
-    from learner.learner import Learner
+    from learner.learner import Learner, LearnerSettings
 
     banned = sorted(suppressed_token_ids(tiny_processor.tokenizer))
-    learner = Learner(tiny_model_path, "tiny", 64, 64, init="gray", temperature=2.0)
+    learner = Learner(
+        LearnerSettings(tiny_model_path, "tiny", 64, 64, init="gray", temperature=2.0)
+    )
     pool.broadcast(_image_update(11, (128, 128, 128)))
     sampling = SamplingConfig(temperature=2.0, max_new_tokens=32, seed=21)
     groups = pool.generate([RolloutRequest(i, prompt, 16) for i in range(32)], sampling)
@@ -232,9 +236,11 @@ def test_vision_tokens_are_never_sampled(pool, tiny_model_path, prompt, tiny_pro
 def test_a_lora_adapter_applied_replaced_by_its_next_version_and_cleared(
     pool, prompt, tiny_model_path, tiny_processor
 ):
-    from learner.learner import Learner
+    from learner.learner import Learner, LearnerSettings
 
-    learner = Learner(tiny_model_path, "tiny", 64, 64, method="lora", lora=LORA, with_image=False)
+    learner = Learner(
+        LearnerSettings(tiny_model_path, "tiny", 64, 64, method="lora", lora=LORA, with_image=False)
+    )
     text = render_prompt(tiny_processor, QUESTION, with_image=False)
     request = [RolloutRequest(0, text, 8, with_image=False)]
     sampling = SamplingConfig(max_new_tokens=6, seed=9)

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from learner.learner import Learner
+from learner.learner import Learner, LearnerSettings
 from rollout_worker.hf_engine import HFEngine
 from shared.artifact import decode_png, png_to_pil
 from shared.messages import RolloutRequest, SamplingConfig, ScoredGroup
@@ -30,7 +30,9 @@ def _groups(learner, engine, tiny_processor, seed=0):
 def test_one_step_changes_pixels_and_leaves_every_weight_bit_identical(
     tiny_model_path, tiny_processor, engine
 ):
-    learner = Learner(tiny_model_path, "tiny", 64, 64, init="noise", lr=0.1, num_minibatches=2)
+    learner = Learner(
+        LearnerSettings(tiny_model_path, "tiny", 64, 64, init="noise", lr=0.1, num_minibatches=2)
+    )
     weights_before = {k: v.clone() for k, v in learner.model.state_dict().items()}
     theta_before = learner.image.theta_CHW.detach().clone()
     assert all(not p.requires_grad for p in learner.model.parameters())
@@ -50,10 +52,14 @@ def test_one_step_changes_pixels_and_leaves_every_weight_bit_identical(
 
 
 def test_state_round_trip_continues_identically(tiny_model_path, tiny_processor, engine):
-    learner = Learner(tiny_model_path, "tiny", 64, 64, init="noise", lr=0.1, num_minibatches=2)
+    learner = Learner(
+        LearnerSettings(tiny_model_path, "tiny", 64, 64, init="noise", lr=0.1, num_minibatches=2)
+    )
     learner.update(_groups(learner, engine, tiny_processor))
     state = learner.state_dict()
-    other = Learner(tiny_model_path, "tiny", 64, 64, init="gray", lr=0.1, num_minibatches=2)
+    other = Learner(
+        LearnerSettings(tiny_model_path, "tiny", 64, 64, init="gray", lr=0.1, num_minibatches=2)
+    )
     assert other.load_state_dict(state) == 1
     assert torch.equal(other.image.theta_CHW, learner.image.theta_CHW)
     np.testing.assert_array_equal(other.seed_uint8, learner.seed_uint8)
@@ -72,7 +78,9 @@ def test_state_round_trip_continues_identically(tiny_model_path, tiny_processor,
 def test_a_non_finite_loss_skips_the_step_and_never_reaches_the_pixels(
     tiny_model_path, tiny_processor, engine
 ):
-    learner = Learner(tiny_model_path, "tiny", 64, 64, init="noise", lr=0.1, num_minibatches=2)
+    learner = Learner(
+        LearnerSettings(tiny_model_path, "tiny", 64, 64, init="noise", lr=0.1, num_minibatches=2)
+    )
     groups = _groups(learner, engine, tiny_processor)
     theta, png = learner.image.theta_CHW.detach().clone(), learner.image_update().png
     with torch.no_grad():
@@ -89,7 +97,7 @@ def test_a_non_finite_loss_skips_the_step_and_never_reaches_the_pixels(
 
 def test_bad_image_size_is_refused_at_start(tiny_model_path):
     with pytest.raises(ValueError, match="multiple of 32"):
-        Learner(tiny_model_path, "tiny", 60, 64)
+        Learner(LearnerSettings(tiny_model_path, "tiny", 60, 64))
 
 
 def test_the_state_sent_to_the_driver_is_a_cpu_snapshot(tiny_model_path, tiny_processor, engine):
@@ -102,7 +110,9 @@ def test_the_state_sent_to_the_driver_is_a_cpu_snapshot(tiny_model_path, tiny_pr
 
     from learner.learner import to_cpu
 
-    learner = Learner(tiny_model_path, "tiny", 64, 64, init="noise", max_staleness=1)
+    learner = Learner(
+        LearnerSettings(tiny_model_path, "tiny", 64, 64, init="noise", max_staleness=1)
+    )
     learner.update(_groups(learner, engine, tiny_processor))
     state = learner.state_dict()
     tensors = []

@@ -11,10 +11,10 @@ pytestmark = pytest.mark.gpu
 
 
 def test_a_learner_step_on_cuda_matches_the_cpu_rollouts(tiny_model_path, tiny_processor):
-    from learner.learner import Learner
+    from learner.learner import Learner, LearnerSettings
     from rollout_worker.hf_engine import HFEngine
 
-    learner = Learner(tiny_model_path, "tiny", 64, 64, init="noise", device="cuda")
+    learner = Learner(LearnerSettings(tiny_model_path, "tiny", 64, 64, init="noise", device="cuda"))
     assert learner.image.theta_CHW.device.type == "cuda"
     engine = HFEngine(tiny_model_path)  # CPU rollouts, CUDA learner
     update = learner.image_update()

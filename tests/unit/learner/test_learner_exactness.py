@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from learner.bench.naive import naive_gradient, optimized_gradient
-from learner.learner import Learner
+from learner.learner import Learner, LearnerSettings
 from rollout_worker.hf_engine import HFEngine
 from shared.artifact import png_to_pil
 from shared.messages import RolloutRequest, SamplingConfig, ScoredGroup
@@ -38,7 +38,9 @@ def test_optimized_and_naive_learners_give_the_same_gradient(
     tiny_model_path, tiny_processor, engine
 ):
     # micro-batches of 3 over 8 sequences: the shared image features take 3 accumulations
-    learner = Learner(tiny_model_path, "tiny", 64, 64, init="noise", micro_batch_size=3)
+    learner = Learner(
+        LearnerSettings(tiny_model_path, "tiny", 64, 64, init="noise", micro_batch_size=3)
+    )
     groups = _groups(learner, engine, tiny_processor)
     fast = optimized_gradient(learner, groups)
     slow = naive_gradient(learner, groups)
@@ -50,11 +52,11 @@ def test_optimized_and_naive_learners_give_the_same_gradient(
 def test_no_old_logprob_pass_when_it_equals_the_current_policy(
     tiny_model_path, tiny_processor, engine
 ):
-    one = Learner(tiny_model_path, "tiny", 64, 64, init="noise", num_minibatches=1)
+    one = Learner(LearnerSettings(tiny_model_path, "tiny", 64, 64, init="noise", num_minibatches=1))
     metrics, _ = one.update(_groups(one, engine, tiny_processor))
     assert metrics["old_logprob_passes"] == 0 and metrics["ratio_mean"] == pytest.approx(1.0)
     assert metrics["mismatch_abs_mean"] < 1e-4  # the first forward doubled as the old pass
-    two = Learner(tiny_model_path, "tiny", 64, 64, init="noise", num_minibatches=2)
+    two = Learner(LearnerSettings(tiny_model_path, "tiny", 64, 64, init="noise", num_minibatches=2))
     metrics, _ = two.update(_groups(two, engine, tiny_processor))
     assert metrics["old_logprob_passes"] == 1  # for the second minibatch only
     assert metrics["mismatch_abs_mean"] < 1e-4
@@ -64,7 +66,16 @@ def test_stale_completions_are_scored_under_the_image_they_were_sampled_with(
     tiny_model_path, tiny_processor, engine
 ):
     learner = Learner(
-        tiny_model_path, "tiny", 64, 64, init="noise", lr=0.5, num_minibatches=1, max_staleness=1
+        LearnerSettings(
+            tiny_model_path,
+            "tiny",
+            64,
+            64,
+            init="noise",
+            lr=0.5,
+            num_minibatches=1,
+            max_staleness=1,
+        )
     )
     fresh, stale = (
         _groups(learner, engine, tiny_processor, 0),
@@ -102,13 +113,13 @@ def test_the_pixel_gradient_equals_hfs_own_pixel_values_forward_with_every_clip_
     from learner.dapo import group_advantages
     from learner.learner import Batch
 
-    sampler = Learner(tiny_model_path, "tiny", 64, 64, init="noise", seed=0)
+    sampler = Learner(LearnerSettings(tiny_model_path, "tiny", 64, 64, init="noise", seed=0))
     groups = _groups(sampler, engine, tiny_processor, n=8, prompts=2)
     eps_low, eps_high, c = 0.1, 0.5, 1.5
-    learner = Learner(
+    learner = Learner(LearnerSettings(
         tiny_model_path, "tiny", 64, 64, init="noise", seed=1, micro_batch_size=3,
         eps_low=eps_low, eps_high=eps_high, clip_ratio_c=c,
-    )  # fmt: skip
+    ))  # fmt: skip
     batch = Batch.from_groups(groups)
     advantages_B = group_advantages(batch.rewards_GN).reshape(-1)
     # Old log-probs: the engine's, shifted by -1.5, 0 or +1.5 nats in turn, so that every clip
@@ -195,10 +206,10 @@ def test_a_token_budget_packs_passes_and_leaves_the_gradient_as_it_was(
     from learner.bench.cli import synthetic_groups
     from learner.learner import Batch
 
-    one = Learner(
+    one = Learner(LearnerSettings(
         tiny_model_path, "tiny", 64, 64, init="noise", micro_batch_size=64,
         shared_prefix=shared_prefix,
-    )  # fmt: skip
+    ))  # fmt: skip
     groups = synthetic_groups(one, prompts=3, group=6, tokens=24, seed=1)
     gen = torch.Generator().manual_seed(0)
     groups = [
@@ -214,10 +225,10 @@ def test_a_token_budget_packs_passes_and_leaves_the_gradient_as_it_was(
         for g in groups
     ]
     budget = 160
-    packed = Learner(
+    packed = Learner(LearnerSettings(
         tiny_model_path, "tiny", 64, 64, init="noise", micro_batch_size=64,
         max_tokens_per_micro_batch=budget, shared_prefix=shared_prefix,
-    )  # fmt: skip
+    ))  # fmt: skip
     batch = Batch.from_groups(groups)
     passes = packed.micro_batches(batch, range(len(batch)))
     prompt, completion = batch.prompt_ids, batch.lengths

@@ -4,7 +4,7 @@ rollout correction), on completions the HF engine sampled."""
 import pytest
 import torch
 
-from learner.learner import Learner
+from learner.learner import Learner, LearnerSettings
 from rollout_worker.hf_engine import HFEngine
 from shared.artifact import png_to_pil
 from shared.messages import RolloutRequest, SamplingConfig, ScoredGroup
@@ -14,7 +14,7 @@ from shared.prompts import render_prompt
 @pytest.fixture(scope="module")
 def groups(tiny_model_path, tiny_processor):
     engine = HFEngine(tiny_model_path)
-    learner = Learner(tiny_model_path, "tiny", 64, 64, init="noise")
+    learner = Learner(LearnerSettings(tiny_model_path, "tiny", 64, 64, init="noise"))
     update = learner.image_update()
     prompt = render_prompt(tiny_processor, "Which letter does the picture show?")
     sampled = engine.generate(
@@ -29,16 +29,16 @@ def groups(tiny_model_path, tiny_processor):
 
 @pytest.mark.parametrize("loss", ["dapo", "grpo", "dr_grpo", "gspo", "cispo"])
 def test_each_objective_takes_learner_steps_that_move_the_pixels(tiny_model_path, groups, loss):
-    learner = Learner(
+    learner = Learner(LearnerSettings(
         tiny_model_path, "tiny", 64, 64, init="noise", lr=0.1, num_minibatches=2, loss=loss,
         loss_scale_factor=8, clip_ratio_c=None if loss == "cispo" else 3.0,
         eps_high=4.0 if loss == "cispo" else 0.28,
-    )  # fmt: skip
+    ))  # fmt: skip
     theta = learner.image.theta_CHW.detach().clone()
     metrics, update = learner.update(groups)
     assert update.version == 1 and not torch.equal(learner.image.theta_CHW, theta)
     assert (
-        learner.loss_agg_mode
+        learner.objective.loss_agg_mode
         == {
             "dapo": "token-mean",
             "grpo": "seq-mean-token-mean",
@@ -54,8 +54,8 @@ def test_each_objective_takes_learner_steps_that_move_the_pixels(tiny_model_path
 
 def test_dr_grpo_takes_unscaled_advantages_unless_told_otherwise(tiny_model_path, groups):
     def gradient(**kwargs):
-        learner = Learner(tiny_model_path, "tiny", 64, 64, init="noise", num_minibatches=1,
-                          loss_scale_factor=8, **kwargs)  # fmt: skip
+        learner = Learner(LearnerSettings(tiny_model_path, "tiny", 64, 64, init="noise", num_minibatches=1,
+                          loss_scale_factor=8, **kwargs))  # fmt: skip
         return learner.batch_gradient(groups)[0]
 
     plain = gradient(loss="dr_grpo")

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from learner.learner import Learner
+from learner.learner import Learner, LearnerSettings
 from rollout_worker.hf_engine import HFEngine
 from rollout_worker.worker import RolloutWorker
 from shared.messages import AdapterUpdate, RolloutRequest, SamplingConfig, ScoredGroup
@@ -29,7 +29,9 @@ def _text_groups(engine, processor, seed=0, version=0):
 
 def _lora_learner(path, **kwargs):
     return Learner(
-        path, "tiny", 64, 64, method="lora", lora=LORA, with_image=False, lr=0.05, **kwargs
+        LearnerSettings(
+            path, "tiny", 64, 64, method="lora", lora=LORA, with_image=False, lr=0.05, **kwargs
+        )
     )
 
 
@@ -113,7 +115,9 @@ def test_an_engine_takes_adapters_of_different_shapes_one_after_another(
     for version, rank in ((1, 8), (2, 4)):
         settings = dict(LORA, rank=rank, target_modules=["q_proj", "up_proj"][:version])
         update = Learner(
-            tiny_model_path, "tiny", 64, 64, method="lora", lora=settings, with_image=False
+            LearnerSettings(
+                tiny_model_path, "tiny", 64, 64, method="lora", lora=settings, with_image=False
+            )
         ).policy_update()
         assert worker.set_adapter(version, update.config, update.weights) == version
         groups = worker.generate(request, SamplingConfig(seed=0, max_new_tokens=4))
@@ -125,10 +129,10 @@ def test_with_dropout_the_old_log_probs_come_from_the_policy_not_the_dropout_for
 ):
     """LoRA dropout acts in the gradient forward only, so that forward cannot double as the
     old log-probs: they take their own pass, which equals what the engine sampled with."""
-    learner = Learner(
+    learner = Learner(LearnerSettings(
         tiny_model_path, "tiny", 64, 64, method="lora", with_image=False, num_minibatches=1,
         lora=dict(LORA, dropout=0.5),
-    )  # fmt: skip
+    ))  # fmt: skip
     learner.update(_text_groups(engine, tiny_processor))  # B != 0: dropout now matters
     worker = RolloutWorker("hf", tiny_model_path)
     update = learner.policy_update()

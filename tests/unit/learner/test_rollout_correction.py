@@ -60,10 +60,12 @@ def test_an_injected_mismatch_is_measured_and_corrected_in_the_learner(tiny_mode
 
     from learner.bench.cli import synthetic_groups
     from learner.bench.naive import optimized_gradient
-    from learner.learner import Learner
+    from learner.learner import Learner, LearnerSettings
 
     def learner(mode):
-        return Learner(tiny_model_path, "tiny", 64, 64, init="noise", rollout_correction=mode)
+        return Learner(
+            LearnerSettings(tiny_model_path, "tiny", 64, 64, init="noise", rollout_correction=mode)
+        )
 
     off, token = learner("off"), learner("token")
     groups = synthetic_groups(off, prompts=2, group=4, tokens=6, seed=3)

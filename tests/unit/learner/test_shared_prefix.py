@@ -27,7 +27,7 @@ import torch
 
 from learner.bench.common import sized_groups as make_groups
 from learner.dapo import group_advantages
-from learner.learner import Batch, Learner
+from learner.learner import Batch, Learner, LearnerSettings
 
 TOLERANCE = 1e-5
 CLIPS = {"eps_low": 0.1, "eps_high": 0.5, "clip_ratio_c": 1.5}
@@ -106,10 +106,10 @@ def compare(learner, groups, seed=0, reference_forward=None):
 def learner(tiny_model_path):
     """64 x 128 pixels: 8 image tokens over 4 rotary positions. Micro-batches of 5 sequences
     cut groups of 8 (a prompt computed in two passes)."""
-    learner = Learner(
+    learner = Learner(LearnerSettings(
         tiny_model_path, "tiny", 64, 128, init="noise", micro_batch_size=5,
         rollout_correction="token", **CLIPS,
-    )  # fmt: skip
+    ))  # fmt: skip
     return sharpen(learner)
 
 
@@ -129,7 +129,9 @@ def test_logprobs_and_pixel_gradient_equal_the_padded_forward(learner, group):
 
 def test_with_activation_checkpointing(tiny_model_path):
     learner = Learner(
-        tiny_model_path, "tiny", 64, 128, init="noise", activation_checkpointing=True, **CLIPS
+        LearnerSettings(
+            tiny_model_path, "tiny", 64, 128, init="noise", activation_checkpointing=True, **CLIPS
+        )
     )
     sharpen(learner)
     groups = make_groups(learner, (64, 77), 4, MIXED)
@@ -140,12 +142,12 @@ def test_with_activation_checkpointing(tiny_model_path):
 
 @pytest.mark.parametrize("with_image", [True, False], ids=["image", "text-only"])
 def test_the_lora_method(tiny_model_path, with_image):
-    learner = Learner(
+    learner = Learner(LearnerSettings(
         tiny_model_path, "tiny", 64, 128, init="noise", method="lora", with_image=with_image,
         lora={"rank": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj",
               "in_proj_qkv", "out_proj", "down_proj"]},
         **CLIPS,
-    )  # fmt: skip
+    ))  # fmt: skip
     sharpen(learner)
 
     def text_only(groups):  # the image's tokens left out of the prompts
@@ -207,7 +209,7 @@ def test_a_pass_of_distinct_prompts_takes_the_padded_forward(learner, monkeypatc
 
 
 def test_switched_off_or_unsupported_runs_the_padded_forward(tiny_model_path, caplog):
-    off = Learner(tiny_model_path, "tiny", 64, 64, shared_prefix=False)
+    off = Learner(LearnerSettings(tiny_model_path, "tiny", 64, 64, shared_prefix=False))
     assert off.policy.shared_prefix is None
 
     from learner.policy import FrozenPolicy, load_model_and_processor
@@ -224,7 +226,7 @@ def test_switched_off_or_unsupported_runs_the_padded_forward(tiny_model_path, ca
 def test_the_learner_reports_which_linear_attention_path_runs(tiny_model_path, caplog):
     from learner.linear_attention import kernel_paths, report_kernel_paths
 
-    learner = Learner(tiny_model_path, "tiny", 64, 64)
+    learner = Learner(LearnerSettings(tiny_model_path, "tiny", 64, 64))
     # no fla and no causal-conv1d here (they need CUDA): transformers runs its references
     assert kernel_paths(learner.model) == {
         "chunk_gated_delta_rule": "torch",
@@ -260,10 +262,10 @@ def test_the_0_8b_architecture(real_size_learner, group, prompt_lengths, complet
 def real_size_learner():
     from learner.models import resolve_model_path
 
-    return Learner(
+    return Learner(LearnerSettings(
         resolve_model_path("qwen3_5_0_8b_random"), "qwen3_5_0_8b_random", 256, 256,
         init="noise", activation_checkpointing=True, rollout_correction="token", **CLIPS,
-    )  # fmt: skip
+    ))  # fmt: skip
 
 
 # ---- on a GPU (make test-gpu; skipped elsewhere: they have not run where no GPU was lent) ----
@@ -272,10 +274,10 @@ GPU_LOGPROBS, GPU_GRADIENT = 1e-3, 1e-2  # fla's and causal-conv1d's kernels vs 
 
 @pytest.fixture(scope="module")
 def cuda_learner(tiny_model_path):
-    learner = Learner(
+    learner = Learner(LearnerSettings(
         tiny_model_path, "tiny", 64, 128, init="noise", device="cuda", micro_batch_size=5,
         rollout_correction="token", **CLIPS,
-    )  # fmt: skip
+    ))  # fmt: skip
     return sharpen(learner)
 
 
@@ -324,10 +326,10 @@ def test_on_cuda_the_shared_prefix_equals_the_padded_forward(cuda_learner, group
 def test_on_cuda_the_0_8b_architecture():
     from learner.models import resolve_model_path
 
-    learner = Learner(
+    learner = Learner(LearnerSettings(
         resolve_model_path("qwen3_5_0_8b_random"), "qwen3_5_0_8b_random", 256, 256,
         init="noise", device="cuda", activation_checkpointing=True, **CLIPS,
-    )  # fmt: skip
+    ))  # fmt: skip
     groups = make_groups(learner, (184, 141), 8, (1, 256, 9, 65, 200, 2, 64, 31))
     lp, grad, _ = compare(learner, groups)
     print(f"cuda 0.8B: shared-prefix vs padded: log-probs {lp:.1e}, gradient {grad:.1e}")

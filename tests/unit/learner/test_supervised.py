@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
-from learner.driver.objectives import PromptTokens
-from learner.learner import Learner
+from learner.driver.algorithms.tokens import PromptTokens
+from learner.learner import Learner, LearnerSettings
 from learner.objectives.distill import distill_loss, token_kl
 from learner.objectives.supervised import sft_loss
 from rollout_worker.hf_engine import HFEngine
@@ -79,7 +79,9 @@ def _sft_batch(tiny_processor, tokens, answer="F", n=4):
 def test_sft_lowers_its_loss_through_the_learner_and_leaves_the_weights(
     tiny_model_path, tiny_processor, tokens
 ):
-    learner = Learner(tiny_model_path, "tiny", 64, 64, loss="sft", lr=0.1, num_minibatches=2)
+    learner = Learner(
+        LearnerSettings(tiny_model_path, "tiny", 64, 64, loss="sft", lr=0.1, num_minibatches=2)
+    )
     weights = {k: v.clone() for k, v in learner.model.state_dict().items()}
     batch = _sft_batch(tiny_processor, tokens)
     losses = [learner.update(batch)[0]["loss"] for _ in range(6)]
@@ -98,7 +100,9 @@ def test_sft_gradient_does_not_depend_on_micro_batches_or_the_token_budget(
     batch.append(TargetSequence(batch[0].prompt_token_ids, tokens.completion("A long one")))
 
     def gradient(**kwargs):
-        learner = Learner(tiny_model_path, "tiny", 64, 64, loss="sft", init="noise", **kwargs)
+        learner = Learner(
+            LearnerSettings(tiny_model_path, "tiny", 64, 64, loss="sft", init="noise", **kwargs)
+        )
         learner.optimizer.step = lambda: None  # the gradient only
         metrics, _ = learner.update(batch)
         return learner.image.theta_CHW.grad.clone(), metrics["loss"], learner
@@ -120,8 +124,8 @@ def test_sft_gradient_does_not_depend_on_micro_batches_or_the_token_budget(
 
 def test_sft_trains_a_lora_adapter_through_the_same_update(tiny_model_path, tiny_processor, tokens):
     lora = {"rank": 8, "alpha": 16, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}
-    learner = Learner(tiny_model_path, "tiny", 64, 64, loss="sft", method="lora", lora=lora,
-                      lr=0.01, with_image=False)  # fmt: skip
+    learner = Learner(LearnerSettings(tiny_model_path, "tiny", 64, 64, loss="sft", method="lora", lora=lora,
+                      lr=0.01, with_image=False))  # fmt: skip
     batch = [
         TargetSequence(tokens.prompt(render_prompt(tiny_processor, q, with_image=False), False),
                        tokens.completion("F"))
@@ -157,8 +161,8 @@ def _distill_batch(tiny_model_path, tiny_processor, tokens, learner, direction):
 def test_distillation_lowers_the_kl_and_chunks_give_the_same_gradient(
     tiny_model_path, tiny_processor, tokens, direction
 ):
-    learner = Learner(tiny_model_path, "tiny", 64, 64, loss="distill", lr=0.1,
-                      num_minibatches=1, distill_direction=direction)  # fmt: skip
+    learner = Learner(LearnerSettings(tiny_model_path, "tiny", 64, 64, loss="distill", lr=0.1,
+                      num_minibatches=1, distill_direction=direction))  # fmt: skip
     batch = _distill_batch(tiny_model_path, tiny_processor, tokens, learner, direction)
     # one chunk against one position per chunk: the same KL and gradient
     learner.optimizer.step = lambda: None

@@ -108,7 +108,7 @@ def test_a_checkpoints_generation_config_never_reshapes_the_sampling(
 
     import numpy as np
 
-    from learner.learner import Learner
+    from learner.learner import Learner, LearnerSettings
 
     folder = tmp_path / "model"
     shutil.copytree(tiny_model_path, folder)
@@ -116,7 +116,7 @@ def test_a_checkpoints_generation_config_never_reshapes_the_sampling(
     config.update(repetition_penalty=1.3, min_p=0.1, top_k=3, temperature=0.3, do_sample=True)
     (folder / "generation_config.json").write_text(json.dumps(config))
     engine = HFEngine(str(folder))
-    learner = Learner(str(folder), "tiny", 64, 64, init="noise")
+    learner = Learner(LearnerSettings(str(folder), "tiny", 64, 64, init="noise"))
     update = learner.image_update()
     prompt = render_prompt(tiny_processor, "What letter is it?")
     groups = engine.generate(

@@ -1,5 +1,6 @@
 import pytest
 
+from learner.driver.algorithms import check_config
 from learner.driver.cli import compose_config
 from shared.config import ConfigError, validate
 
@@ -49,7 +50,7 @@ def test_unknown_key_is_rejected_by_the_schema():
 )
 def test_impossible_combinations_fail_with_what_to_set(overrides, message):
     with pytest.raises(ConfigError, match=message):
-        validate(_compose(*overrides))
+        check_config(_compose(*overrides))  # the sections' rules and the algorithm's
 
 
 def test_multi_gpu_gives_every_actor_its_own_gpu():

@@ -6,19 +6,15 @@ from pathlib import Path
 
 import pytest
 
+from learner.driver.algorithms import algorithm_for, check_config
+from learner.driver.algorithms.distill import distill_context, teacher_prompt
+from learner.driver.algorithms.sft import sft_targets
+from learner.driver.algorithms.tokens import PromptTokens
 from learner.driver.cli import compose_config
-from learner.driver.objectives import (
-    PromptTokens,
-    distill_context,
-    fill_loss_scale_factor,
-    resolve_objective,
-    sft_targets,
-    teacher_prompt,
-)
 from learner.driver.rollouts import PromptSampler, prompt_builder
 from rollout_worker.hf_engine import HFEngine
 from shared.artifact import png_to_pil
-from shared.config import ConfigError, validate
+from shared.config import ConfigError
 from shared.errors import UserError
 from shared.messages import RolloutRequest, SamplingConfig
 from shared.tasks import load_task
@@ -40,13 +36,13 @@ FIXTURES = Path(__file__).resolve().parents[3] / "fixtures"
 )
 def test_impossible_objective_settings_fail_with_what_to_set(overrides, message):
     with pytest.raises(ConfigError, match=message):
-        validate(compose_config(*overrides))
+        check_config(compose_config(*overrides))
 
 
 @pytest.mark.parametrize("algo", ["dapo", "grpo", "dr_grpo", "gspo", "cispo", "sft", "distill"])
 def test_every_objective_preset_is_a_valid_config(algo):
     cfg = compose_config(f"algo={algo}")
-    validate(cfg)
+    check_config(cfg)
     assert cfg.algo.loss == algo
 
 
@@ -54,16 +50,14 @@ def test_the_losss_own_defaults_fill_what_the_config_leaves_null():
     cfg = compose_config(
         "algo.loss=dr_grpo", "algo.loss_agg_mode=null", "algo.norm_adv_by_std=null"
     )
-    resolve_objective(cfg)
-    fill_loss_scale_factor(cfg, 4)
+    algorithm_for(cfg).resolve(cfg, 4)
     assert cfg.algo.loss_agg_mode == "seq-mean-token-sum-norm" and not cfg.algo.norm_adv_by_std
     assert cfg.algo.loss_scale_factor == 4  # the completion limit: Dr. GRPO's constant
     cfg = compose_config("algo.loss=grpo", "algo.loss_agg_mode=token-mean")
-    resolve_objective(cfg)
-    fill_loss_scale_factor(cfg, 4)
+    algorithm_for(cfg).resolve(cfg, 4)
     assert cfg.algo.loss_agg_mode == "token-mean" and cfg.algo.loss_scale_factor is None
     with pytest.raises(UserError, match="algo.loss='ppo': no such loss"):
-        resolve_objective(compose_config("algo.loss=ppo"))
+        check_config(compose_config("algo.loss=ppo"))
 
 
 def test_target_prompt_ids_are_the_engines(tiny_model_path, tiny_processor):
@@ -165,11 +159,3 @@ def test_art_compare_takes_a_list_of_objectives_and_per_objective_overrides():
         with pytest.raises(UserError):
             split_objectives(bad)
     assert split_objectives(["steps=5"]) == (["steps=5"], [])  # art vs lora as before
-
-
-def test_the_config_schema_knows_the_learners_names():
-    import shared.config
-    from learner.objectives import AGG_MODES, TARGET_OBJECTIVES
-
-    assert shared.config.AGG_MODES == AGG_MODES  # shared/ cannot import learner/: kept equal
-    assert shared.config.TARGET_OBJECTIVES == TARGET_OBJECTIVES

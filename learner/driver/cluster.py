@@ -14,6 +14,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf, open_dict
 
+from learner.driver.actors import PLACEMENT_GROUPS, stop_worker
 from learner.driver.algorithms import algorithm_for
 from learner.learner import Learner
 from learner.settings import LearnerSettings
@@ -415,20 +416,6 @@ def worker_factory(cfg, ray, model_path: str, lora_rank: int | None = None, run_
         return actor
 
     return make
-
-
-# A tensor-parallel worker's placement group, by actor id (every factory of this driver).
-PLACEMENT_GROUPS: dict[str, object] = {}
-
-
-def stop_worker(ray, actor) -> None:
-    """Kill a worker for good and give its GPUs back (its placement group, if it has one)."""
-    ray.kill(actor, no_restart=True)
-    group = PLACEMENT_GROUPS.pop(actor._actor_id.hex(), None)
-    if group is not None:
-        from ray.util.placement_group import remove_placement_group
-
-        remove_placement_group(group)
 
 
 def create_workers(

@@ -9,6 +9,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from learner.driver.actors import stop_worker
 from shared.errors import UserError
 from shared.messages import (
     AdapterUpdate,
@@ -311,8 +312,6 @@ class WorkerPool:
 
     def _stop(self, actor) -> None:
         """Kill for good, and free a tensor-parallel worker's placement group."""
-        from learner.driver.cluster import stop_worker
-
         stop_worker(self.ray, actor)
 
     def _drop(self, worker, err: BaseException) -> None:

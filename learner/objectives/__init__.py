@@ -13,6 +13,7 @@ The learner's updates (`learner/policy_gradient_update.py`, `learner/supervised.
 the DAPO-specific data side (dynamic sampling, overlong shaping) is in `learner/dapo.py`.
 """
 
+from learner.objectives import policy_gradient  # noqa: F401  (the built-in losses register)
 from learner.objectives.advantages import (
     ADV_ESTIMATORS,
     get_adv_estimator,

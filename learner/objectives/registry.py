@@ -94,8 +94,6 @@ def check_signature(fn, name: str) -> None:
 def get_policy_loss(name: str) -> PolicyLossSpec:
     """A registered loss, or `package.module:function` (imported, checked and registered under
     that name; a function it registered itself under another name is found under this one)."""
-    import learner.objectives.policy_gradient  # noqa: F401  (the built-ins register)
-
     if name in POLICY_LOSSES:
         return POLICY_LOSSES[name]
     if ":" not in name:

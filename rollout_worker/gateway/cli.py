@@ -17,19 +17,6 @@ import sys
 from shared.errors import UserError
 
 
-def parse_image_size(text: str) -> tuple[int, int]:
-    """ "256" or "256x192" (height x width)."""
-    try:
-        parts = [int(p) for p in text.lower().split("x")]
-    except ValueError:
-        parts = []
-    if len(parts) == 1:
-        parts *= 2
-    if len(parts) != 2 or min(parts) < 1:
-        raise UserError(f"--image-size {text!r}: give N or HxW, e.g. 256 or 256x256")
-    return parts[0], parts[1]
-
-
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="art-serve",
@@ -123,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def serve(args: argparse.Namespace, extra: list[str]) -> int:
-    from rollout_worker.gateway.app import GatewayConfig
+    from rollout_worker.gateway.app import GatewayConfig, parse_image_size
 
     if extra and not args.launch:
         raise UserError("arguments after `--` go to the vLLM server of --launch; none is launched")

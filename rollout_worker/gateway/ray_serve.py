@@ -17,6 +17,7 @@ from __future__ import annotations
 from ray import serve
 
 from rollout_worker.gateway.app import GatewayConfig, create_app
+from rollout_worker.gateway.options import parse_image_size
 
 
 @serve.ingress()
@@ -52,8 +53,6 @@ def app_builder(args: dict[str, str]):
     """For `serve run rollout_worker.gateway.ray_serve:app_builder key=value ...` and Serve
     config files: tasks, backends (comma separated), and optionally model, image_size (N or
     HxW), png_name, replicas."""
-    from rollout_worker.gateway.cli import parse_image_size
-
     config = GatewayConfig(
         tasks=args["tasks"],
         backends=tuple(u for u in args["backends"].split(",") if u),

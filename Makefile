@@ -6,7 +6,7 @@ PYTEST_ARGS ?=
 
 VLLM_VENV ?= .venv-vllm
 
-.PHONY: install install-vllm embedded-models lock lock-check install-cuda-kernels train eval bench compare cluster-train ray-up-local ray-down test test-all test-vllm test-gpu lint format mlflow-ui clean dashboard-shot serve serve-bench
+.PHONY: install install-vllm embedded-models lock lock-check test-reference install-cuda-kernels train eval bench compare cluster-train ray-up-local ray-down test test-all test-vllm test-gpu lint format mlflow-ui clean dashboard-shot serve serve-bench
 
 install: $(VENV)/.installed
 
@@ -134,9 +134,28 @@ test-vllm: install install-vllm
 test-gpu: install
 	ART_VLLM_TEST_GPUS=1 $(VENV)/bin/pytest -m "gpu or vllm" $(PYTEST_ARGS)
 
+# ruff, the lock, and the import rules of the house (tests/unit/test_imports.py: shared imports
+# neither side, the sides never import each other, the learner's core never imports the
+# driver, no import circles, function-level imports say why).
 lint: install lock-check
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/pytest -q -p no:cacheprovider tests/unit/test_imports.py
+
+# The objectives against verl's and TRL's own code (tests/unit/learner/test_objectives_reference.py):
+# their pinned wheels downloaded into a cache and unpacked beside the project, never installed
+# (neither is a dependency); nothing skips here. CI runs it.
+REFERENCE_WHEELS := verl==0.9.1 tensordict==0.15.3 pyvers==0.2.3 codetiming==1.4.0 \
+	orjson==3.13.0 trl==1.16.0
+REFERENCE_DIR ?= $(HOME)/.cache/art/reference
+REFERENCE_SITE := $(REFERENCE_DIR)/$(shell echo "$(REFERENCE_WHEELS)" | sha256sum | cut -c1-12)
+test-reference: install
+	test -f $(REFERENCE_SITE)/.unpacked || { \
+	$(PY) -m pip download --quiet --no-deps $(REFERENCE_WHEELS) -d $(REFERENCE_SITE)/wheels && \
+	for f in $(REFERENCE_SITE)/wheels/*.whl; do $(PY) -m zipfile -e $$f $(REFERENCE_SITE)/site; done && \
+	touch $(REFERENCE_SITE)/.unpacked; }
+	PYTHONPATH=$(CURDIR):$(REFERENCE_SITE)/site ART_REFERENCE_REQUIRED=1 \
+		$(VENV)/bin/pytest -q -p no:cacheprovider tests/unit/learner/test_objectives_reference.py
 
 format: install
 	$(VENV)/bin/ruff check --fix .

@@ -12,9 +12,11 @@ the same metrics. The replicas' trained tensors are compared by hash (`parameter
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from collections.abc import Sequence
+from datetime import timedelta
 
 import torch
 
@@ -35,9 +37,11 @@ class DataParallel:
     def rendezvous(self) -> tuple[str, int]:
         """Replica 0: the TCP store the replicas' process group meets at, on a port the OS
         picked and this process holds (no other process can take it meanwhile)."""
-        from datetime import timedelta
 
+        # start-up time: a heavy library, loaded when this runs
         import ray
+
+        # start-up time: a heavy library, loaded when this runs
         import torch.distributed as dist
 
         address = ray.util.get_node_ip_address()
@@ -56,9 +60,11 @@ class DataParallel:
         network interface of this node's Ray address (not whatever the hostname resolves to,
         often 127.0.1.1 in images). `timeout_s` bounds every collective: a replica waits
         that long for the slowest one's forward and backward."""
-        from datetime import timedelta
 
+        # start-up time: a heavy library, loaded when this runs
         import ray
+
+        # start-up time: a heavy library, loaded when this runs
         import torch.distributed as dist
 
         interface = interface_of(ray.util.get_node_ip_address())
@@ -90,6 +96,7 @@ class DataParallel:
         """Sum in place over the replicas (nothing with one)."""
         if self.world_size == 1:
             return
+        # start-up time: a heavy library, loaded when this runs
         import torch.distributed as dist
 
         start = time.perf_counter()
@@ -102,7 +109,6 @@ class DataParallel:
 
 def parameter_hash(tensors: Sequence[torch.Tensor]) -> str:
     """sha256 of the tensors' float32 bytes (replicas must agree at every checkpoint)."""
-    import hashlib
 
     digest = hashlib.sha256()
     for t in tensors:
@@ -113,6 +119,7 @@ def parameter_hash(tensors: Sequence[torch.Tensor]) -> str:
 def interface_of(address: str) -> str | None:
     """The network interface that holds `address` (psutil comes with Ray), or None."""
     try:
+        # optional dependency: its absence is handled below
         import psutil
 
         for name, addresses in psutil.net_if_addrs().items():

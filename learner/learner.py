@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import resource
+import socket
 from collections.abc import Sequence
 from contextlib import contextmanager
 
@@ -283,8 +286,6 @@ class Learner(PolicyGradientSteps):
         if "peak_memory_bytes" in metrics:  # on a GPU: the update's peak allocated bytes
             m.set("art_learner_peak_memory_bytes", metrics["peak_memory_bytes"], "bytes")
         else:  # on the CPU: the process's peak resident set
-            import resource
-
             peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
             m.set("art_learner_peak_memory_bytes", peak, "bytes")
 
@@ -334,9 +335,8 @@ class Learner(PolicyGradientSteps):
         return sum(p.numel() for p in self.trainable())
 
     def info(self) -> dict:
-        import os
-        import socket
 
+        # start-up time: a heavy library, loaded when this runs
         import ray
 
         return {

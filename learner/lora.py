@@ -11,16 +11,20 @@ in Qwen3.5; the vision tower stays as it is). The base weights stay frozen.
 from __future__ import annotations
 
 import json
+import warnings
 from contextlib import contextmanager
 
 import torch
+
+from learner.pixels import image_state, load_image_state
+from shared.messages import AdapterUpdate
 
 
 def attach_lora(model, rank: int, alpha: float, dropout: float, target_modules, model_name: str):
     """Inject a LoRA adapter into `model` in place; returns the PEFT model. Only the adapter's
     parameters require gradients."""
-    import warnings
 
+    # start-up time: a heavy library, loaded when this runs
     from peft import LoraConfig, get_peft_model
 
     # PEFT notes that base_model_name_or_path became the local path, and asks transformers a
@@ -54,6 +58,7 @@ def adapter_parameters(peft_model) -> list[torch.nn.Parameter]:
 
 def adapter_state(peft_model) -> dict[str, torch.Tensor]:
     """The adapter's weights with PEFT's key names (those of `adapter_model.safetensors`)."""
+    # start-up time: a heavy library, loaded when this runs
     from peft import get_peft_model_state_dict
 
     return {
@@ -62,6 +67,7 @@ def adapter_state(peft_model) -> dict[str, torch.Tensor]:
 
 
 def adapter_bytes(peft_model) -> bytes:
+    # start-up time: a heavy library, loaded when this runs
     from safetensors.torch import save
 
     return save(adapter_state(peft_model))
@@ -121,7 +127,6 @@ class TrainedLora:
                 module.train(active)
 
     def policy_update(self, version: int, metadata: dict):
-        from shared.messages import AdapterUpdate
 
         config = adapter_config(self.peft_model)
         config["base_model_name_or_path"] = self.model_name
@@ -131,7 +136,6 @@ class TrainedLora:
         return {"adapter_bytes": float(len(update.weights))}
 
     def state_dict(self) -> dict:
-        from learner.pixels import image_state
 
         return {
             **image_state(self),
@@ -141,7 +145,6 @@ class TrainedLora:
     def load_state_dict(self, state: dict) -> None:
         """The adapter's tensors in order, refused when their count or shapes differ (another
         rank or other target modules than this run's)."""
-        from learner.pixels import load_image_state
 
         params, saved = self.parameters(), state["adapter"]
         shapes = [tuple(p.shape) for p in params], [tuple(t.shape) for t in saved]

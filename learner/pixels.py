@@ -14,7 +14,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from learner.policy import EncodedImage
 from shared.artifact import encode_png
+from shared.messages import ImageUpdate
 
 _EPS = 1.0 / 512.0
 
@@ -93,7 +95,6 @@ class TrainedPixels:
 
     @contextmanager
     def gradient_pass(self, policy):
-        from learner.policy import EncodedImage
 
         encoded = self.encode(policy, grad=True)
         # float32 whatever the model's dtype: micro-batch gradients accumulate in float32
@@ -103,7 +104,6 @@ class TrainedPixels:
             encoded.features_ND.backward(leaf_ND.grad.to(encoded.features_ND.dtype))
 
     def policy_update(self, version: int, metadata: dict):
-        from shared.messages import ImageUpdate
 
         return ImageUpdate(version=version, png=self.image.to_png(metadata))
 

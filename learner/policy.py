@@ -29,6 +29,7 @@ from torch.utils.checkpoint import checkpoint
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from learner.preprocess import VisionSpec, preprocess
+from learner.shared_prefix import SharedPrefixForward, unsupported_reason
 from shared.prompts import suppressed_token_ids
 
 logger = logging.getLogger(__name__)
@@ -38,6 +39,7 @@ LOGITS_CHUNK_ELEMENTS = 2**25
 
 
 def load_model_and_processor(path: str, dtype: str = "float32", device: str = "cpu"):
+    # start-up time: a heavy library, loaded when this runs
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     model = AutoModelForImageTextToText.from_pretrained(path, dtype=getattr(torch, dtype))
@@ -109,8 +111,6 @@ class FrozenPolicy:
             enable_activation_checkpointing(model)
         self.shared_prefix = None  # the shared-prefix forward, where it runs
         if shared_prefix:
-            from learner.shared_prefix import SharedPrefixForward, unsupported_reason
-
             reason = unsupported_reason(model)
             if reason is None:
                 self.shared_prefix = SharedPrefixForward(self)
@@ -251,6 +251,7 @@ def enable_activation_checkpointing(model) -> None:
     (attention dropout is 0 in Qwen3.5). Non-reentrant checkpointing, so gradients reach the
     image features even though no weight requires a gradient.
     """
+    # start-up time: a heavy library, loaded when this runs
     from transformers.modeling_layers import GradientCheckpointingLayer
 
     layers = [

@@ -304,6 +304,7 @@ class SharedPrefixForward:
         """Qwen3.5's gated full attention (`Qwen3_5Attention.forward`) on a pass's packed
         tokens, with the prompt's keys and values (B, kv heads, P, head dim) before each
         sequence's own; returns the output (N, D) and the pass's keys and values (grid)."""
+        # start-up time: a heavy library, loaded when this runs
         from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
         tokens = x_ND.shape[0]

@@ -23,6 +23,9 @@ from typing import Protocol
 
 import torch
 
+from learner.lora import TrainedLora
+from learner.pixels import TrainedPixels
+
 
 class Trained(Protocol):
     method: str
@@ -50,12 +53,8 @@ def make_trained(method: str, model, image, model_name: str, lora: dict | None, 
     """The trained policy of `method` ("art" or "lora") around the loaded frozen model."""
     match method:
         case "art":
-            from learner.pixels import TrainedPixels
-
             return TrainedPixels(image)
         case "lora":
-            from learner.lora import TrainedLora
-
             return TrainedLora(model, image, model_name, with_image, **dict(lora or {}))
         case _:
             raise ValueError(f"unknown method {method!r}; use 'art' or 'lora'")

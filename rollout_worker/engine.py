@@ -6,6 +6,8 @@ from typing import Protocol
 
 from PIL import Image
 
+from rollout_worker.hf_engine import HFEngine
+from rollout_worker.vllm_engine import VLLMEngine
 from shared.messages import Completion, RolloutRequest, SamplingConfig
 
 
@@ -30,12 +32,8 @@ class Engine(Protocol):
 def make_engine(kind: str, model_path: str, **options) -> Engine:
     match kind:
         case "hf":
-            from rollout_worker.hf_engine import HFEngine
-
             return HFEngine(model_path, **options)
         case "vllm":
-            from rollout_worker.vllm_engine import VLLMEngine
-
             return VLLMEngine(model_path, **options)
         case _:
             raise ValueError(f"unknown rollout engine {kind!r}; use 'hf' (CPU) or 'vllm' (GPU)")

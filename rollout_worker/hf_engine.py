@@ -11,6 +11,8 @@ reported log-probs are the log-softmax of exactly the scores that were sampled f
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from PIL import Image
 
@@ -53,6 +55,7 @@ class HFEngine:
     builds = 0
 
     def __init__(self, model_path: str, dtype: str = "float32", device: str = "cpu", **_):
+        # start-up time: a heavy library, loaded when this runs
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
         self.model = AutoModelForImageTextToText.from_pretrained(
@@ -87,9 +90,11 @@ class HFEngine:
     def set_adapter(self, version: int, config: dict, weights: bytes) -> None:
         """Apply a LoRA adapter with PEFT: injected into the model once, its weights replaced
         on every later version."""
-        import warnings
 
+        # start-up time: a heavy library, loaded when this runs
         from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
+
+        # start-up time: a heavy library, loaded when this runs
         from safetensors.torch import load
 
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
@@ -108,6 +113,7 @@ class HFEngine:
             raise ValueError(f"adapter weights that fit no module: {result.unexpected_keys[:3]}")
 
     def generation_config(self, sampling: SamplingConfig, n: int):
+        # start-up time: a heavy library, loaded when this runs
         from transformers import GenerationConfig
 
         return GenerationConfig(
@@ -135,6 +141,7 @@ class HFEngine:
         image_version: int,
         sampling: SamplingConfig,
     ) -> list[list[Completion]]:
+        # start-up time: a heavy library, loaded when this runs
         from transformers import LogitsProcessorList
 
         temperature = 1.0 if sampling.greedy else sampling.temperature

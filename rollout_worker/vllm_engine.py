@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -149,9 +150,9 @@ def sampling_kwargs(request: RolloutRequest, sampling: SamplingConfig, suppress:
 
 def import_vllm():
     """`vllm.LLM`, or an error that says which interpreter lacks vLLM and how to get it."""
-    import sys
 
     try:
+        # optional: vLLM exists only in the rollout workers' environment
         from vllm import LLM
     except ImportError as err:
         raise ImportError(
@@ -167,6 +168,7 @@ def import_vllm():
 def check_platform(device: str) -> None:
     """vLLM's build must be the one the worker was placed for: its CPU build reads
     gpu_memory_utilization as a fraction of RAM, its GPU build takes a GPU Ray did not give."""
+    # optional: vLLM exists only in the rollout workers' environment
     from vllm.platforms import current_platform
 
     if current_platform.is_cpu() != (device == "cpu"):
@@ -233,6 +235,7 @@ class VLLMEngine:
     def set_adapter(self, version: int, config: dict, weights: bytes) -> None:
         """A new adapter version: written as a PEFT folder and loaded as a new `LoRARequest`
         (a new integer id per version, so vLLM loads it; the base model is never reloaded)."""
+        # optional: vLLM exists only in the rollout workers' environment
         from vllm.lora.request import LoRARequest
 
         folder = self.adapter_dir / f"v{version}"
@@ -268,6 +271,7 @@ class VLLMEngine:
         image_version: int,
         sampling: SamplingConfig,
     ) -> list[list[Completion]]:
+        # optional: vLLM exists only in the rollout workers' environment
         from vllm import SamplingParams
 
         if self.sleeping:  # the driver owns sleep and wake-up (the learner may hold the GPU)

@@ -7,6 +7,7 @@ sampled with.
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 import time
@@ -34,7 +35,6 @@ def portable(err: Exception) -> Exception:
 
 
 def _engine_errors_portable(method):
-    import functools
 
     @functools.wraps(method)
     def wrapper(*args, **kwargs):
@@ -159,12 +159,14 @@ class RolloutWorker:
             "pid": os.getpid(),
         }
         try:
+            # optional dependency: its absence is handled below
             import ray
 
             info["node_id"] = ray.get_runtime_context().get_node_id()
         except Exception:  # not inside Ray
             info["node_id"] = None
         try:  # the engine's own processes (vLLM's engine core and its workers)
+            # optional dependency: its absence is handled below
             import psutil
 
             info["child_pids"] = [p.pid for p in psutil.Process().children(recursive=True)]

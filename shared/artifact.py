@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image, PngImagePlugin
 
 from shared.errors import UserError
+from shared.prompts import PROMPT_LAYOUT
 
 # Metadata keys are prefixed so they never collide with other tools' text chunks.
 _PREFIX = "art:"
@@ -54,7 +55,6 @@ def sha256(data: bytes) -> str:
 
 def art_metadata(model: str, height: int, width: int, step: int) -> dict[str, object]:
     """The metadata every ART PNG carries, read back by `check_metadata`."""
-    from shared.prompts import PROMPT_LAYOUT
 
     return {
         "model": model,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -86,7 +87,6 @@ def read_lines(path: str | Path) -> list[str]:
 
 def write_folder_atomic(path: str | Path, files: dict[str, bytes]) -> Path:
     """A folder of files, replaced as a whole: written beside, then swapped in by renames."""
-    import shutil
 
     path = Path(path)
     tmp = old = None

@@ -416,6 +416,7 @@ class ConfigError(UserError):
 def resolve(cfg: Any) -> None:
     """Fill the values that follow from others (the image size from the model preset), in
     the config itself so that the run's config.yaml says what ran."""
+    # start-up time: a heavy library, loaded when this runs
     from omegaconf import open_dict
 
     with open_dict(cfg):
@@ -624,6 +625,7 @@ def validate(cfg: Any, more_rules: list[tuple[bool, str]] = ()) -> None:
             )
         )
     try:
+        # optional dependency: its absence is handled below
         from shared.images import parse_background
 
         parse_background(cfg.image.background)
@@ -668,6 +670,7 @@ def learner_gpus(cfg: Any) -> float:
 
 
 def register_configs() -> None:
+    # start-up time: a heavy library, loaded when this runs
     from hydra.core.config_store import ConfigStore
 
     cs = ConfigStore.instance()

@@ -14,6 +14,8 @@ import shutil
 import sys
 from pathlib import Path
 
+from shared.errors import RunStoppedError
+
 # The errors of a storage that cannot take a write (not bugs: the disk, not the code).
 STORAGE_ERRNOS = {
     errno.ENOSPC,  # no space left on device
@@ -73,7 +75,6 @@ def exits_on_storage_errors(prog: str, safe: str = ATOMIC_NOTE, where=None):
     """Decorate a console script's `main() -> int`: a storage fault (or a `RunStoppedError`)
     ends it with one line on stderr and status 1. `safe` says what is kept; `where()` names
     the place when the error does not carry a path (a failed `write` does not)."""
-    from shared.errors import RunStoppedError
 
     def wrap(main):
         @functools.wraps(main)

@@ -40,9 +40,13 @@ JOIN_TIMEOUT_S = 1800.0
 def meta_model(model_name: str):
     """The model of `model_name` (a built model or a folder) on the `meta` device: shapes
     only, read from its config, no weights allocated."""
+    # start-up time: a heavy library, loaded when this runs
     import torch
+
+    # start-up time: a heavy library, loaded when this runs
     from transformers import AutoConfig, AutoModelForImageTextToText
 
+    # the spawned ranks import this module: it stays light (no model code at import)
     from learner.models import resolve_model_path
 
     config = AutoConfig.from_pretrained(resolve_model_path(model_name))
@@ -58,6 +62,7 @@ def is_language_model(module_name: str) -> bool:
 def lora_elements(model, rank: int, target_modules) -> int:
     """Parameters a rank-`rank` LoRA adapter adds on the language model's linears named in
     `target_modules` (suffix match, as PEFT does): rank x (in + out) each (A and B)."""
+    # start-up time: a heavy library, loaded when this runs
     import torch
 
     targets = tuple(target_modules)
@@ -74,7 +79,7 @@ def gradient_sizes(model_name: str, height: int, width: int, lora_rank: int = 16
     """Float elements of the three gradients of `model_name` for an H x W image: `image`
     (the pixels, 3 x H x W), `full` (every parameter, tied ones once) and `lora` (a
     rank-`lora_rank` adapter on the default target modules)."""
-    from shared.config import LoraSettings
+    from shared.config import LoraSettings  # the spawned ranks import this module: light
 
     model = meta_model(model_name)
     return {
@@ -133,7 +138,10 @@ def allreduce_worker(
 ) -> None:
     """One rank: join the gloo group, all-reduce one float32 tensor in place (one warm-up,
     then `repeats` timed calls after a barrier each), and put its times on `queue`."""
+    # start-up time: a heavy library, loaded when this runs
     import torch
+
+    # start-up time: a heavy library, loaded when this runs
     import torch.distributed as dist
 
     torch.set_num_threads(1)
@@ -161,6 +169,7 @@ def allreduce_worker(
 def measure_allreduce(num_elements: int, repeats: int = 3, world_size: int = 2) -> dict:
     """All-reduce time of `num_elements` float32 between `world_size` fresh processes (gloo,
     127.0.0.1); per timed call, the slowest rank's time."""
+    # start-up time: a heavy library, loaded when this runs
     import torch.multiprocessing as mp
 
     if repeats < 1 or world_size < 2:

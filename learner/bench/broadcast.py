@@ -9,6 +9,9 @@ import statistics
 import time
 
 from learner.bench.common import BenchContext, png
+from learner.bench.local_cluster import two_node_cluster
+from learner.models import resolve_model_path
+from shared.images import seed_image
 
 LETTER = "c"
 TITLE = "broadcast: the PNG vs full weights to workers on another Ray node"
@@ -20,6 +23,7 @@ class Receiver:
     """A stand-in rollout worker on the other node: fetches what is broadcast."""
 
     def get(self, refs) -> int:
+        # start-up time: a heavy library, loaded when this runs
         import ray
 
         value = ray.get(refs[0])
@@ -30,10 +34,11 @@ class Receiver:
 
 def weights_payload(model: str) -> dict:
     """The model's state dict in bfloat16 (what a weight sync ships), as numpy buffers."""
+    # start-up time: a heavy library, loaded when this runs
     import torch
-    from transformers import AutoModelForImageTextToText
 
-    from learner.models import resolve_model_path
+    # start-up time: a heavy library, loaded when this runs
+    from transformers import AutoModelForImageTextToText
 
     hf = AutoModelForImageTextToText.from_pretrained(
         resolve_model_path(model), dtype=torch.bfloat16
@@ -48,9 +53,8 @@ def weights_payload(model: str) -> dict:
 
 
 def bench_sync(models: list[str], png_bytes: dict[str, bytes], workers: tuple, repeats: int):
+    # start-up time: a heavy library, loaded when this runs
     import ray
-
-    from learner.bench.local_cluster import two_node_cluster
 
     payloads = {m: weights_payload(m) for m in models}
     biggest = max(sum(a.nbytes for a in p.values()) for p in payloads.values())
@@ -86,7 +90,6 @@ def bench_sync(models: list[str], png_bytes: dict[str, bytes], workers: tuple, r
 
 def run(ctx: BenchContext) -> dict:
     logger.info("c. broadcast on a two-node cluster")
-    from shared.images import seed_image
 
     # Noise: the largest PNG of that size (trained images grow towards it; the seed icon
     # compresses to a few KB), so the ratio is a conservative one.

@@ -97,7 +97,10 @@ def main(argv: list[str] | None = None) -> int:
     if skip is None or only is None:
         return 2
     out_dir = Path(args.out).resolve()
+    # start-up time: loaded when this runs, not at import
     from learner.driver.tracking import ensure_writable
+
+    # start-up time: loaded when this runs, not at import
     from shared.errors import UserError
 
     try:

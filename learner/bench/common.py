@@ -3,12 +3,17 @@ run's settings (`BenchContext`)."""
 
 from __future__ import annotations
 
+import dataclasses
+import gc
 import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from learner.bench.memory import reset_peak_rss, status_kib
+from shared.artifact import encode_png
+from shared.messages import Completion, ScoredGroup
+from shared.prompts import render_prompt
 
 
 @dataclass(frozen=True)
@@ -22,7 +27,6 @@ class BenchContext:
 
 def measure(fn, repeats: int = 1) -> dict:
     """Median wall time and the peak RSS above the RSS before, of `fn()` (Linux)."""
-    import gc
 
     times, peaks = [], []
     for _ in range(repeats):
@@ -37,10 +41,8 @@ def measure(fn, repeats: int = 1) -> dict:
 
 def synthetic_groups(learner, prompts: int, group: int, tokens: int, seed: int = 0):
     """Scored groups of random completions, with the prompt ids an engine would send."""
+    # start-up time: a heavy library, loaded when this runs
     import torch
-
-    from shared.messages import Completion, ScoredGroup
-    from shared.prompts import render_prompt
 
     gen = torch.Generator().manual_seed(seed)
     n_image = learner.policy.spec.num_image_tokens(*learner.image.size)
@@ -66,7 +68,6 @@ def synthetic_groups(learner, prompts: int, group: int, tokens: int, seed: int =
 
 
 def png(pixels) -> bytes:
-    from shared.artifact import encode_png
 
     return encode_png(pixels)
 
@@ -76,11 +77,9 @@ def sized_groups(learner, prompt_lengths, group: int, completion_lengths, seed: 
     with random text tokens inserted before the assistant turn up to that length, and `group`
     completions of random tokens, their lengths taken in turn from `completion_lengths`;
     rewards alternate 0, 1 (every group has signal)."""
-    import dataclasses
 
+    # start-up time: a heavy library, loaded when this runs
     import torch
-
-    from shared.messages import ScoredGroup
 
     gen = torch.Generator().manual_seed(seed)
     (template,) = synthetic_groups(learner, 1, 1, 1, seed=seed)

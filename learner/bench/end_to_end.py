@@ -7,6 +7,8 @@ import logging
 from pathlib import Path
 
 from learner.bench.common import BenchContext
+from learner.driver.cli import compose_config
+from learner.driver.train import train
 
 LETTER = "d"
 TITLE = "end to end: synchronous vs overlapped training"
@@ -15,8 +17,6 @@ TARGETS = {"overlap_speedup": 1.3}  # at least
 
 
 def bench_end_to_end(steps: int, out_dir: Path, workers: int = 2) -> dict:
-    from learner.driver.cli import compose_config
-    from learner.driver.train import train
 
     figures = {"workers": workers}
     for staleness in (0, 1):

@@ -6,9 +6,14 @@ forward+backward time over its forward time."""
 
 from __future__ import annotations
 
+import copy
 import logging
 
 from learner.bench.common import BenchContext, measure, synthetic_groups
+from learner.bench.naive import naive_gradient
+from learner.dapo import dapo_loss, group_advantages
+from learner.learner import Batch, Learner, LearnerSettings
+from learner.models import resolve_model_path
 
 LETTER = "a"
 TITLE = "learner vs a naive learner (a), forward+backward over forward (b)"
@@ -20,12 +25,6 @@ TARGETS = {
 
 
 def bench_learner(model: str, size: int, prompts: int, group: int, tokens: int, repeats: int):
-    import copy
-
-    from learner.bench.naive import naive_gradient
-    from learner.dapo import dapo_loss, group_advantages
-    from learner.learner import Batch, Learner, LearnerSettings
-    from learner.models import resolve_model_path
 
     learner = Learner(
         LearnerSettings(
@@ -54,6 +53,7 @@ def bench_learner(model: str, size: int, prompts: int, group: int, tokens: int, 
         dapo_loss(lp, lp.detach(), advantages_B, mask)
 
     def forward_backward():
+        # start-up time: a heavy library, loaded when this runs
         import torch
 
         old = torch.zeros(len(batch), batch.max_len)

@@ -21,11 +21,18 @@ Linux only. Takes a few minutes on a 2-core CPU for the 0.8B architecture.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import re
 import subprocess
 import sys
 from pathlib import Path
+
+from learner.bench.naive import full_logits_logprobs
+from learner.models import resolve_model_path
+from learner.pixels import PixelImage
+from learner.policy import FrozenPolicy, load_model_and_processor
+from shared.prompts import render_prompt
 
 VARIANTS = ("naive", "lean", "lean+ckpt")
 MODES = ("forward", "forward+backward")
@@ -58,15 +65,9 @@ def measure(
     dtype: str = "float32",
 ):
     """One measurement in this process; returns a dict of figures in MiB."""
-    import gc
 
+    # start-up time: a heavy library, loaded when this runs
     import torch
-
-    from learner.bench.naive import full_logits_logprobs
-    from learner.models import resolve_model_path
-    from learner.pixels import PixelImage
-    from learner.policy import FrozenPolicy, load_model_and_processor
-    from shared.prompts import render_prompt
 
     torch.manual_seed(0)
     path = resolve_model_path(model)

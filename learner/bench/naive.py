@@ -12,6 +12,8 @@ from collections.abc import Sequence
 import torch
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
+from learner.dapo import dapo_loss, group_advantages
+from learner.learner import Batch
 from learner.policy import EncodedImage, FrozenPolicy
 
 
@@ -61,8 +63,6 @@ def naive_gradient(learner, groups) -> torch.Tensor:
     no-gradient pass for old log-probs, one image encode per sequence, logits over every
     position, and every weight with `requires_grad=True` (so backward also computes weight
     gradients). Leaves the learner as it was; returns d loss / d theta (3, H, W)."""
-    from learner.dapo import dapo_loss, group_advantages
-    from learner.learner import Batch
 
     policy = learner.policy
     batch = Batch.from_groups(groups)
@@ -103,8 +103,6 @@ def naive_gradient(learner, groups) -> torch.Tensor:
 def optimized_gradient(learner, groups) -> torch.Tensor:
     """The same gradient through the learner's own path (one minibatch, fresh completions:
     the forward doubles as the old log-probs). Leaves the learner as it was."""
-    from learner.dapo import group_advantages
-    from learner.learner import Batch
 
     batch = Batch.from_groups(groups)
     advantages_B = group_advantages(batch.rewards_GN).reshape(-1)

@@ -18,6 +18,10 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
+from shared.tasks import load_task
+from shared.tasks.reward_pool import RewardProcess
+from shared.tasks.scoring import Scorer, build_scorer
+
 USER_REWARD = '''
 def letter(completions, answer, **kwargs):
     """The synthetic task's reward, as a user would write it (TRL's shape)."""
@@ -52,9 +56,6 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--processes", type=int, default=2)
     args = parser.parse_args(argv)
-    from shared.tasks import load_task
-    from shared.tasks.reward_pool import RewardProcess
-    from shared.tasks.scoring import Scorer, build_scorer
 
     task = load_task("synthetic")
     examples = task.examples("train")

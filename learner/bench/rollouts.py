@@ -9,6 +9,14 @@ import os
 import time
 
 from learner.bench.common import BenchContext, png
+from learner.driver.cli import compose_config
+from learner.driver.cluster import VLLM_VENV_PYTHON, create_workers, start_ray
+from learner.learner import Learner, LearnerSettings
+from learner.models import resolve_model_path
+from shared.artifact import png_to_pil
+from shared.images import seed_image
+from shared.messages import RolloutRequest, SamplingConfig
+from shared.prompts import render_prompt
 
 LETTER = "e"
 TITLE = "rollout throughput with and without the image"
@@ -16,14 +24,8 @@ logger = logging.getLogger("art.bench")
 
 
 def bench_rollouts(model: str, size: int, prompts: int, group: int, tokens: int) -> dict:
+    # start-up time: a heavy library, loaded when this runs
     from hydra.utils import get_class
-
-    from learner.driver.cli import compose_config
-    from learner.models import resolve_model_path
-    from shared.artifact import png_to_pil
-    from shared.images import seed_image
-    from shared.messages import RolloutRequest, SamplingConfig
-    from shared.prompts import render_prompt
 
     # The worker class from its import path, as the driver creates it (learner/ never
     # imports rollout_worker/); its engine is the HF engine the embedded default runs.
@@ -58,14 +60,8 @@ def bench_vllm_rollouts(model: str, size: int, prompts: int, group: int, tokens:
     """Section e with the production engine: vLLM's CPU build in a rollout worker running in
     .venv-vllm (as `rollout=vllm` runs it), image vs text-only on the same prompts, and how far
     its bf16 log-probs are from the float32 learner's on the image completions."""
+    # start-up time: a heavy library, loaded when this runs
     import numpy as np
-
-    from learner.driver.cli import compose_config
-    from learner.driver.cluster import create_workers, start_ray
-    from learner.learner import Learner, LearnerSettings
-    from learner.models import resolve_model_path
-    from shared.messages import RolloutRequest, SamplingConfig
-    from shared.prompts import render_prompt
 
     cfg = compose_config(
         "rollout=vllm", "rollout.num_workers=1", "rollout.num_gpus_per_worker=0",
@@ -128,7 +124,6 @@ def run(ctx: BenchContext) -> dict:
     out = {"rollouts": [bench_rollouts("tiny", 64, 8, 4, 16)]}
     if not ctx.quick:
         out["rollouts"].append(bench_rollouts("qwen3_5_0_8b_random", 256, 2, 2, 16))
-    from learner.driver.cluster import VLLM_VENV_PYTHON
 
     if os.environ.get("ART_VLLM_PYTHON") or VLLM_VENV_PYTHON.exists():
         logger.info("e. vLLM's CPU build (an engine start per model: about a minute)")

@@ -11,7 +11,11 @@ import os
 import statistics
 import time
 
+from learner.bench.allreduce import bench_allreduce, format_table
 from learner.bench.common import BenchContext, synthetic_groups
+from learner.driver.learners import LearnerGroup
+from learner.learner import Learner, LearnerSettings
+from learner.models import resolve_model_path
 
 LETTER = "f"
 TITLE = "scaling: gradient all-reduce sizes, 1 vs 2 learner replicas"
@@ -21,11 +25,8 @@ logger = logging.getLogger("art.bench")
 def bench_replicas(model: str, size: int, prompts: int, group: int, tokens: int, repeats: int):
     """The update of 1 and of 2 learner replicas (Ray actors, gloo) on the same batch: the
     machine's cores split between the replicas (Ray sets each actor's threads to its CPUs)."""
+    # start-up time: a heavy library, loaded when this runs
     import ray
-
-    from learner.driver.learners import LearnerGroup
-    from learner.learner import Learner, LearnerSettings
-    from learner.models import resolve_model_path
 
     path = resolve_model_path(model)
     groups = synthetic_groups(
@@ -78,7 +79,6 @@ def bench_replicas(model: str, size: int, prompts: int, group: int, tokens: int,
 
 
 def run(ctx: BenchContext) -> dict:
-    from learner.bench.allreduce import bench_allreduce
 
     logger.info("f. gradient all-reduce (the 0.8B full gradient: 3.4 GB per process)")
     scaled = list(ctx.models) if not ctx.quick else ["tiny"]
@@ -91,8 +91,6 @@ def run(ctx: BenchContext) -> dict:
 def format_lines(report: dict) -> list[str]:
     lines = []
     if report.get("allreduce"):
-        from learner.bench.allreduce import format_table
-
         lines += ["", "f. " + format_table(report["allreduce"]).lstrip()]
     if report.get("replicas"):
         lines += ["", "f. learner update, 1 vs 2 data-parallel replicas, same batch (CPU)"]

@@ -16,6 +16,7 @@ import sys
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not any(a == "--model" or a.startswith("--model=") for a in argv):
+        # start-up time: loaded when this runs, not at import
         from learner.models.embedded import SHIPPED_DIR
 
         argv = ["--model", str(SHIPPED_DIR / "tiny"), "--served-name", "tiny", *argv]

@@ -18,14 +18,19 @@ ones on both paths). On 2 CPU cores one group (G completions of one prompt) per 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import gc
 import json
 import logging
 import subprocess
 import sys
 import time
+from pathlib import Path
 
-from learner.bench.common import BenchContext
+from learner.bench.common import BenchContext, sized_groups
+from learner.bench.memory import reset_peak_rss, status_kib
+from learner.learner import Batch, Learner, LearnerSettings
+from learner.models import resolve_model_path
 
 LETTER = "g"
 TITLE = "shared-prefix vs padded learner forward (0.8B architecture)"
@@ -54,14 +59,9 @@ def completion_lengths(mean: int, group: int) -> list[int]:
 def measure_one(model: str, workload: str, path: str, phase: str, prompts: int) -> dict:
     """One figure in this process: build the learner, warm up, then time `phase` on `path`
     and read the peak RSS above the RSS before it."""
-    import ctypes
 
+    # start-up time: a heavy library, loaded when this runs
     import torch
-
-    from learner.bench.common import sized_groups
-    from learner.bench.memory import reset_peak_rss, status_kib
-    from learner.learner import Batch, Learner, LearnerSettings
-    from learner.models import resolve_model_path
 
     prompt, completion, group = WORKLOADS[workload]
     size = 64 if model == "tiny" else 256
@@ -219,8 +219,6 @@ def main(argv: list[str] | None = None) -> int:
     result = bench_shared_prefix(args.model, args.prompts)
     print("\n".join(format_lines({REPORT_KEY: result})))
     if args.json:
-        from pathlib import Path
-
         Path(args.json).write_text(json.dumps(result, indent=2))
     return 0
 

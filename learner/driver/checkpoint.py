@@ -19,9 +19,11 @@ newest N `step_*.pt` files and the best step's (`prune_checkpoints`).
 from __future__ import annotations
 
 import io
+import json
 import logging
 import random
 import re
+import struct
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -74,6 +76,7 @@ class DriverState:
 
 
 def capture_rng() -> dict:
+    # start-up time: a heavy library, loaded when this runs
     import torch
 
     name, keys, pos, has_gauss, cached = np.random.get_state()
@@ -85,6 +88,7 @@ def capture_rng() -> dict:
 
 
 def restore_rng(state: dict) -> None:
+    # start-up time: a heavy library, loaded when this runs
     import torch
 
     random.setstate(_tuples(state["python"]))
@@ -99,6 +103,7 @@ def _tuples(value):
 
 
 def save_checkpoint(path: Path, learner_state: dict, driver: DriverState) -> Path:
+    # start-up time: a heavy library, loaded when this runs
     import torch
 
     buffer = io.BytesIO()
@@ -108,6 +113,7 @@ def save_checkpoint(path: Path, learner_state: dict, driver: DriverState) -> Pat
 
 def load_checkpoint(path: str | Path, model: str, height: int, width: int, method: str = "art"):
     """(learner state, DriverState), after checking the checkpoint fits this run."""
+    # start-up time: a heavy library, loaded when this runs
     import torch
 
     path = Path(path)
@@ -262,8 +268,6 @@ def estimate_checkpoint_bytes(cfg, model_path: str | None = None) -> int:
 def lora_parameters(model_path: str, rank: int, targets) -> int:
     """LoRA parameters r x (in + out) of every 2-D weight named `*.<target>.weight` in the
     model's safetensors files (their JSON headers only; 0 when there are none)."""
-    import json
-    import struct
 
     total, targets = 0, {str(t) for t in targets}
     for file in Path(model_path).glob("*.safetensors"):

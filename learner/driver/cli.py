@@ -23,6 +23,7 @@ import secrets
 import signal
 import sys
 import threading
+from dataclasses import fields
 from datetime import datetime
 from pathlib import Path
 
@@ -38,7 +39,10 @@ register_configs()  # the structured schema `conf/config.yaml` builds on
 
 def compose_config(*overrides: str, run_dir: str = "unused"):
     """The `conf/` config with Hydra overrides, outside the CLI (tests, notebooks)."""
+    # start-up time: a heavy library, loaded when this runs
     from hydra import compose, initialize_config_dir
+
+    # start-up time: a heavy library, loaded when this runs
     from hydra.core.global_hydra import GlobalHydra
 
     if GlobalHydra.instance().is_initialized():  # inside an app (art-compare composes per method)
@@ -47,6 +51,7 @@ def compose_config(*overrides: str, run_dir: str = "unused"):
         cfg = compose("config", overrides=list(rewrite_model_override(list(overrides))))
     OmegaConf.set_struct(cfg, False)
     cfg.run_dir = run_dir
+    # start-up time: loaded when this runs, not at import
     from shared.config import resolve
 
     resolve(cfg)
@@ -55,6 +60,7 @@ def compose_config(*overrides: str, run_dir: str = "unused"):
 
 def model_presets() -> dict[str, str]:
     """Preset file stem -> the `model.name` it sets (conf/model/*.yaml)."""
+    # start-up time: a heavy library, loaded when this runs
     import yaml
 
     presets = {}
@@ -101,7 +107,10 @@ def check_overrides(argv: list[str]) -> None:
 
 
 def describe_override_error(err: BaseException) -> str:
+    # start-up time: a heavy library, loaded when this runs
     from hydra.errors import MissingConfigException
+
+    # start-up time: a heavy library, loaded when this runs
     from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
     if isinstance(err, MissingConfigException):  # `task=mmlu`: no such file in a group
@@ -136,8 +145,8 @@ def describe_override_error(err: BaseException) -> str:
 
 
 def _fields_of(full_key: str) -> list[str]:
-    from dataclasses import fields
 
+    # start-up time: loaded when this runs, not at import
     from shared.config import TrainConfig
 
     node = TrainConfig
@@ -176,7 +185,10 @@ def choose_run_dir(cfg) -> Path:
 def last_activity(run_dir: Path) -> float | None:
     """When a run folder last saved a checkpoint or renewed its driver's lock (None: it has
     neither, so `resume=auto` does not take it)."""
+    # start-up time: loaded when this runs, not at import
     from learner.driver.checkpoint import step_files
+
+    # start-up time: loaded when this runs, not at import
     from learner.driver.runlock import LOCK_NAME
 
     folder = run_dir / "checkpoints"
@@ -222,6 +234,7 @@ def handle_sigterm() -> None:
 
 def stop_message(prog: str, err: BaseException, run_dir: str) -> tuple[int, str]:
     """(exit status, the one line) for an error that ends a command."""
+    # start-up time: loaded when this runs, not at import
     from shared.storage import ATOMIC_NOTE, describe, storage_error
 
     if isinstance(err, UserError):
@@ -250,7 +263,10 @@ def stop_message(prog: str, err: BaseException, run_dir: str) -> tuple[int, str]
 def run_hydra_app(app, prog: str) -> None:
     """The console-script entry of `art-train` / `art-eval`: overrides checked, logging, the
     run folder, then `app(cfg)`; user errors end with one line and status 2."""
+    # start-up time: a heavy library, loaded when this runs
     import hydra
+
+    # start-up time: a heavy library, loaded when this runs
     from omegaconf import DictConfig
 
     sys.argv[1:] = rewrite_model_override(sys.argv[1:])

@@ -6,9 +6,12 @@ path (`rollout.worker_cls`) because `learner/` never imports `rollout_worker/`.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
+import socket
 import sys
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -16,6 +19,7 @@ from omegaconf import OmegaConf, open_dict
 
 from learner.driver.actors import PLACEMENT_GROUPS, stop_worker
 from learner.driver.algorithms import algorithm_for
+from learner.driver.cli import handle_sigterm
 from learner.learner import Learner
 from learner.settings import LearnerSettings
 from shared.config import learner_gpus
@@ -37,7 +41,6 @@ def actor_env() -> dict[str, str]:
 
 def check_ray_address(address: str, timeout_s: float = 10.0) -> None:
     """Refuse at once a `host:port` Ray address that does not answer (ray.init would wait)."""
-    import socket
 
     if address in ("auto", "local") or "://" in address and not address.startswith("ray://"):
         return
@@ -87,8 +90,6 @@ def worker_python(cfg) -> str | None:
             sys.executable,
         )
     else:  # local: the driver's own interpreter must have vLLM then
-        import importlib.util
-
         if importlib.util.find_spec("vllm") is None:
             raise UserError(
                 "rollout.engine=vllm needs vLLM, and neither .venv-vllm nor this Python has it: "
@@ -134,6 +135,7 @@ def resolve_rollout_gpus(cfg, ray) -> str:
 
 def start_ray(cfg):
     """Returns (ray, whether this call started it)."""
+    # start-up time: a heavy library, loaded when this runs
     import ray
 
     if ray.is_initialized():
@@ -157,7 +159,6 @@ def start_ray(cfg):
             runtime_env=env,
             log_to_driver=True,
         )
-    from learner.driver.cli import handle_sigterm
 
     handle_sigterm()  # ray.init put its own in (sys.exit(15)): SIGTERM saves and exits 143
     return ray, True
@@ -229,7 +230,6 @@ def wait_until_started(ray, actors: dict[str, object], timeout_s: float, optiona
     """Block until every actor's constructor ran, except that up to `optional` of the actors
     whose name starts with rollout-worker may still be starting (rollout.min_workers: they
     join later); name the ones still pending at the timeout."""
-    import time
 
     refs = {name: actor.__ray_ready__.remote() for name, actor in actors.items()}
     workers = {n for n in refs if n.startswith("rollout-worker")}
@@ -370,6 +370,7 @@ def tensor_parallel_plan(cfg) -> dict | None:
 def worker_factory(cfg, ray, model_path: str, lora_rank: int | None = None, run_id: str = ""):
     """`make(index) -> actor`: one RolloutWorker actor named rollout-worker-<index>, one
     engine (elastic runs start more later, learner/driver/scale.py)."""
+    # start-up time: a heavy library, loaded when this runs
     from hydra.utils import get_class
 
     worker_cls = ray.remote(get_class(cfg.rollout.worker_cls))
@@ -384,7 +385,10 @@ def worker_factory(cfg, ray, model_path: str, lora_rank: int | None = None, run_
     def make(index: int):
         placement = {"num_gpus": rollout.num_gpus_per_worker}
         if tp is not None:
+            # start-up time: a heavy library, loaded when this runs
             from ray.util.placement_group import placement_group
+
+            # start-up time: a heavy library, loaded when this runs
             from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
             group = placement_group(

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from pathlib import Path
 
 from omegaconf import DictConfig
@@ -44,6 +45,7 @@ OBJECTIVES: list[str] = []
 
 def split_objectives(argv: list[str]) -> tuple[list[str], list[str]]:
     """`objectives=[dapo,grpo,sft]` taken out of the command line: (the rest, the names)."""
+    # start-up time: loaded when this runs, not at import
     from shared.errors import UserError
 
     rest, names = [], []
@@ -67,6 +69,7 @@ def split_method_overrides(
     """`lora:learner.lr=1e-3` applies to LoRA only; a plain `learner.lr=` is refused: the two
     methods need learning rates 25x apart (ART 0.05 on pixel logits, LoRA 2e-3). Comparing
     objectives (`names` the objectives) a plain `learner.lr=` applies to all."""
+    # start-up time: loaded when this runs, not at import
     from shared.errors import UserError
 
     common, per = [], {m: [] for m in names}
@@ -86,6 +89,7 @@ def split_method_overrides(
 
 def objective_override(name: str) -> str:
     """`algo=<name>` where conf/algo has the preset, else `algo.loss=<name>` (a user's loss)."""
+    # start-up time: loaded when this runs, not at import
     from learner.driver.cli import CONF_DIR
 
     return (
@@ -103,9 +107,16 @@ def compare(
 ) -> dict:
     """Train both methods (or each of `objectives`) with `overrides` (and each with its
     `per_method` ones), evaluate none, seed and every trained artifact, write the report."""
+    # start-up time: loaded when this runs, not at import
     from learner.driver.evaluate import evaluate
+
+    # start-up time: loaded when this runs, not at import
     from learner.driver.train import train
+
+    # start-up time: loaded when this runs, not at import
     from shared.config import validate
+
+    # start-up time: loaded when this runs, not at import
     from shared.tasks.scoring import open_task
 
     run_dir = Path(run_dir)
@@ -264,6 +275,7 @@ def format_markdown(report: dict) -> str:
 
 
 def compare_app(cfg: DictConfig) -> None:
+    # start-up time: a heavy library, loaded when this runs
     from hydra.core.hydra_config import HydraConfig
 
     task_overrides = HydraConfig.get().overrides.task
@@ -275,9 +287,11 @@ def compare_app(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    import sys
 
+    # start-up time: loaded when this runs, not at import
     from learner.driver.cli import fail
+
+    # start-up time: loaded when this runs, not at import
     from shared.errors import UserError
 
     try:
@@ -290,6 +304,7 @@ def main() -> None:
     except UserError as err:
         fail("art-compare", str(err))
     except Exception as err:
+        # optional dependency: its absence is handled below
         from learner.driver.cli import describe_override_error
 
         fail("art-compare", describe_override_error(err))

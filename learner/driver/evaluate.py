@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,8 +47,13 @@ def condition_image(cfg, condition: str) -> bytes | None:
     if condition == "none":
         return None
     if condition == "seed":
+        # start-up time: loaded when this runs, not at import
         from shared.artifact import encode_png
+
+        # start-up time: loaded when this runs, not at import
         from shared.images import seed_image
+
+        # start-up time: loaded when this runs, not at import
         from shared.tasks import task_icon
 
         height, width = cfg.image.height, cfg.image.width
@@ -130,6 +136,7 @@ def evaluate(cfg: DictConfig) -> dict:
             "eval.conditions=[none,seed,outputs/<run>/art.png]"
         )
     if cfg.cluster.single_gpu:  # no learner here: the vLLM worker may have the whole GPU
+        # start-up time: a heavy library, loaded when this runs
         from omegaconf import open_dict
 
         with open_dict(cfg):
@@ -139,6 +146,7 @@ def evaluate(cfg: DictConfig) -> dict:
     problem = room_problem(run_dir, EVAL_ROOM_BYTES, "an evaluation (eval.json, metrics)")
     if problem:
         raise UserError(problem)
+    # start-up time: loaded when this runs, not at import
     from shared.tasks.scoring import open_task
 
     task, examples, scorer = open_task(cfg.task, cfg.eval.split, cfg.eval.limit)
@@ -198,7 +206,6 @@ def evaluate(cfg: DictConfig) -> dict:
 
 def _metric_key(condition: str) -> str:
     """An MLflow-safe metric prefix for a condition (paths can hold any character)."""
-    import re
 
     if condition in ("none", "seed"):
         return condition

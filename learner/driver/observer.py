@@ -56,9 +56,11 @@ def tracking_uri(uri: str, root: Path) -> str:
 
 
 def project_root() -> Path:
+    # start-up time: a heavy library, loaded when this runs
     from hydra.core.hydra_config import HydraConfig
 
     if HydraConfig.initialized():
+        # start-up time: a heavy library, loaded when this runs
         from hydra.utils import get_original_cwd
 
         return Path(get_original_cwd())
@@ -206,6 +208,7 @@ class Tracker:
                 batch = self._take_batch()
             try:
                 if client is None:
+                    # optional dependency: its absence is handled below
                     from mlflow import MlflowClient
 
                     client = MlflowClient(self.uri)
@@ -267,6 +270,7 @@ class Tracker:
         elif self.run_id is None:
             raise RuntimeError("the MLflow run is not created yet")
         elif op.kind == "metrics":
+            # start-up time: a heavy library, loaded when this runs
             from mlflow.entities import Metric
 
             metrics = [
@@ -288,7 +292,10 @@ class Tracker:
         """Continue the run's MLflow run (the checkpoint's id; else, resuming, the newest run
         tagged with this run folder: a checkpoint saved before the store answered has no id),
         or create one with the config as its parameters."""
+        # start-up time: a heavy library, loaded when this runs
         from mlflow.entities import Param
+
+        # start-up time: a heavy library, loaded when this runs
         from mlflow.exceptions import MlflowException
 
         experiment = client.get_experiment_by_name(self.experiment)
@@ -323,6 +330,7 @@ class Tracker:
                 raise RuntimeError("the parent MLflow run is not created yet")
             if self.parent.run_id is not None:
                 tags["mlflow.parentRunId"] = self.parent.run_id
+        # start-up time: a heavy library, loaded when this runs
         from mlflow.tracking.context.registry import resolve_tags
 
         run = client.create_run(

@@ -23,6 +23,7 @@ def bar_colours(names: list[str]) -> list[str]:
 def _figure_png(fig) -> bytes:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    # start-up time: a heavy library, loaded when this runs
     import matplotlib.pyplot as plt
 
     plt.close(fig)
@@ -30,9 +31,11 @@ def _figure_png(fig) -> bytes:
 
 
 def _pyplot():
+    # start-up time: a heavy library, loaded when this runs
     import matplotlib
 
     matplotlib.use("Agg")
+    # start-up time: a heavy library, loaded when this runs
     import matplotlib.pyplot as plt
 
     return plt

@@ -6,19 +6,26 @@ from __future__ import annotations
 import logging
 import math
 import random
+import threading
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
+from learner.dapo import keep_informative_groups, overlong_penalty
 from learner.driver.actors import stop_worker
+from learner.driver.checkpoint import _tuples
 from shared.errors import UserError
 from shared.messages import (
     AdapterUpdate,
+    Completion,
     ImageUpdate,
     RolloutRequest,
     SamplingConfig,
     ScoredGroup,
 )
+from shared.prompts import render_prompt
 from shared.sampling import round_seed
+from shared.tasks.scoring import as_scorer
 
 logger = logging.getLogger("art.rollouts")
 
@@ -40,7 +47,6 @@ class PromptSampler:
                 f"the checkpoint's prompt order covers {state['size']} training examples, the "
                 f"task now gives {len(self.examples)}; resume with the run's own task settings"
             )
-        from learner.driver.checkpoint import _tuples
 
         self.order, self.rng = list(state["order"]), random.Random()
         self.rng.setstate(_tuples(state["rng"]))
@@ -73,9 +79,8 @@ def split_validation(examples: Sequence, val_size: int, seed: int) -> tuple[list
 def prompt_builder(cfg, model_path: str):
     """`prompt_for(example, with_image=True) -> str`: the one prompt rendering used by
     training, periodic evaluation and art-eval (image first, then the task's question)."""
+    # start-up time: a heavy library, loaded when this runs
     from transformers import AutoProcessor
-
-    from shared.prompts import render_prompt
 
     templater = AutoProcessor.from_pretrained(model_path)
 
@@ -293,7 +298,6 @@ class WorkerPool:
 
     def _wait_for_a_worker(self) -> None:
         """No worker serves: wait for one that is starting (or fail)."""
-        import time
 
         deadline = time.monotonic() + self.restart_timeout_s
         while not self.workers:
@@ -331,6 +335,7 @@ class WorkerPool:
 
     # ---- recovery ----------------------------------------------------------------------
     def _worker_died_errors(self):
+        # start-up time: a heavy library, loaded when this runs
         from ray.exceptions import ActorUnavailableError, RayActorError
 
         return (RayActorError, ActorUnavailableError)
@@ -362,6 +367,7 @@ class WorkerPool:
     def _dead_for_good(self, worker) -> bool:
         """Ray's own record of the actor (GCS): DEAD means no restart will come."""
         try:
+            # optional dependency: its absence is handled below
             from ray._private import state
 
             return state.actors(worker._actor_id.hex()).get("State") == "DEAD"
@@ -371,7 +377,6 @@ class WorkerPool:
     def _recover(self, worker, err: BaseException) -> None:
         """Wait until Ray restarted the worker, then give it the current image; `WorkerGone`
         when it is dead for good."""
-        import time
 
         name = self.name(worker)
         if self._dead_for_good(worker):
@@ -456,8 +461,6 @@ def score_groups(
     A reward that fails on a completion (raises, times out, is no finite number in its range)
     gives that completion its fallback and accuracy 0; the failure is logged with the example
     id. Returns (groups, Scores)."""
-    from learner.dapo import overlong_penalty
-    from shared.tasks.scoring import as_scorer
 
     scorer = as_scorer(scorer)
     flat = [(ex, c) for ex, comps in zip(examples, groups, strict=True) for c in comps]
@@ -487,10 +490,6 @@ MAX_REWARD_ERROR_FRAC = 0.10
 def compute_rollouts(cfg, pool: WorkerPool, task, sampler, prompt_for, step: int) -> StepRollouts:
     """Sample, score and filter (dynamic sampling) until the batch is full or the extra
     rounds are spent. `task`: the run's Scorer (or a plain task, scored by its own methods)."""
-    import time
-
-    from learner.dapo import keep_informative_groups
-    from shared.tasks.scoring import as_scorer
 
     scorer = as_scorer(task)
     algo = cfg.algo
@@ -553,7 +552,6 @@ class Prefetch:
     """
 
     def __init__(self, fn):
-        import threading
 
         self.value, self.error = None, None
         self.thread = threading.Thread(target=self._run, args=(fn,), daemon=True)
@@ -574,13 +572,11 @@ class Prefetch:
 
 def rollouts_to_state(rollouts: StepRollouts) -> dict:
     """A step's rollouts as plain data (a checkpoint taken while one is prefetched)."""
-    from dataclasses import asdict
 
     return asdict(rollouts)
 
 
 def rollouts_from_state(state: dict) -> StepRollouts:
-    from shared.messages import Completion
 
     def group(g: dict) -> ScoredGroup:
         completions = tuple(

@@ -75,8 +75,10 @@ class Elastic:
     """The driver's side: the control actor, and the pool resized at each step boundary."""
 
     def __init__(self, ray, pool, run_name: str, workers: int, max_workers: int):
+        # start-up time: a heavy library, loaded when this runs
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+        # start-up time: loaded when this runs, not at import
         from shared.errors import UserError
 
         self.ray, self.pool = ray, pool
@@ -169,11 +171,13 @@ print("ART-SCALE " + json.dumps(status))
 
 def run_client(address: str, python: str, run: str, workers: int, wait_s: float) -> dict:
     """CLIENT on the cluster: as a Ray job for a dashboard address (http://...), else here."""
+    # start-up time: loaded when this runs, not at import
     from learner.driver.submit import TERMINAL, submit_with_retry, use_token_if_available
 
     use_token_if_available()  # Ray 2.60 heads ask for the token, jobs and GCS alike
     argv = [run, str(workers), str(wait_s)]
     if "://" in address and not address.startswith("ray://"):
+        # start-up time: a heavy library, loaded when this runs
         from ray.job_submission import JobSubmissionClient
 
         client = JobSubmissionClient(address)
@@ -232,6 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.workers is not None and args.workers < 1:
         print(f"art-scale: error: --workers {args.workers}: set >= 1", file=sys.stderr)
         return 2
+    # start-up time: loaded when this runs, not at import
     from learner.driver.submit import dashboard_problem
 
     if "://" in args.address and not args.address.startswith("ray://"):

@@ -57,6 +57,7 @@ class Shipment:
 
 def task_strings(task_cfg) -> list[str]:
     """Every string of the task's config that may name a file or an import path."""
+    # start-up time: a heavy library, loaded when this runs
     from omegaconf import OmegaConf
 
     found: list[str] = []

@@ -122,6 +122,7 @@ def gpu_memory_bytes(configured_gib: float | None) -> int:
 
 def apply_plan(cfg) -> Plan:
     """The plan for `cfg` written into it: vLLM's fraction, sleep mode, the token budget."""
+    # start-up time: a heavy library, loaded when this runs
     from omegaconf import open_dict
 
     sleep_mode = cfg.rollout.sleep_mode

@@ -12,9 +12,12 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import socket
 import sys
+import tempfile
 import time
 from pathlib import Path
+from urllib.parse import urlparse
 
 from shared.storage import exits_on_storage_errors
 
@@ -58,8 +61,6 @@ def use_token_if_available() -> None:
 
 def dashboard_problem(address: str, timeout_s: float = 5.0) -> str | None:
     """Why the Ray dashboard (job server) at `address` cannot take a job, or None."""
-    import socket
-    from urllib.parse import urlparse
 
     parsed = urlparse(address)
     try:
@@ -85,7 +86,6 @@ def submit_with_retry(client, retry_s: float = 90.0, **job) -> str:
 
 
 def package_place() -> str:
-    import tempfile
 
     return f"a file of the job's package under TMPDIR={tempfile.gettempdir()}"
 
@@ -94,7 +94,10 @@ def held_run_folder(cfg) -> str | None:
     """Why the run folder the job would use is in use by a live driver, as far as this machine
     can tell (None: free, or not a folder it sees). The job's driver checks it again where it
     runs (learner/driver/runlock.py); this check answers before the job is queued."""
+    # start-up time: loaded when this runs, not at import
     from learner.driver.cli import choose_run_dir
+
+    # start-up time: loaded when this runs, not at import
     from learner.driver.runlock import busy_message, live_holder
 
     if cfg.resume_from:
@@ -137,13 +140,23 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     use_token_if_available()
+    # start-up time: a heavy library, loaded when this runs
     from ray.job_submission import JobSubmissionClient
 
     address = args.address if "://" in args.address else f"http://{args.address}"
+    # start-up time: loaded when this runs, not at import
     from learner.driver.cli import check_overrides, compose_config, rewrite_model_override
+
+    # start-up time: loaded when this runs, not at import
     from learner.driver.shipping import Shipment, plan_shipment
+
+    # start-up time: loaded when this runs, not at import
     from shared.config import validate
+
+    # start-up time: loaded when this runs, not at import
     from shared.errors import UserError
+
+    # start-up time: loaded when this runs, not at import
     from shared.tasks.scoring import check_task_config
 
     try:  # the job's config and run folder, checked here before any cluster is contacted
@@ -163,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     if problem:
         print(f"art-submit: error: {problem}", file=sys.stderr)
         return 2
+    # start-up time: loaded when this runs, not at import
     from learner.driver.cluster import actor_env
 
     env_vars = {**actor_env(), **shipment.env(), **dict(kv.split("=", 1) for kv in args.env)}
@@ -171,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     for key in ("MLFLOW_TRACKING_URI", "HF_TOKEN", "ART_VLLM_PYTHON"):
         if key in os.environ and key not in env_vars:
             env_vars[key] = os.environ[key]
+    # start-up time: loaded when this runs, not at import
     from learner.driver.cluster import VLLM_VENV_PYTHON
 
     if "ART_VLLM_PYTHON" not in env_vars and VLLM_VENV_PYTHON.exists():

@@ -5,12 +5,17 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
+import socket
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from urllib.parse import urlparse
 
 from omegaconf import OmegaConf
 
+from learner.driver.plots import evolution_grid, training_curves
 from shared.atomic import write_bytes_atomic, write_folder_atomic
 from shared.errors import UserError
 from shared.messages import ImageUpdate
@@ -21,8 +26,6 @@ logger = logging.getLogger("art.train")
 def check_tracking_uri(uri: str, timeout_s: float = 5.0) -> None:
     """Refuse at once an MLflow server that does not answer (MLflow itself retries for
     minutes before it gives up)."""
-    import socket
-    from urllib.parse import urlparse
 
     parsed = urlparse(uri)
     if parsed.scheme not in ("http", "https"):
@@ -59,8 +62,6 @@ def flatten(d: dict, prefix: str = "") -> dict:
 def ensure_writable(folder: Path, setting: str = "output_dir") -> None:
     """Refuse, before anything is written, an output folder that cannot be created: a probe
     folder is made (and removed) in the nearest existing parent. `setting` chooses it."""
-    import shutil
-    import tempfile
 
     probe = Path(folder).resolve()
     while not probe.exists():
@@ -124,7 +125,6 @@ class RunOutputs:
     def plots(self, history: dict, title: str) -> None:
         """`curves.png` (reward, accuracy, kept-group fraction per step) and, for ART,
         `images/evolution.png` (the image at every checkpoint); both logged to MLflow."""
-        from learner.driver.plots import evolution_grid, training_curves
 
         self.write("curves.png", training_curves(history, title), log=True)
         steps = sorted((self.run_dir / "images").glob("step_*.png"))
@@ -178,6 +178,7 @@ class Progress:
     def __init__(self, cfg, start_step: int):
         self.total, self.bar = cfg.steps, None
         if cfg.logging.progress and sys.stderr.isatty():
+            # start-up time: a heavy library, loaded when this runs
             from tqdm import tqdm
 
             self.bar = tqdm(

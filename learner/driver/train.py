@@ -144,15 +144,20 @@ def prepare(cfg: DictConfig) -> Plan:
     run folder's lock, load the checkpoint to resume from and check the disk's room; refuse
     what cannot work before any process exists (and, but for the lock, any file)."""
     algorithm = check_config(cfg)  # the sections' rules and the algorithm's (a user's imports)
+    # start-up time: loaded when this runs, not at import
     from learner.preprocess import VisionSpec, validate_image_size
 
     worker_python(cfg)  # the rollout workers' interpreter, before anything starts
     check_tracking_uri(cfg.logging.tracking_uri)
     if cfg.cluster.single_gpu:  # the memory plan of one shared GPU, or a refusal
+        # start-up time: loaded when this runs, not at import
         from learner.driver.single_gpu import apply_plan
 
         logger.info("cluster=single_gpu: %s", apply_plan(cfg).describe())
+    # start-up time: loaded when this runs, not at import
     from shared.images import seed_image
+
+    # start-up time: loaded when this runs, not at import
     from shared.tasks.scoring import open_task
 
     task, train_examples, scorer = open_task(cfg.task, cfg.task.split)  # rewards checked
@@ -249,6 +254,7 @@ def release(lock: RunLock) -> None:
 def resume_worker_count(cfg: DictConfig, state: DriverState) -> None:
     """A resumed run gets the rollout worker count it had (art-scale may have changed it),
     unless its command now gives another `rollout.num_workers`."""
+    # start-up time: a heavy library, loaded when this runs
     from omegaconf import open_dict
 
     configured, wanted = cfg.rollout.num_workers, state.workers_wanted
@@ -286,6 +292,7 @@ def check_room(
     """Refuse a run whose output folder has no room for a few checkpoints (the size of the one
     it resumes from, or an estimate from the config); `warn` when all it would keep do not
     fit."""
+    # start-up time: loaded when this runs, not at import
     from shared.storage import free_bytes
 
     size = checkpoint.stat().st_size if checkpoint else estimate_checkpoint_bytes(cfg, model_path)
@@ -363,6 +370,7 @@ def train_run(cfg: DictConfig, plan: Plan, wall_start: float) -> dict:
         return [*replicas, *pool_actors, *made.get("control", [])]
 
     with run_scope(ray, owns_ray, actors, mlflow):
+        # start-up time: loaded when this runs, not at import
         from learner.driver.scale import Elastic
 
         pool = made["pool"] = WorkerPool(
@@ -577,6 +585,7 @@ def learner_call(run: Run, step: int, method: str, *args):
     """`learner.<method>(*args)` on every replica; a learner (replica) whose process died stops
     the run with its outputs saved and the command that resumes it (with any
     learner.num_replicas)."""
+    # start-up time: a heavy library, loaded when this runs
     from ray.exceptions import ActorUnavailableError, RayActorError
 
     try:

@@ -12,6 +12,14 @@ Anything else is a Hugging Face hub id or a local directory, passed through.
 
 from __future__ import annotations
 
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from learner.models.embedded import embedded_model_path
+from learner.models.qwen3_5_0_8b_random import ensure_built
+from shared.errors import DataAccessError
+
 BUILT_MODELS = ("tiny", "tiny_hint", "qwen3_5_0_8b_random")
 
 
@@ -20,12 +28,8 @@ def resolve_model_path(name: str) -> str:
     passed through."""
     match name:
         case "tiny" | "tiny_hint":
-            from learner.models.embedded import embedded_model_path
-
             return str(embedded_model_path(name))
         case "qwen3_5_0_8b_random":
-            from learner.models.qwen3_5_0_8b_random import ensure_built
-
             return str(ensure_built())
         case _:
             return check_hub_model(name)
@@ -34,13 +38,9 @@ def resolve_model_path(name: str) -> str:
 def check_hub_model(name: str, timeout_s: float = 10.0) -> str:
     """A local folder passes; a hub id must be in the local Hugging Face cache or answer one
     request within `timeout_s` (no retries), else a `UserError` says how to use a local copy."""
-    import urllib.error
-    import urllib.request
-    from pathlib import Path
 
+    # start-up time: a heavy library, loaded when this runs
     from huggingface_hub import constants, try_to_load_from_cache
-
-    from shared.errors import DataAccessError
 
     if Path(name).expanduser().is_dir():
         return check_model_folder(Path(name).expanduser())
@@ -75,7 +75,6 @@ def check_hub_model(name: str, timeout_s: float = 10.0) -> str:
 def check_model_folder(folder) -> str:
     """A local model folder must hold the model, its tokenizer and its image processor: the
     learner and the engines load all three."""
-    from shared.errors import DataAccessError
 
     names = {p.name for p in folder.iterdir()}
     missing = []

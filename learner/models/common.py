@@ -88,6 +88,7 @@ def build_byte_tokenizer(special_tokens: list[str], first_special_id: int | None
     vocabulary holds merged pieces: encoding never produces one (there are no merges), but a
     model that samples one decodes to ordinary bytes, digits included.
     """
+    # start-up time: a heavy library, loaded when this runs
     from transformers.models.qwen3_5.tokenization_qwen3_5 import Qwen3_5Tokenizer
 
     symbols = list(bytes_to_unicode().values())
@@ -116,6 +117,7 @@ def default_cache_dir() -> Path:
 
 
 def cache_key(builder_version: int) -> str:
+    # start-up time: a heavy library, loaded when this runs
     import transformers
 
     payload = json.dumps({"v": builder_version, "transformers": transformers.__version__})

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import logging
 import platform
 import shutil
 import sys
@@ -126,7 +127,10 @@ def verify(name: str) -> dict:
 def rebuild(name: str) -> dict:
     """Build `name` into a temporary folder, record what built it, and replace the shipped
     folder (renamed into place: an interrupted build leaves the old model)."""
+    # start-up time: a heavy library, loaded when this runs
     import torch
+
+    # start-up time: a heavy library, loaded when this runs
     import transformers
 
     model = _registry()[name]
@@ -181,7 +185,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", choices=sorted(_registry()), help="rebuild one model only")
     parser.add_argument("--check", action="store_true", help="verify, do not rebuild")
     args = parser.parse_args(argv)
-    import logging
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     names = [args.only] if args.only else sorted(_registry())

@@ -26,12 +26,14 @@ Sources of the values below:
 from __future__ import annotations
 
 import logging
+import tempfile
 import time
 from pathlib import Path
 
 import torch
 
 from learner.models.common import ensure_built as _ensure_built
+from learner.models.qwen3_5_tokenizer import build_tokenizer as build_qwen3_5
 
 logger = logging.getLogger(__name__)
 
@@ -105,9 +107,6 @@ TOKEN_IDS = {
 def build_tokenizer(folder: Path | None = None):
     """The real Qwen3.5 tokenizer (learner/models/qwen3_5_tokenizer.py), with the published
     chat template, built into `folder` (a temporary one if not given)."""
-    import tempfile
-
-    from learner.models.qwen3_5_tokenizer import build_tokenizer as build_qwen3_5
 
     if folder is not None:
         return build_qwen3_5(Path(folder))
@@ -116,7 +115,10 @@ def build_tokenizer(folder: Path | None = None):
 
 
 def build_processor(tokenizer):
+    # start-up time: a heavy library, loaded when this runs
     from transformers import Qwen2VLImageProcessor, Qwen3VLProcessor
+
+    # start-up time: a heavy library, loaded when this runs
     from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
 
     video = Qwen3VLVideoProcessor(patch_size=16, merge_size=2, temporal_patch_size=2)
@@ -129,6 +131,7 @@ def build_processor(tokenizer):
 
 
 def build_config():
+    # start-up time: a heavy library, loaded when this runs
     from transformers import Qwen3_5Config
 
     text = dict(TEXT_CONFIG, pad_token_id=FIRST_SPECIAL_ID)
@@ -139,6 +142,7 @@ def build_config():
 
 def build(out_dir: Path, seed: int = 0) -> dict:
     """Random weights (the model's own init), saved in bfloat16 as the release is."""
+    # start-up time: a heavy library, loaded when this runs
     from transformers import Qwen3_5ForConditionalGeneration
 
     start = time.perf_counter()

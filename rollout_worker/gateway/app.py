@@ -35,6 +35,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from rollout_worker.gateway.backends import BackendPool, BackendUnavailable
 from rollout_worker.gateway.registry import Task, TaskRegistry
+from shared.errors import UserError
 
 logger = logging.getLogger("art-serve")
 
@@ -179,7 +180,6 @@ class Gateway:
 
     async def served_model(self) -> str:
         """The first backend's (only) model, asked once at start when --model is not given."""
-        from shared.errors import UserError
 
         try:
             async with self.pool.request("GET", "/v1/models") as (url, response):

@@ -42,6 +42,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -85,11 +86,19 @@ def write_random_adapters(model: str, folder: Path, names: list[str], scale: flo
     """Random LoRA adapters of the baseline's shape, as PEFT folders vLLM loads. The shapes
     come from PEFT on the model built on the meta device (no weights are loaded); B is random
     too (PEFT starts it at zero, which would make every adapter the base model)."""
+    # start-up time: a heavy library, loaded when this runs
     import torch
+
+    # start-up time: a heavy library, loaded when this runs
     from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
+
+    # start-up time: a heavy library, loaded when this runs
     from safetensors.torch import save_file
+
+    # start-up time: a heavy library, loaded when this runs
     from transformers import AutoConfig, AutoModelForImageTextToText
 
+    # start-up time: loaded when this runs, not at import
     from shared.config import LoraSettings
 
     lora = LoraSettings()
@@ -303,6 +312,7 @@ class Cell:
 def cpu_snapshot(pids: dict[str, int]) -> dict[str, float]:
     """CPU seconds used so far by the engine's process tree, the gateway, this process (the
     load generator) and the whole machine."""
+    # start-up time: loaded when this runs, not at import
     from rollout_worker.gateway.launch import cpu_s, machine_busy_cpu_s
 
     out = {"machine": machine_busy_cpu_s(), "client": cpu_s(os.getpid(), children=False)}
@@ -324,6 +334,7 @@ async def run_cell(
     new requests after `args.max_seconds`; fill in the cell's figures. `pids`: {"engine":
     pid, "gateway": pid} for the CPU each used per request, and what the rest of the machine
     used meanwhile (`other_cpu`, the noise the cell was measured under)."""
+    # start-up time: a heavy library, loaded when this runs
     import httpx
 
     before, cpu_before = engine_counters(server.metrics()), cpu_snapshot(pids or {})
@@ -453,6 +464,7 @@ class Run:
 
     # processes
     def engine(self, lora: bool):
+        # start-up time: loaded when this runs, not at import
         from rollout_worker.gateway.launch import (
             MM_LIMITS,
             VllmServer,
@@ -500,6 +512,7 @@ class Run:
         return name, server
 
     def gateway(self, server):
+        # start-up time: loaded when this runs, not at import
         from rollout_worker.gateway.launch import free_port
 
         port = free_port()
@@ -520,7 +533,6 @@ class Run:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
         log.close()
         url = f"http://127.0.0.1:{port}"
-        import urllib.request
 
         deadline = time.monotonic() + 120
         while True:
@@ -537,6 +549,7 @@ class Run:
     # figures
     def references(self, url_of, bodies_of) -> dict[str, list[Answer]]:
         """The single-request greedy answer of every task of every method (one at a time)."""
+        # start-up time: a heavy library, loaded when this runs
         import httpx
 
         async def go():
@@ -589,6 +602,7 @@ class Run:
     def add_a_task(self, server, gateway_url) -> dict:
         """The cost of a new task on the running engine: a PNG vs an adapter (and each one's
         first answer checked against a single request with the image / the adapter)."""
+        # start-up time: a heavy library, loaded when this runs
         import httpx
 
         a, out = self.args, {"png_first_s": [], "lora_load_s": [], "lora_first_s": []}
@@ -757,9 +771,11 @@ def ratios_per_repeat(all_cells, engine, a: tuple[str, int], b: tuple[str, int])
 
 
 def plot(cells: list[Cell], ks: list[int], path: Path) -> None:
+    # start-up time: a heavy library, loaded when this runs
     import matplotlib
 
     matplotlib.use("Agg")
+    # start-up time: a heavy library, loaded when this runs
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.8))

@@ -11,9 +11,13 @@ Then any OpenAI client: `model="<run folder name>"`, text-only messages.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import logging
 import sys
+import urllib.request
 
+from rollout_worker.gateway.options import parse_image_size
 from shared.errors import UserError
 
 
@@ -80,6 +84,7 @@ def parser() -> argparse.ArgumentParser:
 def launch_args(python: str, extra: list[str]) -> list[str]:
     """vLLM's arguments for --launch: one image per prompt, and on the CPU build what it needs
     (each default only where `extra` does not set that flag)."""
+    # start-up time: loaded when this runs, not at import
     from rollout_worker.gateway.launch import MM_LIMITS, cpu_server_args, is_cpu_build
 
     defaults = MM_LIMITS + (cpu_server_args(max_model_len=4096) if is_cpu_build(python) else [])
@@ -110,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def serve(args: argparse.Namespace, extra: list[str]) -> int:
-    from rollout_worker.gateway.app import GatewayConfig, parse_image_size
+    # start-up time: loaded when this runs, not at import
+    from rollout_worker.gateway.app import GatewayConfig
 
     if extra and not args.launch:
         raise UserError("arguments after `--` go to the vLLM server of --launch; none is launched")
@@ -135,6 +141,7 @@ def serve(args: argparse.Namespace, extra: list[str]) -> int:
         )
 
     if args.ray:
+        # start-up time: loaded when this runs, not at import
         from rollout_worker.gateway.ray_serve import run
 
         url = run(config(args.backend, args.model), args.replicas, args.host, args.port,
@@ -145,6 +152,7 @@ def serve(args: argparse.Namespace, extra: list[str]) -> int:
     if not args.launch:
         return run_uvicorn(config(args.backend, args.model), args)
 
+    # start-up time: loaded when this runs, not at import
     from rollout_worker.gateway.launch import VllmServer, vllm_python
 
     python = vllm_python()
@@ -158,8 +166,6 @@ def serve(args: argparse.Namespace, extra: list[str]) -> int:
 
 def ask_model(url: str) -> str:
     """The first model a running server lists."""
-    import json
-    import urllib.request
 
     try:
         with urllib.request.urlopen(url.rstrip("/") + "/v1/models", timeout=30) as response:
@@ -173,11 +179,14 @@ def ask_model(url: str) -> str:
 
 def run_uvicorn(config, args: argparse.Namespace) -> int:
     """Check the tasks (one line each), then serve until interrupted."""
-    import dataclasses
 
+    # start-up time: a heavy library, loaded when this runs
     import uvicorn
 
+    # start-up time: loaded when this runs, not at import
     from rollout_worker.gateway.app import create_app
+
+    # start-up time: loaded when this runs, not at import
     from rollout_worker.gateway.registry import TaskRegistry
 
     if config.model is None:

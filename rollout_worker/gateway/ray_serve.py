@@ -18,6 +18,7 @@ from ray import serve
 
 from rollout_worker.gateway.app import GatewayConfig, create_app
 from rollout_worker.gateway.options import parse_image_size
+from shared.errors import UserError
 
 
 @serve.ingress()
@@ -73,9 +74,8 @@ def run(
 ) -> str:
     """Deploy on the running cluster at `address` and return the gateway's URL; the
     application keeps running after this process exits (`serve shutdown` stops it)."""
+    # start-up time: a heavy library, loaded when this runs
     import ray
-
-    from shared.errors import UserError
 
     try:
         ray.init(address=address, log_to_driver=False)

@@ -174,6 +174,7 @@ class TaskRegistry:
             if self.source.suffix == ".json":
                 raw = json.loads(text)
             else:
+                # optional dependency: its absence is handled below
                 import yaml
 
                 raw = yaml.safe_load(text)

@@ -66,6 +66,7 @@ def load_local_rows(path: str | Path) -> list[dict]:
     would unify nested structs across rows and fill absent keys with nulls. CSV and Parquet
     go through `datasets`.
     """
+    # start-up time: a heavy library, loaded when this runs
     import datasets
 
     path = resolve_path(path)
@@ -87,6 +88,7 @@ def load_local_rows(path: str | Path) -> list[dict]:
 
 
 def load_hub_rows(repo: str, config: str | None, split: str, gated: bool = False) -> list[dict]:
+    # start-up time: a heavy library, loaded when this runs
     import datasets
 
     try:

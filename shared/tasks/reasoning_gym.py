@@ -29,6 +29,7 @@ INSTALL = 'pip install -e ".[tasks]" (or pip install reasoning-gym==0.1.25)'
 
 def _reasoning_gym():
     try:
+        # optional dependency: the tasks extra
         import reasoning_gym
     except ImportError as err:
         raise UserError(
@@ -60,7 +61,10 @@ class ReasoningGymTask(Task):
         if size < 1 or test_size < 1:
             raise UserError("task.options.size and task.options.test_size must be >= 1")
         rg = _reasoning_gym()
+        # optional dependency: the tasks extra
         from reasoning_gym.factory import DATASETS
+
+        # optional dependency: the tasks extra
         from reasoning_gym.utils import SYSTEM_PROMPTS
 
         weights = {dataset: 1.0} if dataset is not None else dict(datasets)
@@ -99,6 +103,7 @@ class ReasoningGymTask(Task):
                 return self.rg.create_dataset(
                     name, size=size, seed=seed, **self.options.get(name, {})
                 )
+            # optional dependency: the tasks extra
             from reasoning_gym.composite import DatasetSpec
 
             specs = [
@@ -143,6 +148,7 @@ class ReasoningGymTask(Task):
         return out[:limit] if limit is not None else list(out)
 
     def _answer(self, completion: str) -> str | None:
+        # optional dependency: the tasks extra
         from reasoning_gym.utils import extract_answer
 
         return extract_answer(strip_thinking(completion) or completion)

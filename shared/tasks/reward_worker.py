@@ -30,6 +30,7 @@ def main(read_fd: int, write_fd: int) -> None:
     inbox, outbox = Connection(read_fd, writable=False), Connection(write_fd, readable=False)
     specs = inbox.recv()
     try:
+        # optional dependency: its absence is handled below
         from shared.tasks.entrypoints import load_entry
 
         functions = [load_entry(spec, "task.rewards") for spec in specs]

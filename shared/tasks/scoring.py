@@ -32,13 +32,15 @@ import math
 import numbers
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import SimpleNamespace
 from typing import Any
 
+import shared.tasks as tasks  # load_task looked up per call (tests replace it)
 from shared.errors import UserError
 from shared.tasks.base import Example
 from shared.tasks.entrypoints import EntryPointError, load_entry
+from shared.tasks.reward_pool import RewardPool
 
 logger = logging.getLogger("art.rewards")
 
@@ -273,8 +275,6 @@ class Scorer:
                     outcomes.append(("error", f"{type(err).__name__}: {str(err)[:200]}"))
             return outcomes
         if self.pool is None:
-            from shared.tasks.reward_pool import RewardPool
-
             self.pool = RewardPool(
                 [f.spec for f in self.user_functions], self.processes, self.timeout_s
             )
@@ -420,7 +420,6 @@ def _problem(value, fn: RewardFunction | None, strict: bool = False) -> str | No
 def build_scorer(task_cfg, task, columns: Sequence[str] | None = None) -> Scorer:
     """The scorer a task config asks for (`task.rewards`, `task.score`, ...), every function
     imported and its signature checked now (`columns`: the data's columns, when known)."""
-    from dataclasses import replace
 
     rewards = list(task_cfg.rewards or [])
     weights = task_cfg.reward_weights
@@ -473,9 +472,8 @@ def open_task(task_cfg, split: str, limit: int | None = None):
     """The configured task through the one door: (task, its examples of `split`, Scorer).
     The task's class, options, data and every reward entry point are checked here, before
     any process starts; a task's own system prompt fills `task.system_prompt` when null."""
+    # start-up time: a heavy library, loaded when this runs
     from omegaconf import OmegaConf, open_dict
-
-    from shared.tasks import load_task
 
     options = task_cfg.options
     options = (
@@ -483,7 +481,7 @@ def open_task(task_cfg, split: str, limit: int | None = None):
         if OmegaConf.is_config(options)
         else dict(options or {})
     )
-    task = load_task(task_cfg.name, **options)
+    task = tasks.load_task(task_cfg.name, **options)
     examples = task.examples(split, limit)
     scorer = build_scorer(task_cfg, task, data_columns(examples))
     if task_cfg.system_prompt is None and getattr(task, "system_prompt", None):
@@ -499,9 +497,8 @@ def check_task_config(task_cfg) -> None:
     """The task's entry points checked without loading its data (art-submit, before the job
     is sent): the task class imports and takes the options, every reward and score function
     imports and has a shape."""
+    # start-up time: a heavy library, loaded when this runs
     from omegaconf import OmegaConf
-
-    from shared.tasks import check_options, load_task_class
 
     options = task_cfg.options
     options = (
@@ -509,7 +506,7 @@ def check_task_config(task_cfg) -> None:
         if OmegaConf.is_config(options)
         else dict(options or {})
     )
-    check_options(load_task_class(task_cfg.name), task_cfg.name, options)
+    tasks.check_options(tasks.load_task_class(task_cfg.name), task_cfg.name, options)
     for spec in task_cfg.rewards or []:
         load_function(spec, "task.rewards", None)
     if task_cfg.score:

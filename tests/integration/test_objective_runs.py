@@ -163,3 +163,29 @@ def test_compare_three_objectives(ray_local, tmp_path):
     for name in ("dapo", "grpo", "sft"):
         cfg = (tmp_path / "cmp" / name / "config.yaml").read_text()
         assert f"loss: {name}" in cfg
+
+
+@pytest.mark.slow
+def test_on_policy_distillation_from_a_teacher_model_closes_half_of_the_kl_gap(ray_local, tmp_path):
+    """algo=opd on the embedded default: the student (tiny, the image) samples, the teacher
+    model (tiny_hint, given the task's hint) scores; the image closes the reverse-KL gap
+    (2.65 -> 0.15, 94 % in 40 steps on a 2-core EPYC; half holds anywhere)."""
+    cfg = _cfg(tmp_path, "opd", "algo=opd", "steps=40", "eval.every=40", "eval.val_size=8")
+    summary = train(cfg)
+    print(f"\nopd: KL {summary['kl_seed']:.3f} -> {summary['kl_last5']:.3f}, "
+          f"closed {summary['kl_gap_closed']:.1%}, accuracy {summary['best_eval_accuracy']}")  # fmt: skip
+    assert summary["loss"] == "opd" and summary["kl_gap_closed"] >= 0.5
+    assert summary["best_eval_accuracy"] >= 0.8  # the student now says the teacher's answer
+    assert "teacher_sample_accuracy" not in json.loads(
+        (Path(cfg.run_dir) / "summary.json").read_text()
+    )
+
+
+@pytest.mark.slow
+def test_rloo_advantages_train_the_embedded_default(ray_local, tmp_path):
+    """algo.adv_estimator=rloo: 0.20 -> 0.92 in 60 steps on a 2-core EPYC; +0.3 in 30 holds."""
+    cfg = _cfg(tmp_path, "rloo", "algo.adv_estimator=rloo", "steps=30", "eval.every=0")
+    summary = train(cfg)
+    print(f"\nrloo: reward {summary['reward_first5']:.3f} -> {summary['reward_last5']:.3f}")
+    assert summary["reward_last5"] - summary["reward_first5"] >= 0.3
+    assert "adv_estimator: rloo" in (Path(cfg.run_dir) / "config.yaml").read_text()

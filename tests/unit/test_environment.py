@@ -36,7 +36,9 @@ def copy(tmp_path, monkeypatch):
 
 def test_a_dependency_added_to_pyproject_fails_the_check(copy):
     text = (copy / "pyproject.toml").read_text()
-    (copy / "pyproject.toml").write_text(text.replace('"tqdm>=4.66",', '"tqdm>=4.66", "art-no-such-package",'))
+    (copy / "pyproject.toml").write_text(
+        text.replace('"tqdm>=4.66",', '"tqdm>=4.66", "art-no-such-package",')
+    )
     problems = lock.check()
     assert any("not written from the current pyproject.toml" in p for p in problems), problems
     assert any("lacks art-no-such-package" in p for p in problems), problems

@@ -2,13 +2,9 @@
 loss and its gradient with respect to the log-probs.
 
 Neither library is a dependency (verl pins its own stack; TRL's GRPO loss lives inside its
-trainer), so these tests skip where they cannot be imported. To run them, unpack the wheels
-beside the project without installing them (no other package changes):
-
-    pip download --no-deps verl==0.9.1 tensordict==0.15.3 pyvers codetiming orjson \
-        trl==1.16.0 -d /tmp/w
-    for f in /tmp/w/*.whl; do unzip -qo "$f" -d /tmp/refs; done
-    PYTHONPATH=$PWD:/tmp/refs pytest tests/unit/learner/test_objectives_reference.py
+trainer): `make test-reference` downloads their pinned wheels into a cache, unpacks them beside
+the project without installing them (no other package changes) and runs this file with
+`ART_REFERENCE_REQUIRED=1`, under which a missing library fails instead of skipping. CI runs it.
 
 verl's policy losses are called as registered (`core_algos.get_policy_loss_fn`); TRL's
 `GRPOTrainer._compute_loss` is called on a stand-in for the trainer that hands it our log-probs
@@ -17,6 +13,8 @@ verl's policy losses are called as registered (`core_algos.get_policy_loss_fn`);
 
 from __future__ import annotations
 
+import importlib
+import os
 from collections import defaultdict
 from types import SimpleNamespace
 
@@ -25,7 +23,15 @@ import pytest
 import torch
 
 from learner.dapo import group_advantages
-from learner.objectives import LossSettings, get_policy_loss
+from learner.objectives import LossSettings, get_adv_estimator, get_policy_loss
+
+REQUIRED = os.environ.get("ART_REFERENCE_REQUIRED") == "1"  # make test-reference: never skip
+
+
+def importorskip(module: str, reason: str):
+    if REQUIRED:
+        return importlib.import_module(module)  # an ImportError fails the test
+    return pytest.importorskip(module, reason=reason)
 
 B, T, HORIZON = 6, 7, 9
 
@@ -59,7 +65,7 @@ def _check(ours, theirs):
 # ---- verl -------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def verl():
-    core_algos = pytest.importorskip(
+    core_algos = importorskip(
         "verl.trainer.ppo.core_algos", reason="verl is not importable (see the module docstring)"
     )
     from verl.workers.config import ActorConfig
@@ -118,6 +124,17 @@ def test_cispo_is_verls_cispo_without_a_lower_cap(verl):
     _check(ours, verl("cispo", *args, "token-mean", 1.0, 0.28))
 
 
+def test_rloo_advantages_are_verls_rloo_advantages(verl):
+    rewards = torch.tensor([[1.0, 0.0, 0.4, 1.0], [0.1, 0.1, 0.1, 0.9], [0.3, 0.3, 0.3, 0.3]])
+    ours = get_adv_estimator("rloo")(rewards, False).reshape(-1)
+    scores = torch.zeros(12, 3)
+    scores[:, -1] = rewards.reshape(-1)
+    theirs, _ = verl.core_algos.compute_rloo_outcome_advantage(
+        scores, torch.ones(12, 3), np.repeat(np.arange(3), 4)
+    )
+    torch.testing.assert_close(ours, theirs[:, 0], rtol=1e-6, atol=1e-6)
+
+
 @pytest.mark.parametrize("norm_by_std", [True, False])
 def test_group_advantages_are_verls_grpo_advantages(verl, norm_by_std):
     rewards = torch.tensor([[1.0, 0.0, 0.4, 1.0], [0.1, 0.1, 0.1, 0.9], [0.3, 0.3, 0.3, 0.3]])
@@ -134,7 +151,7 @@ def test_group_advantages_are_verls_grpo_advantages(verl, norm_by_std):
 # ---- TRL --------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def trl():
-    grpo = pytest.importorskip(
+    grpo = importorskip(
         "trl.trainer.grpo_trainer", reason="trl is not importable (see the module docstring)"
     )
 

@@ -177,3 +177,40 @@ def test_distillation_lowers_the_kl_and_chunks_give_the_same_gradient(
     # model the KL falls steadily (0.96 -> 0.41 forward, 1.10 -> 0.44 reverse on a 2-core EPYC);
     # a margin of 30 % holds wherever float rounding differs.
     assert kls[-1] < 0.7 * kls[0], kls
+
+
+def test_on_policy_distillation_from_the_same_model_is_reverse_context_distillation(
+    tiny_model_path, tiny_processor, tokens
+):
+    """opd's teacher is another model; given the student's own model as the teacher (and the
+    same teacher prompts) it computes reverse context distillation's KL and gradient."""
+    settings = dict(lr=0.1, num_minibatches=1, init="noise")
+    distill = Learner(LearnerSettings(tiny_model_path, "tiny", 64, 64, loss="distill",
+                                      distill_direction="reverse", **settings))  # fmt: skip
+    opd = Learner(LearnerSettings(tiny_model_path, "tiny", 64, 64, loss="opd",
+                                  teacher_model_path=tiny_model_path, **settings))  # fmt: skip
+    batch = _distill_batch(tiny_model_path, tiny_processor, tokens, distill, "reverse")
+    results = []
+    for learner in (distill, opd):
+        learner.optimizer.step = lambda: None  # the gradient only
+        results.append((learner.update(batch)[0]["kl"], learner.image.theta_CHW.grad.clone()))
+    assert results[1][0] == pytest.approx(results[0][0], rel=1e-6)
+    torch.testing.assert_close(results[1][1], results[0][1], rtol=1e-5, atol=1e-7)
+    assert opd.objective.teacher_policy.model is not opd.model  # a model of its own
+
+
+def test_a_teacher_with_another_tokenizer_is_refused_in_one_line(tiny_model_path, tmp_path):
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from shared.errors import UserError
+
+    teacher = tmp_path / "teacher"
+    shutil.copytree(tiny_model_path, teacher)
+    tokenizer = AutoTokenizer.from_pretrained(teacher)
+    tokenizer.add_tokens(["<|another|>"])
+    tokenizer.save_pretrained(teacher)
+    with pytest.raises(UserError, match="another tokenizer than model.name=tiny"):
+        Learner(LearnerSettings(tiny_model_path, "tiny", 64, 64, loss="opd",
+                                teacher_model_path=str(teacher)))  # fmt: skip

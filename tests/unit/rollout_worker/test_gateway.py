@@ -17,8 +17,9 @@ from fastapi.testclient import TestClient
 
 from rollout_worker.gateway.app import GatewayConfig, create_app, renamed_events
 from rollout_worker.gateway.backends import BackendPool
-from rollout_worker.gateway.cli import launch_args, main, parse_image_size
+from rollout_worker.gateway.cli import launch_args, main
 from rollout_worker.gateway.launch import free_port
+from rollout_worker.gateway.options import parse_image_size
 from rollout_worker.gateway.registry import TaskRegistry
 from shared.artifact import art_metadata, encode_png
 from shared.errors import UserError

@@ -1,8 +1,8 @@
 """Evaluation renders exactly the prompts training renders."""
 
 from learner.driver.cli import compose_config
-from learner.driver.validation import eval_requests
 from learner.driver.rollouts import prompt_builder, rollout_requests
+from learner.driver.validation import eval_requests
 from shared.tasks import load_task
 
 

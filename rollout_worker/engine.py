@@ -6,9 +6,9 @@ from typing import Protocol
 
 from PIL import Image
 
-from rollout_worker.hf_engine import HFEngine
-from rollout_worker.vllm_engine import VLLMEngine
+from shared.engines import engine_spec
 from shared.messages import Completion, RolloutRequest, SamplingConfig
+from shared.tasks.entrypoints import load_entry
 
 
 class Engine(Protocol):
@@ -30,10 +30,6 @@ class Engine(Protocol):
 
 
 def make_engine(kind: str, model_path: str, **options) -> Engine:
-    match kind:
-        case "hf":
-            return HFEngine(model_path, **options)
-        case "vllm":
-            return VLLMEngine(model_path, **options)
-        case _:
-            raise ValueError(f"unknown rollout engine {kind!r}; use 'hf' (CPU) or 'vllm' (GPU)")
+    """The engine `kind` names (`rollout.engine`), built from its spec's class
+    (shared/engines.py)."""
+    return load_entry(engine_spec(kind).engine_class, "rollout.engine")(model_path, **options)

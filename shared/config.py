@@ -11,6 +11,7 @@ from typing import Any
 
 from omegaconf import MISSING
 
+from shared.engines import engine_rules
 from shared.errors import UserError
 from shared.sampling import MAX_ROUNDS_PER_STEP
 
@@ -171,8 +172,8 @@ class AlgoConfig:
 
 @dataclass
 class RolloutConfig:
-    # Engine: "hf" (transformers generate) or "vllm" (the production engine; on a CPU machine
-    # vLLM's CPU build from `make install-vllm`).
+    # Engine (shared/engines.py): "hf" (transformers generate) or "vllm" (the production engine;
+    # on a CPU machine vLLM's CPU build from `make install-vllm`).
     engine: str = "hf"
     # The Python interpreter of the rollout worker actors (Ray's per-actor `py_executable`):
     # "auto" runs vLLM workers in $ART_VLLM_PYTHON, else in this checkout's .venv-vllm (built by
@@ -499,15 +500,6 @@ def validate(cfg: Any, more_rules: list[tuple[bool, str]] = ()) -> None:
             cfg.method.lora.rank >= 1 and 0 <= cfg.method.lora.dropout < 1,
             "method.lora.rank must be >= 1 and method.lora.dropout in [0, 1)",
         ),
-        (
-            not (rollout.engine == "vllm" and cfg.method.name == "lora")
-            or cfg.method.lora.rank <= 512,
-            f"method.lora.rank={cfg.method.lora.rank}: vLLM serves LoRA ranks up to 512",
-        ),
-        (
-            rollout.engine in ("hf", "vllm"),
-            f"rollout.engine={rollout.engine!r}: use 'hf' or 'vllm'",
-        ),
         (rollout.num_workers >= 1, f"rollout.num_workers={rollout.num_workers}: set >= 1"),
         (
             rollout.max_workers is None or rollout.max_workers >= rollout.num_workers,
@@ -522,11 +514,6 @@ def validate(cfg: Any, more_rules: list[tuple[bool, str]] = ()) -> None:
         (
             rollout.tensor_parallel_size >= 1,
             f"rollout.tensor_parallel_size={rollout.tensor_parallel_size}: set >= 1",
-        ),
-        (
-            rollout.tensor_parallel_size == 1 or rollout.engine == "vllm",
-            f"rollout.tensor_parallel_size={rollout.tensor_parallel_size} needs rollout=vllm "
-            "(the HF engine runs on one device)",
         ),
         (
             rollout.tensor_parallel_size == 1 or rollout.num_gpus_per_worker in (None, 1),
@@ -550,10 +537,6 @@ def validate(cfg: Any, more_rules: list[tuple[bool, str]] = ()) -> None:
         (
             cfg.learner.num_replicas == 1 or not cfg.cluster.single_gpu,
             "cluster=single_gpu runs one learner: set learner.num_replicas=1",
-        ),
-        (
-            rollout.engine != "vllm" or algo.temperature <= 2.0,
-            f"algo.temperature={algo.temperature}: vLLM samples at temperatures up to 2",
         ),
         (
             rollout.num_gpus_per_worker is None or rollout.num_gpus_per_worker >= 0,
@@ -614,6 +597,7 @@ def validate(cfg: Any, more_rules: list[tuple[bool, str]] = ()) -> None:
             "eval.limit must be >= 1 (null: the whole split)",
         ),
         *task_rules(cfg.task),
+        *engine_rules(cfg),  # the rollout engine's own (shared/engines.py)
         *more_rules,
     ]
     if rollout.max_new_tokens is not None:

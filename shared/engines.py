@@ -52,7 +52,10 @@ class HFEngineSpec(EngineSpec):
     def rules(self, cfg: Any) -> list[tuple[bool, str]]:
         tp = cfg.rollout.tensor_parallel_size
         return [
-            (tp == 1, f"rollout.tensor_parallel_size={tp} needs rollout=vllm (the HF engine runs on one device)")  # fmt: skip
+            (
+                tp == 1,
+                f"rollout.tensor_parallel_size={tp} needs rollout=vllm (the HF engine runs on one device)",
+            )  # fmt: skip
         ]
 
 

@@ -6,7 +6,6 @@ path (`rollout.worker_cls`) because `learner/` never imports `rollout_worker/`.
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
 import socket
@@ -23,6 +22,7 @@ from learner.driver.cli import handle_sigterm
 from learner.learner import Learner
 from learner.settings import LearnerSettings
 from shared.config import learner_gpus
+from shared.engines import engine_spec
 from shared.errors import UserError
 from shared.tasks import task_icon
 
@@ -59,11 +59,6 @@ def check_ray_address(address: str, timeout_s: float = 10.0) -> None:
         ) from err
 
 
-REPO = Path(__file__).resolve().parents[2]
-# Where `make install-vllm` builds the rollout workers' vLLM environment.
-VLLM_VENV_PYTHON = REPO / ".venv-vllm" / "bin" / "python"
-
-
 def worker_python(cfg) -> str | None:
     """The interpreter the rollout worker actors run in, or None for the driver's own
     (`rollout.python`; see shared/config.py)."""
@@ -77,27 +72,7 @@ def worker_python(cfg) -> str | None:
                 "with vLLM (`make install-vllm` builds .venv-vllm), or rollout.python=auto"
             )
         return choice
-    if cfg.rollout.engine != "vllm":
-        return None
-    if os.environ.get("ART_VLLM_PYTHON"):
-        return os.environ["ART_VLLM_PYTHON"]
-    if VLLM_VENV_PYTHON.exists():
-        return str(VLLM_VENV_PYTHON)
-    if cfg.cluster.address:
-        logger.warning(
-            "rollout.engine=vllm: neither ART_VLLM_PYTHON nor .venv-vllm here; the workers use "
-            "the driver's interpreter (%s), which must have vLLM on every node",
-            sys.executable,
-        )
-    else:  # local: the driver's own interpreter must have vLLM then
-        if importlib.util.find_spec("vllm") is None:
-            raise UserError(
-                "rollout.engine=vllm needs vLLM, and neither .venv-vllm nor this Python has it: "
-                "run `make install-vllm` (vLLM's CPU build, in its own environment) or, on a GPU "
-                "machine, the environment of deploy/vllm/requirements-gpu.txt (README, 'On a GPU'); or "
-                "set rollout.python=<python with vLLM>"
-            )
-    return None
+    return engine_spec(cfg.rollout.engine).python(cfg)  # the engine's own choice
 
 
 # Ray leaves CUDA_VISIBLE_DEVICES alone for an actor with no GPU (it sees every GPU): an actor
@@ -321,26 +296,8 @@ def learner_settings(
 
 
 def engine_options(cfg, device: str, lora_rank: int | None = None) -> dict:
-    """The keyword arguments of the workers' engine."""
-    rollout = cfg.rollout
-    options = {"dtype": rollout.dtype, "device": device}
-    if rollout.engine == "vllm":
-        options.update(
-            gpu_memory_utilization=rollout.gpu_memory_utilization,
-            kv_cache_memory_bytes=rollout.kv_cache_memory_bytes,
-            enforce_eager=rollout.enforce_eager,
-            max_model_len=rollout.max_model_len,
-            seed=cfg.seed,
-            enable_lora=cfg.method.name == "lora" or lora_rank is not None,
-            max_lora_rank=lora_rank or cfg.method.lora.rank,
-            sleep_mode=bool(rollout.sleep_mode),
-            gdn_prefill_backend=rollout.gdn_prefill_backend,
-            seeded=rollout.seeded,
-            image_size=(cfg.image.height, cfg.image.width),
-        )
-        if rollout.tensor_parallel_size > 1:
-            options["tensor_parallel_size"] = rollout.tensor_parallel_size
-    return options
+    """The keyword arguments of the workers' engine (the engine's spec, shared/engines.py)."""
+    return engine_spec(cfg.rollout.engine).options(cfg, device, lora_rank)
 
 
 def tensor_parallel_plan(cfg) -> dict | None:

@@ -33,6 +33,7 @@ def importorskip(module: str, reason: str):
         return importlib.import_module(module)  # an ImportError fails the test
     return pytest.importorskip(module, reason=reason)
 
+
 B, T, HORIZON = 6, 7, 9
 
 

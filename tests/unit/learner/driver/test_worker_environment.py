@@ -5,6 +5,7 @@ import pytest
 from learner.driver import cluster
 from learner.driver.cli import compose_config
 from rollout_worker.worker import portable
+from shared import engines
 from shared.config import ConfigError, validate
 from shared.errors import UserError
 
@@ -35,7 +36,7 @@ def test_vllm_workers_run_in_the_vllm_environment_hf_workers_in_the_drivers(monk
     }
     assert cluster.worker_python(compose_config("rollout=vllm", "rollout.python=self")) is None
     monkeypatch.delenv("ART_VLLM_PYTHON")
-    monkeypatch.setattr(cluster, "VLLM_VENV_PYTHON", python)
+    monkeypatch.setattr(engines, "VLLM_VENV_PYTHON", python)
     assert cluster.worker_python(compose_config("rollout=vllm")) == str(python)
 
 
@@ -43,7 +44,7 @@ def test_a_missing_worker_python_or_vllm_is_refused_with_what_to_do(monkeypatch,
     with pytest.raises(UserError, match="rollout.python=/no/such/python does not exist"):
         cluster.worker_python(compose_config("rollout=vllm", "rollout.python=/no/such/python"))
     monkeypatch.delenv("ART_VLLM_PYTHON", raising=False)
-    monkeypatch.setattr(cluster, "VLLM_VENV_PYTHON", tmp_path / "absent")
+    monkeypatch.setattr(engines, "VLLM_VENV_PYTHON", tmp_path / "absent")
     with pytest.raises(UserError, match="make install-vllm"):  # this venv has no vLLM
         cluster.worker_python(compose_config("rollout=vllm"))
     # on a cluster the driver cannot look at the nodes: the workers use its interpreter

@@ -8,6 +8,8 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -98,430 +100,95 @@ def _rewards(tmp: Path, name: str, *extra: str) -> list[str]:
     return _custom(tmp, f"task.rewards=[{folder}/{name}]", *extra)
 
 
-# (id, program, args(tmp) -> list, env, expected text in the message)
+@dataclass(frozen=True)
+class Case:
+    """One bad input: the program, its arguments (made in the test's tmp folder), what its one
+    error line must say, and extra environment variables."""
+
+    name: str
+    prog: str
+    args: Callable[[Path], list[str]]
+    expected: str
+    env: dict = field(default_factory=dict)
+
+
+# fmt: off
 CASES = [
-    (
-        "missing seed image",
-        "art-train",
-        lambda t: [f"image.init={t}/nope.png"],
-        {},
-        "does not exist",
-    ),
-    (
-        "corrupt seed image",
-        "art-train",
-        lambda t: [f"image.init={_write(t / 'x.png', b'garbage')}"],
-        {},
-        "cannot be read as an image",
-    ),
-    (
-        "truncated seed PNG",
-        "art-train",
-        lambda t: [f"image.init={_truncated_png(t)}"],
-        {},
-        "cannot be read as an image",
-    ),
-    (
-        "CMYK seed image",
-        "art-train",
-        lambda t: [f"image.init={_png(t / 'cmyk.jpg', 'CMYK')}"],
-        {},
-        "colour mode CMYK",
-    ),
-    (
-        "seed image background",
-        "art-train",
-        lambda t: ["image.background=pink"],
-        {},
-        "image.background='pink'",
-    ),
-    (
-        "image size the processor would resize",
-        "art-train",
-        lambda t: ["image.height=60"],
-        {},
-        "not a multiple of 32",
-    ),
-    (
-        "PNG trained for another model to art-eval",
-        "art-eval",
-        lambda t: [f"eval.conditions=[{_other_model_png(t)}]"],
-        {},
-        "trained for model 'Qwen/Qwen3.5-0.8B', not 'tiny'",
-    ),
-    (
-        "art-eval image that does not exist",
-        "art-eval",
-        lambda t: [f"eval.conditions=[{t}/no.png]"],
-        {},
-        "neither none, seed, an existing PNG file nor a LoRA adapter folder",
-    ),
-    (
-        "art-eval image that is not a PNG",
-        "art-eval",
-        lambda t: [f"eval.conditions=[{_write(t / 'notes.png', b'hello')}]"],
-        {},
-        "cannot be read as a PNG",
-    ),
-    (
-        "art-eval adapter folder without weights",
-        "art-eval",
-        lambda t: [f"eval.conditions=[{_half_adapter(t)}]"],
-        {},
-        "is not a usable LoRA adapter folder",
-    ),
-    (
-        "unknown task",
-        "art-train",
-        lambda t: ["task=mmlu"],
-        {},
-        "task=mmlu: no such option; task is one of: class, custom, gpqa",
-    ),
-    (
-        "unknown config key",
-        "art-train",
-        lambda t: ["algo.group_sise=4"],
-        {},
-        "unknown config key 'algo.group_sise'",
-    ),
-    ("wrong-typed override", "art-train", lambda t: ["steps=many"], {}, "steps: Value 'many'"),
-    ("steps <= 0", "art-train", lambda t: ["steps=0"], {}, "steps=0: set steps >= 1"),
-    ("group_size < 2", "art-train", lambda t: ["algo.group_size=1"], {}, "algo.group_size=1"),
-    (
-        "prompts_per_step = 0",
-        "art-train",
-        lambda t: ["algo.prompts_per_step=0"],
-        {},
-        "algo.prompts_per_step=0",
-    ),
-    (
-        "eps_high < eps_low",
-        "art-train",
-        lambda t: ["algo.eps_high=0.1"],
-        {},
-        "clip-higher needs eps_high >= eps_low",
-    ),
-    (
-        "temperature 0 in training",
-        "art-train",
-        lambda t: ["algo.temperature=0"],
-        {},
-        "algo.temperature=0.0: training samples",
-    ),
-    (
-        "top_p < 1 in training",
-        "art-train",
-        lambda t: ["rollout.top_p=0.9"],
-        {},
-        "top_p=1.0 because",
-    ),
-    ("eval.limit = 0", "art-eval", lambda t: ["eval.limit=0"], {}, "eval.limit must be >= 1"),
-    (
-        "missing data folder",
-        "art-train",
-        lambda t: ["task=gsm8k", f"task.options.data_dir={t}/none"],
-        {},
-        "data folder",
-    ),
-    ("empty data file", "art-train", lambda t: ["task=gsm8k", _gsm8k(t, [])], {}, "holds no rows"),
-    (
-        "malformed JSON row",
-        "art-train",
-        lambda t: ["task=gsm8k", _gsm8k(t, [GOOD_ROW, "{not json"])],
-        {},
-        "train.jsonl row 1 (line 2): invalid JSON",
-    ),
-    (
-        "row without an answer",
-        "art-train",
-        lambda t: ["task=gsm8k", _gsm8k(t, [{"question": "q"}])],
-        {},
-        "row 0: missing field 'answer'",
-    ),
-    (
-        "non-numeric gold",
-        "art-train",
-        lambda t: ["task=gsm8k", _gsm8k(t, [{"question": "q", "answer": "so\n#### seven"}])],
-        {},
-        "final answer ' seven' is not a number",
-    ),
-    (
-        "ToolMind tool arguments that are not JSON",
-        "art-train",
-        lambda t: ["task=toolmind", f"task.options.data_files={_toolmind_bad_arguments(t)}"],
-        {},
-        "malformed tool call",
-    ),
-    (
-        "unwritable output_dir",
-        "art-train",
-        lambda t: ["output_dir=/proc/art-runs"],
-        {},
-        "cannot write the run folder",
-    ),
-    (
-        "checkpoint of another model",
-        "art-train",
-        lambda t: [f"resume_from={_other_model_checkpoint(t)}"],
-        {},
-        "trained for model 'qwen3_5_0_8b_random', not 'tiny'",
-    ),
-    (
-        "resume from a missing checkpoint",
-        "art-train",
-        lambda t: [f"resume_from={t}/gone/last.pt"],
-        {},
-        "does not exist",
-    ),
-    (
-        "resume from a file that is no checkpoint",
-        "art-train",
-        lambda t: [f"resume_from={_write(t / 'r/checkpoints/last.pt', b'hello')}"],
-        {},
-        "not a readable ART checkpoint",
-    ),
-    (
-        "Ray address that does not answer",
-        "art-train",
-        lambda t: ["cluster.address=127.0.0.1:9"],
-        {},
-        "does not answer",
-    ),
-    (
-        "more GPUs than the cluster has",
-        "art-train",
-        lambda t: ["rollout.num_gpus_per_worker=1"],
-        {},
-        "asked for 2 GPU in all",
-    ),
-    (
-        "hub model id with the hub unreachable",
-        "art-train",
-        lambda t: ["model=acme/no-such-model"],
-        {"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_OFFLINE": "0"},
-        "the Hugging Face hub (http://127.0.0.1:9) is unreachable",
-    ),
-    (
-        "art-eval with no conditions",
-        "art-eval",
-        lambda t: ["eval.conditions=[]"],
-        {},
-        "eval.conditions is empty",
-    ),
-    (
-        "model folder without a processor",
-        "art-train",
-        lambda t: [f"model.name={_write(t / 'm/config.json', b'{}').parent}"],
-        {},
-        "lacks tokenizer.json / tokenizer_config.json (the tokenizer), preprocessor_config.json",
-    ),
-    (
-        "learner on cuda without a GPU",
-        "art-train",
-        lambda t: ["model.device=cuda"],
-        {},
-        "asked for 1 GPU in all (learner 1)",
-    ),
-    (
-        "one GPU mode without a GPU",
-        "art-train",
-        lambda t: [
+    Case("missing seed image", "art-train", lambda t: [f"image.init={t}/nope.png"], "does not exist"),
+    Case("corrupt seed image", "art-train", lambda t: [f"image.init={_write(t / 'x.png', b'garbage')}"], "cannot be read as an image"),
+    Case("truncated seed PNG", "art-train", lambda t: [f"image.init={_truncated_png(t)}"], "cannot be read as an image"),
+    Case("CMYK seed image", "art-train", lambda t: [f"image.init={_png(t / 'cmyk.jpg', 'CMYK')}"], "colour mode CMYK"),
+    Case("seed image background", "art-train", lambda t: ["image.background=pink"], "image.background='pink'"),
+    Case("image size the processor would resize", "art-train", lambda t: ["image.height=60"], "not a multiple of 32"),
+    Case("PNG trained for another model to art-eval", "art-eval", lambda t: [f"eval.conditions=[{_other_model_png(t)}]"], "trained for model 'Qwen/Qwen3.5-0.8B', not 'tiny'"),
+    Case("art-eval image that does not exist", "art-eval", lambda t: [f"eval.conditions=[{t}/no.png]"], "neither none, seed, an existing PNG file nor a LoRA adapter folder"),
+    Case("art-eval image that is not a PNG", "art-eval", lambda t: [f"eval.conditions=[{_write(t / 'notes.png', b'hello')}]"], "cannot be read as a PNG"),
+    Case("art-eval adapter folder without weights", "art-eval", lambda t: [f"eval.conditions=[{_half_adapter(t)}]"], "is not a usable LoRA adapter folder"),
+    Case("unknown task", "art-train", lambda t: ["task=mmlu"], "task=mmlu: no such option; task is one of: class, custom, gpqa"),
+    Case("unknown config key", "art-train", lambda t: ["algo.group_sise=4"], "unknown config key 'algo.group_sise'"),
+    Case("wrong-typed override", "art-train", lambda t: ["steps=many"], "steps: Value 'many'"),
+    Case("steps <= 0", "art-train", lambda t: ["steps=0"], "steps=0: set steps >= 1"),
+    Case("group_size < 2", "art-train", lambda t: ["algo.group_size=1"], "algo.group_size=1"),
+    Case("prompts_per_step = 0", "art-train", lambda t: ["algo.prompts_per_step=0"], "algo.prompts_per_step=0"),
+    Case("eps_high < eps_low", "art-train", lambda t: ["algo.eps_high=0.1"], "clip-higher needs eps_high >= eps_low"),
+    Case("temperature 0 in training", "art-train", lambda t: ["algo.temperature=0"], "algo.temperature=0.0: training samples"),
+    Case("top_p < 1 in training", "art-train", lambda t: ["rollout.top_p=0.9"], "top_p=1.0 because"),
+    Case("eval.limit = 0", "art-eval", lambda t: ["eval.limit=0"], "eval.limit must be >= 1"),
+    Case("missing data folder", "art-train", lambda t: ["task=gsm8k", f"task.options.data_dir={t}/none"], "data folder"),
+    Case("empty data file", "art-train", lambda t: ["task=gsm8k", _gsm8k(t, [])], "holds no rows"),
+    Case("malformed JSON row", "art-train", lambda t: ["task=gsm8k", _gsm8k(t, [GOOD_ROW, "{not json"])], "train.jsonl row 1 (line 2): invalid JSON"),
+    Case("row without an answer", "art-train", lambda t: ["task=gsm8k", _gsm8k(t, [{"question": "q"}])], "row 0: missing field 'answer'"),
+    Case("non-numeric gold", "art-train", lambda t: ["task=gsm8k", _gsm8k(t, [{"question": "q", "answer": "so\n#### seven"}])], "final answer ' seven' is not a number"),
+    Case("ToolMind tool arguments that are not JSON", "art-train", lambda t: ["task=toolmind", f"task.options.data_files={_toolmind_bad_arguments(t)}"], "malformed tool call"),
+    Case("unwritable output_dir", "art-train", lambda t: ["output_dir=/proc/art-runs"], "cannot write the run folder"),
+    Case("checkpoint of another model", "art-train", lambda t: [f"resume_from={_other_model_checkpoint(t)}"], "trained for model 'qwen3_5_0_8b_random', not 'tiny'"),
+    Case("resume from a missing checkpoint", "art-train", lambda t: [f"resume_from={t}/gone/last.pt"], "does not exist"),
+    Case("resume from a file that is no checkpoint", "art-train", lambda t: [f"resume_from={_write(t / 'r/checkpoints/last.pt', b'hello')}"], "not a readable ART checkpoint"),
+    Case("Ray address that does not answer", "art-train", lambda t: ["cluster.address=127.0.0.1:9"], "does not answer"),
+    Case("more GPUs than the cluster has", "art-train", lambda t: ["rollout.num_gpus_per_worker=1"], "asked for 2 GPU in all"),
+    Case("hub model id with the hub unreachable", "art-train", lambda t: ["model=acme/no-such-model"], "the Hugging Face hub (http://127.0.0.1:9) is unreachable", env={"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_OFFLINE": "0"}),
+    Case("art-eval with no conditions", "art-eval", lambda t: ["eval.conditions=[]"], "eval.conditions is empty"),
+    Case("model folder without a processor", "art-train", lambda t: [f"model.name={_write(t / 'm/config.json', b'{}').parent}"], "lacks tokenizer.json / tokenizer_config.json (the tokenizer), preprocessor_config.json"),
+    Case("learner on cuda without a GPU", "art-train", lambda t: ["model.device=cuda"], "asked for 1 GPU in all (learner 1)"),
+    Case("one GPU mode without a GPU", "art-train", lambda t: [
             "cluster=single_gpu",
             "rollout.python=self",
             "rollout.engine=hf",
             "rollout.num_workers=1",
-        ],
-        {},
-        "cluster=single_gpu needs a GPU",
-    ),
-    (
-        "too many extra rounds",
-        "art-train",
-        lambda t: ["algo.max_extra_rounds=64"],
-        {},
-        "algo.max_extra_rounds=64: use 0 to 63",
-    ),
-    (
-        "MLflow server that does not answer",
-        "art-train",
-        lambda t: ["logging.tracking_uri=http://127.0.0.1:9"],
-        {},
-        "the MLflow server at logging.tracking_uri=http://127.0.0.1:9 does not answer",
-    ),
-    (
-        "unknown rollout correction",
-        "art-train",
-        lambda t: ["algo.rollout_correction=tis"],
-        {},
-        "use off, token or sequence",
-    ),
-    (
-        "art-compare with one learning rate for both methods",
-        "art-compare",
-        lambda t: ["learner.lr=0.01"],
-        {},
-        "give art:learner.lr=... and/or lora:learner.lr=...",
-    ),
-    (
-        "art-submit with a bad override",
-        "art-submit",
-        lambda t: ["--address", "http://127.0.0.1:9", "steps=0"],
-        {},
-        "steps=0: set steps >= 1",
-    ),
-    (
-        "art-submit without a Ray cluster",
-        "art-submit",
-        lambda t: ["--address", "http://127.0.0.1:9", "steps=1"],
-        {},
-        "no Ray cluster answers at http://127.0.0.1:9",
-    ),
-    ("art-bench unknown section", "art-bench", lambda t: ["--skip", "z"], {}, "sections are"),
-    (
-        "art-scale to no workers",
-        "art-scale",
-        lambda t: ["--address", "http://127.0.0.1:9", "--workers", "0"],
-        {},
-        "--workers 0: set >= 1",
-    ),
-    (
-        "art-scale without a Ray cluster",
-        "art-scale",
-        lambda t: ["--address", "http://127.0.0.1:9", "--workers", "2"],
-        {},
-        "no Ray cluster answers at http://127.0.0.1:9",
-    ),
-    (
-        "learner replicas with one GPU",
-        "art-train",
-        lambda t: ["cluster=single_gpu", "learner.num_replicas=2", "rollout.num_workers=1"],
-        {},
-        "runs one learner: set learner.num_replicas=1",
-    ),
-    (
-        "rollout.max_workers below num_workers",
-        "art-train",
-        lambda t: ["rollout.max_workers=1"],
-        {},
-        "rollout.max_workers=1 must be >= rollout.num_workers=2",
-    ),
-    (
-        "tensor parallel on the HF engine",
-        "art-train",
-        lambda t: ["rollout.tensor_parallel_size=2"],
-        {},
-        "needs rollout=vllm",
-    ),
-    (
-        "reward module that does not import",
-        "art-train",
-        lambda t: _rewards(t, "broken.py:f"),
-        {},
-        "task.rewards: importing",
-    ),
-    (
-        "reward file that does not exist",
-        "art-train",
-        lambda t: _rewards(t, "nope.py:f"),
-        {},
-        "nope.py does not exist; check the path",
-    ),
-    (
-        "reward function the module lacks",
-        "art-train",
-        lambda t: _rewards(t, "rewards.py:letters"),
-        {},
-        "has no 'letters' (it has: letter, needs, two)",
-    ),
-    (
-        "reward with a signature of neither shape",
-        "art-train",
-        lambda t: _rewards(t, "rewards.py:two"),
-        {},
-        "two(x, y) fits neither reward shape: TRL's f(prompts, completions",
-    ),
-    (
-        "reward asking for a column the data lacks",
-        "art-train",
-        lambda t: _rewards(t, "rewards.py:needs"),
-        {},
-        "needs 'solution', which the task does not give",
-    ),
-    (
-        "reward weights that do not match",
-        "art-train",
-        lambda t: _rewards(t, "rewards.py:letter", "task.reward_weights=[1,2]"),
-        {},
-        "task.reward_weights has 2 weights for 1 task.rewards",
-    ),
-    (
-        "custom task without data",
-        "art-train",
-        lambda t: ["task=custom"],
-        {},
-        "task=custom needs its data",
-    ),
-    (
-        "custom rows without the mapped question",
-        "art-train",
-        lambda t: _custom(t, "task.options.question_field=problem"),
-        {},
-        "rows.jsonl row 0: missing field 'problem'",
-    ),
-    (
-        "custom template naming a missing column",
-        "art-train",
-        lambda t: _custom(t, "task.options.prompt_template='{question} ({hint})'"),
-        {},
-        "row 0: task.options.prompt_template names {hint}",
-    ),
-    (
-        "task=class without a class",
-        "art-train",
-        lambda t: ["task=class"],
-        {},
-        "task=class needs task.name=<module:Class or path/to/file.py:Class>",
-    ),
-    (
-        "task options the class does not take",
-        "art-train",
-        lambda t: [
+        ], "cluster=single_gpu needs a GPU"),
+    Case("too many extra rounds", "art-train", lambda t: ["algo.max_extra_rounds=64"], "algo.max_extra_rounds=64: use 0 to 63"),
+    Case("MLflow server that does not answer", "art-train", lambda t: ["logging.tracking_uri=http://127.0.0.1:9"], "the MLflow server at logging.tracking_uri=http://127.0.0.1:9 does not answer"),
+    Case("unknown rollout correction", "art-train", lambda t: ["algo.rollout_correction=tis"], "use off, token or sequence"),
+    Case("art-compare with one learning rate for both methods", "art-compare", lambda t: ["learner.lr=0.01"], "give art:learner.lr=... and/or lora:learner.lr=..."),
+    Case("art-submit with a bad override", "art-submit", lambda t: ["--address", "http://127.0.0.1:9", "steps=0"], "steps=0: set steps >= 1"),
+    Case("art-submit without a Ray cluster", "art-submit", lambda t: ["--address", "http://127.0.0.1:9", "steps=1"], "no Ray cluster answers at http://127.0.0.1:9"),
+    Case("art-bench unknown section", "art-bench", lambda t: ["--skip", "z"], "sections are"),
+    Case("art-scale to no workers", "art-scale", lambda t: ["--address", "http://127.0.0.1:9", "--workers", "0"], "--workers 0: set >= 1"),
+    Case("art-scale without a Ray cluster", "art-scale", lambda t: ["--address", "http://127.0.0.1:9", "--workers", "2"], "no Ray cluster answers at http://127.0.0.1:9"),
+    Case("learner replicas with one GPU", "art-train", lambda t: ["cluster=single_gpu", "learner.num_replicas=2", "rollout.num_workers=1"], "runs one learner: set learner.num_replicas=1"),
+    Case("rollout.max_workers below num_workers", "art-train", lambda t: ["rollout.max_workers=1"], "rollout.max_workers=1 must be >= rollout.num_workers=2"),
+    Case("tensor parallel on the HF engine", "art-train", lambda t: ["rollout.tensor_parallel_size=2"], "needs rollout=vllm"),
+    Case("reward module that does not import", "art-train", lambda t: _rewards(t, "broken.py:f"), "task.rewards: importing"),
+    Case("reward file that does not exist", "art-train", lambda t: _rewards(t, "nope.py:f"), "nope.py does not exist; check the path"),
+    Case("reward function the module lacks", "art-train", lambda t: _rewards(t, "rewards.py:letters"), "has no 'letters' (it has: letter, needs, two)"),
+    Case("reward with a signature of neither shape", "art-train", lambda t: _rewards(t, "rewards.py:two"), "two(x, y) fits neither reward shape: TRL's f(prompts, completions"),
+    Case("reward asking for a column the data lacks", "art-train", lambda t: _rewards(t, "rewards.py:needs"), "needs 'solution', which the task does not give"),
+    Case("reward weights that do not match", "art-train", lambda t: _rewards(t, "rewards.py:letter", "task.reward_weights=[1,2]"), "task.reward_weights has 2 weights for 1 task.rewards"),
+    Case("custom task without data", "art-train", lambda t: ["task=custom"], "task=custom needs its data"),
+    Case("custom rows without the mapped question", "art-train", lambda t: _custom(t, "task.options.question_field=problem"), "rows.jsonl row 0: missing field 'problem'"),
+    Case("custom template naming a missing column", "art-train", lambda t: _custom(t, "task.options.prompt_template='{question} ({hint})'"), "row 0: task.options.prompt_template names {hint}"),
+    Case("task=class without a class", "art-train", lambda t: ["task=class"], "task=class needs task.name=<module:Class or path/to/file.py:Class>"),
+    Case("task options the class does not take", "art-train", lambda t: [
             "task=class",
             f"task.name={_user_files(t)}/task.py:Mine",
             "+task.options.size=3",
-        ],
-        {},
-        "task.options do not fit its constructor",
-    ),
-    (
-        "unknown reasoning-gym dataset",
-        "art-train",
-        lambda t: ["task=reasoning_gym", "task.options.dataset=leg_countin"],
-        {},
-        "no dataset 'leg_countin' (did you mean leg_counting",
-    ),
-    (
-        "art-eval with a reward that does not import",
-        "art-eval",
-        lambda t: _rewards(t, "broken.py:f"),
-        {},
-        "task.rewards: importing",
-    ),
-    (
-        "art-compare with a reward of neither shape",
-        "art-compare",
-        lambda t: _rewards(t, "rewards.py:two"),
-        {},
-        "fits neither reward shape",
-    ),
-    (
-        "art-submit with a reward that does not import",
-        "art-submit",
-        lambda t: ["--address", "http://127.0.0.1:9", *_rewards(t, "broken.py:f")],
-        {},
-        "task.rewards: importing",
-    ),
+        ], "task.options do not fit its constructor"),
+    Case("unknown reasoning-gym dataset", "art-train", lambda t: ["task=reasoning_gym", "task.options.dataset=leg_countin"], "no dataset 'leg_countin' (did you mean leg_counting"),
+    Case("art-eval with a reward that does not import", "art-eval", lambda t: _rewards(t, "broken.py:f"), "task.rewards: importing"),
+    Case("art-compare with a reward of neither shape", "art-compare", lambda t: _rewards(t, "rewards.py:two"), "fits neither reward shape"),
+    Case("art-submit with a reward that does not import", "art-submit", lambda t: ["--address", "http://127.0.0.1:9", *_rewards(t, "broken.py:f")], "task.rewards: importing"),
 ]
+# fmt: on
 # Entry points that take no Hydra overrides of the run's outputs.
 PLAIN_ARGS = ("art-submit", "art-bench", "art-scale")
 
@@ -546,12 +213,11 @@ def _truncated_png(tmp: Path) -> Path:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    ("name", "prog", "args", "env", "expected"), CASES, ids=[c[0] for c in CASES]
-)
-def test_bad_input_is_one_clear_line(tmp_path, tiny_model_path, name, prog, args, env, expected):
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_bad_input_is_one_clear_line(tmp_path, tiny_model_path, case):
+    name, prog, env, expected = case.name, case.prog, case.env, case.expected
     out = tmp_path / "out"
-    given = args(tmp_path)
+    given = case.args(tmp_path)
     base = [
         f"output_dir={out}",
         f"logging.tracking_uri=sqlite:///{tmp_path}/mlflow.db",

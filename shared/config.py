@@ -34,6 +34,22 @@ class ModelConfig:
     learner_bytes_per_token: float = 60_000.0
 
 
+def model_rules(cfg: Any) -> list[tuple[bool, str]]:
+    """The model section's rules."""
+    return [
+        (
+            cfg.model.device in ("cpu", "cuda"),
+            f"model.device={cfg.model.device!r}: use cpu or cuda",
+        ),
+        (
+            not (cfg.model.device == "cuda" and cfg.learner.num_gpus == 0),
+            "model.device=cuda puts the learner on a GPU but learner.num_gpus=0 asks Ray for "
+            "none (it would land on another actor's GPU): set learner.num_gpus=1 (or null), or "
+            "model.device=cpu",
+        ),
+    ]
+
+
 @dataclass
 class TaskConfig:
     # A task name (shared.tasks.TASKS: synthetic, gsm8k, ..., custom, reasoning_gym), or the
@@ -170,6 +186,64 @@ class AlgoConfig:
     rollout_correction_cap: float = 2.0
 
 
+def algo_rules(cfg: Any) -> list[tuple[bool, str]]:
+    """The algorithm section's rules (the algorithm's own are in learner/driver/algorithms/)."""
+    algo = cfg.algo
+    return [
+        (
+            algo.loss_scale_factor is None or algo.loss_scale_factor >= 1,
+            f"algo.loss_scale_factor={algo.loss_scale_factor}: set >= 1 (null: the completion "
+            "limit)",
+        ),
+        (
+            algo.loss_agg_mode is None or algo.loss_agg_mode in AGG_MODES,
+            f"algo.loss_agg_mode={algo.loss_agg_mode!r}: use one of {', '.join(AGG_MODES)}, or "
+            "null for the loss's own",
+        ),
+        (
+            algo.prompts_per_step >= 1,
+            f"algo.prompts_per_step={algo.prompts_per_step}: set >= 1 (groups per step)",
+        ),
+        (0 < algo.eps_low < 1, f"algo.eps_low={algo.eps_low} must be in (0, 1)"),
+        (
+            algo.eps_high >= algo.eps_low,
+            f"algo.eps_high={algo.eps_high} < algo.eps_low={algo.eps_low}: clip-higher needs "
+            "eps_high >= eps_low (DAPO: 0.28 and 0.2)",
+        ),
+        (
+            0 <= algo.max_extra_rounds < MAX_ROUNDS_PER_STEP,
+            f"algo.max_extra_rounds={algo.max_extra_rounds}: use 0 to "
+            f"{MAX_ROUNDS_PER_STEP - 1} (a step has at most {MAX_ROUNDS_PER_STEP} rounds of "
+            "seeds)",
+        ),
+        (
+            algo.temperature > 0,
+            f"algo.temperature={algo.temperature}: training samples, so set > 0 (1.0 is the "
+            "model's own distribution); greedy decoding is for evaluation",
+        ),
+        (
+            algo.clip_ratio_c is None or algo.clip_ratio_c > 1,
+            f"algo.clip_ratio_c={algo.clip_ratio_c}: the dual clip needs c > 1 (verl: 3.0), or "
+            "null to turn it off",
+        ),
+        (
+            algo.max_staleness in (0, 1),
+            f"algo.max_staleness={algo.max_staleness}: use 0 (synchronous) or 1 (sample the "
+            "next step while the learner updates)",
+        ),
+        (
+            algo.filter_metric in ("acc", "reward", "none"),
+            f"algo.filter_metric={algo.filter_metric!r}: use 'acc', 'reward' or 'none'",
+        ),
+        (algo.min_reward_std >= 0, "algo.min_reward_std must be >= 0"),
+        (
+            algo.rollout_correction in ("off", "token", "sequence"),
+            f"algo.rollout_correction={algo.rollout_correction!r}: use off, token or sequence",
+        ),
+        (algo.rollout_correction_cap >= 1, "algo.rollout_correction_cap must be >= 1"),
+    ]
+
+
 @dataclass
 class RolloutConfig:
     # Engine (shared/engines.py): "hf" (transformers generate) or "vllm" (the production engine;
@@ -234,6 +308,65 @@ class RolloutConfig:
     worker_cls: str = "rollout_worker.worker.RolloutWorker"
 
 
+def rollout_rules(cfg: Any) -> list[tuple[bool, str]]:
+    """The rollout section's rules (the engine's own are in shared/engines.py)."""
+    algo, rollout = cfg.algo, cfg.rollout
+    return [
+        (
+            rollout.top_p == 1.0,
+            f"rollout.top_p={rollout.top_p}: training needs top_p=1.0 because the learner "
+            "computes log-probs of the full tempered distribution; nucleus sampling would make "
+            "the importance ratios wrong",
+        ),
+        (rollout.num_workers >= 1, f"rollout.num_workers={rollout.num_workers}: set >= 1"),
+        (
+            rollout.max_workers is None or rollout.max_workers >= rollout.num_workers,
+            f"rollout.max_workers={rollout.max_workers} must be >= rollout.num_workers="
+            f"{rollout.num_workers} (null: a fixed pool of num_workers)",
+        ),
+        (
+            rollout.min_workers is None or 1 <= rollout.min_workers <= rollout.num_workers,
+            f"rollout.min_workers={rollout.min_workers} must be in [1, rollout.num_workers="
+            f"{rollout.num_workers}] (null: wait for all of them)",
+        ),
+        (
+            rollout.tensor_parallel_size >= 1,
+            f"rollout.tensor_parallel_size={rollout.tensor_parallel_size}: set >= 1",
+        ),
+        (
+            rollout.tensor_parallel_size == 1 or rollout.num_gpus_per_worker in (None, 1),
+            f"rollout.tensor_parallel_size={rollout.tensor_parallel_size} gives each worker that "
+            f"many whole GPUs: set rollout.num_gpus_per_worker=1 (not "
+            f"{rollout.num_gpus_per_worker})",
+        ),
+        (
+            rollout.num_gpus_per_worker is None or rollout.num_gpus_per_worker >= 0,
+            "rollout.num_gpus_per_worker must be >= 0 (null: 1 where the cluster has GPUs)",
+        ),
+        (
+            not (rollout.sleep_mode and algo.max_staleness),
+            "rollout.sleep_mode puts the engine to sleep during the update, when "
+            "algo.max_staleness=1 would sample: use one of them",
+        ),
+        (
+            rollout.kv_cache_memory_bytes is None or rollout.kv_cache_memory_bytes > 0,
+            "rollout.kv_cache_memory_bytes must be > 0 (null: vLLM's default sizing)",
+        ),
+        (rollout.max_restarts >= 0, "rollout.max_restarts must be >= 0"),
+        *(
+            [
+                (rollout.max_new_tokens >= 1, "rollout.max_new_tokens must be >= 1"),
+                (
+                    algo.overlong_buffer < rollout.max_new_tokens,
+                    f"algo.overlong_buffer={algo.overlong_buffer} must be < rollout.max_new_tokens",
+                ),
+            ]
+            if rollout.max_new_tokens is not None
+            else []
+        ),
+    ]
+
+
 @dataclass
 class LearnerConfig:
     # Adam learning rate on the pixel logits.
@@ -271,6 +404,33 @@ class LearnerConfig:
     num_replicas: int = 1
 
 
+def learner_rules(cfg: Any) -> list[tuple[bool, str]]:
+    """The learner section's rules."""
+    return [
+        (
+            cfg.learner.num_replicas >= 1,
+            f"learner.num_replicas={cfg.learner.num_replicas}: set >= 1",
+        ),
+        (
+            cfg.learner.num_replicas == 1
+            or cfg.model.device != "cuda"
+            or cfg.learner.num_gpus is None
+            or cfg.learner.num_gpus == 1,
+            f"learner.num_replicas={cfg.learner.num_replicas} on cuda: each replica needs a GPU "
+            f"of its own (NCCL refuses two ranks on one device): set learner.num_gpus=1 (not "
+            f"{cfg.learner.num_gpus})",
+        ),
+        (0 < cfg.learner.lr < float("inf"), f"learner.lr={cfg.learner.lr} must be > 0 and finite"),
+        (cfg.learner.max_consecutive_skips >= 1, "learner.max_consecutive_skips must be >= 1"),
+        (cfg.learner.micro_batch_size >= 1, "learner.micro_batch_size must be >= 1"),
+        (
+            cfg.learner.max_tokens_per_micro_batch is None
+            or cfg.learner.max_tokens_per_micro_batch >= 1,
+            "learner.max_tokens_per_micro_batch must be >= 1 (null: no token budget)",
+        ),
+    ]
+
+
 @dataclass
 class ImageConfig:
     # Image height in pixels (a multiple of patch x merge, inside the processor's range);
@@ -283,6 +443,14 @@ class ImageConfig:
     init: str = "gray"
     # What transparent pixels of a seed image are composited over: white, black, gray, #rrggbb.
     background: str = "white"
+
+
+def image_rules(cfg: Any) -> list[tuple[bool, str]]:
+    """The image section's rules."""
+    return [
+        (cfg.image.height > 0 and cfg.image.width > 0, "image.height and image.width must be > 0"),
+        background_rule(cfg.image.background),
+    ]
 
 
 @dataclass
@@ -302,6 +470,18 @@ class LoggingConfig:
     tracking_wait_s: float = 30.0
     # Show a progress bar (plain log lines are printed either way when not on a terminal).
     progress: bool = True
+
+
+def logging_rules(cfg: Any) -> list[tuple[bool, str]]:
+    """The logging section's rules."""
+    return [
+        (cfg.logging.checkpoint_every >= 1, "logging.checkpoint_every must be >= 1"),
+        (
+            cfg.logging.keep_checkpoints is None or cfg.logging.keep_checkpoints >= 1,
+            f"logging.keep_checkpoints={cfg.logging.keep_checkpoints}: keep >= 1 (null: all)",
+        ),
+        (cfg.logging.tracking_wait_s >= 0, "logging.tracking_wait_s must be >= 0"),
+    ]
 
 
 @dataclass
@@ -326,6 +506,21 @@ class EvalConfig:
     allow_untagged_images: bool = False
 
 
+def eval_rules(cfg: Any) -> list[tuple[bool, str]]:
+    """The eval section's rules."""
+    return [
+        (cfg.eval.every >= 0, "eval.every must be >= 0 (0 disables periodic evaluation)"),
+        (
+            cfg.eval.every == 0 or cfg.eval.val_size >= 1,
+            "eval.val_size must be >= 1 (or set eval.every=0)",
+        ),
+        (
+            cfg.eval.limit is None or cfg.eval.limit >= 1,
+            "eval.limit must be >= 1 (null: the whole split)",
+        ),
+    ]
+
+
 @dataclass
 class ClusterConfig:
     # Ray address: null starts a local in-process instance; "auto" joins a running cluster.
@@ -343,6 +538,22 @@ class ClusterConfig:
     single_gpu: bool = False
     # The GPU's memory for that plan (null: nvidia-smi's figure for GPU 0).
     gpu_memory_gib: float | None = None
+
+
+def cluster_rules(cfg: Any) -> list[tuple[bool, str]]:
+    """The cluster section's rules."""
+    rollout = cfg.rollout
+    return [
+        (
+            cfg.learner.num_replicas == 1 or not cfg.cluster.single_gpu,
+            "cluster=single_gpu runs one learner: set learner.num_replicas=1",
+        ),
+        (
+            not cfg.cluster.single_gpu or rollout.num_workers == 1,
+            f"cluster=single_gpu shares one GPU between the learner and one rollout worker: "
+            f"set rollout.num_workers=1 (not {rollout.num_workers})",
+        ),
+    ]
 
 
 @dataclass
@@ -378,6 +589,20 @@ class MethodConfig:
     lora: LoraSettings = field(default_factory=LoraSettings)
 
 
+def method_rules(cfg: Any) -> list[tuple[bool, str]]:
+    """The method section's rules."""
+    return [
+        (
+            cfg.method.name in ("art", "lora"),
+            f"method={cfg.method.name!r}: use method=art (the default) or method=lora",
+        ),
+        (
+            cfg.method.lora.rank >= 1 and 0 <= cfg.method.lora.dropout < 1,
+            "method.lora.rank must be >= 1 and method.lora.dropout in [0, 1)",
+        ),
+    ]
+
+
 @dataclass
 class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -410,6 +635,18 @@ class TrainConfig:
     run_dir: str = MISSING
 
 
+def run_rules(cfg: Any) -> list[tuple[bool, str]]:
+    """The run's own fields (steps, resume, the lock)."""
+    return [
+        (cfg.steps >= 1, f"steps={cfg.steps}: set steps >= 1"),
+        (
+            cfg.resume in (None, "auto"),
+            f"resume={cfg.resume!r}: use resume=auto, or resume_from=<run>/checkpoints/last.pt",
+        ),
+        (cfg.lock_stale_s > 0, f"lock_stale_s={cfg.lock_stale_s} must be > 0 (seconds)"),
+    ]
+
+
 class ConfigError(UserError):
     """An impossible configuration; the message says what to set."""
 
@@ -427,194 +664,39 @@ def resolve(cfg: Any) -> None:
             cfg.image.width = cfg.model.image_size
 
 
+def background_rule(background: str) -> tuple[bool, str]:
+    from shared.images import parse_background  # shared.images needs PIL: not at import
+
+    try:
+        parse_background(background)
+    except UserError as err:
+        return (False, str(err))
+    return (True, "")
+
+
+# Every section's rules, in the order their errors are listed.
+SECTION_RULES = (
+    model_rules,
+    algo_rules,
+    rollout_rules,
+    learner_rules,
+    image_rules,
+    logging_rules,
+    eval_rules,
+    cluster_rules,
+    method_rules,
+    run_rules,
+)
+
+
 def validate(cfg: Any, more_rules: list[tuple[bool, str]] = ()) -> None:
     """Derived values filled in (`resolve`), then the cross-field rules, checked once at
-    start-up, with `more_rules` (the algorithm's: learner/driver/algorithms/), all in one
-    error."""
+    start-up: each section's (beside its fields above), the task's, the rollout engine's
+    (shared/engines.py) and `more_rules` (the algorithm's: learner/driver/algorithms/), all in
+    one error."""
     resolve(cfg)
-    algo, rollout = cfg.algo, cfg.rollout
-    rules = [
-        (cfg.steps >= 1, f"steps={cfg.steps}: set steps >= 1"),
-        (
-            algo.loss_scale_factor is None or algo.loss_scale_factor >= 1,
-            f"algo.loss_scale_factor={algo.loss_scale_factor}: set >= 1 (null: the completion "
-            "limit)",
-        ),
-        (
-            algo.loss_agg_mode is None or algo.loss_agg_mode in AGG_MODES,
-            f"algo.loss_agg_mode={algo.loss_agg_mode!r}: use one of {', '.join(AGG_MODES)}, or "
-            "null for the loss's own",
-        ),
-        (
-            algo.prompts_per_step >= 1,
-            f"algo.prompts_per_step={algo.prompts_per_step}: set >= 1 (groups per step)",
-        ),
-        (0 < algo.eps_low < 1, f"algo.eps_low={algo.eps_low} must be in (0, 1)"),
-        (
-            algo.eps_high >= algo.eps_low,
-            f"algo.eps_high={algo.eps_high} < algo.eps_low={algo.eps_low}: clip-higher needs "
-            "eps_high >= eps_low (DAPO: 0.28 and 0.2)",
-        ),
-        (
-            0 <= algo.max_extra_rounds < MAX_ROUNDS_PER_STEP,
-            f"algo.max_extra_rounds={algo.max_extra_rounds}: use 0 to "
-            f"{MAX_ROUNDS_PER_STEP - 1} (a step has at most {MAX_ROUNDS_PER_STEP} rounds of "
-            "seeds)",
-        ),
-        (
-            algo.temperature > 0,
-            f"algo.temperature={algo.temperature}: training samples, so set > 0 (1.0 is the "
-            "model's own distribution); greedy decoding is for evaluation",
-        ),
-        (
-            algo.clip_ratio_c is None or algo.clip_ratio_c > 1,
-            f"algo.clip_ratio_c={algo.clip_ratio_c}: the dual clip needs c > 1 (verl: 3.0), or "
-            "null to turn it off",
-        ),
-        (
-            algo.max_staleness in (0, 1),
-            f"algo.max_staleness={algo.max_staleness}: use 0 (synchronous) or 1 (sample the "
-            "next step while the learner updates)",
-        ),
-        (
-            algo.filter_metric in ("acc", "reward", "none"),
-            f"algo.filter_metric={algo.filter_metric!r}: use 'acc', 'reward' or 'none'",
-        ),
-        (algo.min_reward_std >= 0, "algo.min_reward_std must be >= 0"),
-        (
-            algo.rollout_correction in ("off", "token", "sequence"),
-            f"algo.rollout_correction={algo.rollout_correction!r}: use off, token or sequence",
-        ),
-        (algo.rollout_correction_cap >= 1, "algo.rollout_correction_cap must be >= 1"),
-        (
-            rollout.top_p == 1.0,
-            f"rollout.top_p={rollout.top_p}: training needs top_p=1.0 because the learner "
-            "computes log-probs of the full tempered distribution; nucleus sampling would make "
-            "the importance ratios wrong",
-        ),
-        (
-            cfg.method.name in ("art", "lora"),
-            f"method={cfg.method.name!r}: use method=art (the default) or method=lora",
-        ),
-        (
-            cfg.method.lora.rank >= 1 and 0 <= cfg.method.lora.dropout < 1,
-            "method.lora.rank must be >= 1 and method.lora.dropout in [0, 1)",
-        ),
-        (rollout.num_workers >= 1, f"rollout.num_workers={rollout.num_workers}: set >= 1"),
-        (
-            rollout.max_workers is None or rollout.max_workers >= rollout.num_workers,
-            f"rollout.max_workers={rollout.max_workers} must be >= rollout.num_workers="
-            f"{rollout.num_workers} (null: a fixed pool of num_workers)",
-        ),
-        (
-            rollout.min_workers is None or 1 <= rollout.min_workers <= rollout.num_workers,
-            f"rollout.min_workers={rollout.min_workers} must be in [1, rollout.num_workers="
-            f"{rollout.num_workers}] (null: wait for all of them)",
-        ),
-        (
-            rollout.tensor_parallel_size >= 1,
-            f"rollout.tensor_parallel_size={rollout.tensor_parallel_size}: set >= 1",
-        ),
-        (
-            rollout.tensor_parallel_size == 1 or rollout.num_gpus_per_worker in (None, 1),
-            f"rollout.tensor_parallel_size={rollout.tensor_parallel_size} gives each worker that "
-            f"many whole GPUs: set rollout.num_gpus_per_worker=1 (not "
-            f"{rollout.num_gpus_per_worker})",
-        ),
-        (
-            cfg.learner.num_replicas >= 1,
-            f"learner.num_replicas={cfg.learner.num_replicas}: set >= 1",
-        ),
-        (
-            cfg.learner.num_replicas == 1
-            or cfg.model.device != "cuda"
-            or cfg.learner.num_gpus is None
-            or cfg.learner.num_gpus == 1,
-            f"learner.num_replicas={cfg.learner.num_replicas} on cuda: each replica needs a GPU "
-            f"of its own (NCCL refuses two ranks on one device): set learner.num_gpus=1 (not "
-            f"{cfg.learner.num_gpus})",
-        ),
-        (
-            cfg.learner.num_replicas == 1 or not cfg.cluster.single_gpu,
-            "cluster=single_gpu runs one learner: set learner.num_replicas=1",
-        ),
-        (
-            rollout.num_gpus_per_worker is None or rollout.num_gpus_per_worker >= 0,
-            "rollout.num_gpus_per_worker must be >= 0 (null: 1 where the cluster has GPUs)",
-        ),
-        (
-            not cfg.cluster.single_gpu or rollout.num_workers == 1,
-            f"cluster=single_gpu shares one GPU between the learner and one rollout worker: "
-            f"set rollout.num_workers=1 (not {rollout.num_workers})",
-        ),
-        (
-            not (rollout.sleep_mode and algo.max_staleness),
-            "rollout.sleep_mode puts the engine to sleep during the update, when "
-            "algo.max_staleness=1 would sample: use one of them",
-        ),
-        (
-            rollout.kv_cache_memory_bytes is None or rollout.kv_cache_memory_bytes > 0,
-            "rollout.kv_cache_memory_bytes must be > 0 (null: vLLM's default sizing)",
-        ),
-        (0 < cfg.learner.lr < float("inf"), f"learner.lr={cfg.learner.lr} must be > 0 and finite"),
-        (
-            cfg.model.device in ("cpu", "cuda"),
-            f"model.device={cfg.model.device!r}: use cpu or cuda",
-        ),
-        (
-            not (cfg.model.device == "cuda" and cfg.learner.num_gpus == 0),
-            "model.device=cuda puts the learner on a GPU but learner.num_gpus=0 asks Ray for "
-            "none (it would land on another actor's GPU): set learner.num_gpus=1 (or null), or "
-            "model.device=cpu",
-        ),
-        (cfg.learner.max_consecutive_skips >= 1, "learner.max_consecutive_skips must be >= 1"),
-        (rollout.max_restarts >= 0, "rollout.max_restarts must be >= 0"),
-        (
-            cfg.resume in (None, "auto"),
-            f"resume={cfg.resume!r}: use resume=auto, or resume_from=<run>/checkpoints/last.pt",
-        ),
-        (cfg.learner.micro_batch_size >= 1, "learner.micro_batch_size must be >= 1"),
-        (
-            cfg.learner.max_tokens_per_micro_batch is None
-            or cfg.learner.max_tokens_per_micro_batch >= 1,
-            "learner.max_tokens_per_micro_batch must be >= 1 (null: no token budget)",
-        ),
-        (cfg.image.height > 0 and cfg.image.width > 0, "image.height and image.width must be > 0"),
-        (cfg.logging.checkpoint_every >= 1, "logging.checkpoint_every must be >= 1"),
-        (
-            cfg.logging.keep_checkpoints is None or cfg.logging.keep_checkpoints >= 1,
-            f"logging.keep_checkpoints={cfg.logging.keep_checkpoints}: keep >= 1 (null: all)",
-        ),
-        (cfg.logging.tracking_wait_s >= 0, "logging.tracking_wait_s must be >= 0"),
-        (cfg.lock_stale_s > 0, f"lock_stale_s={cfg.lock_stale_s} must be > 0 (seconds)"),
-        (cfg.eval.every >= 0, "eval.every must be >= 0 (0 disables periodic evaluation)"),
-        (
-            cfg.eval.every == 0 or cfg.eval.val_size >= 1,
-            "eval.val_size must be >= 1 (or set eval.every=0)",
-        ),
-        (
-            cfg.eval.limit is None or cfg.eval.limit >= 1,
-            "eval.limit must be >= 1 (null: the whole split)",
-        ),
-        *task_rules(cfg.task),
-        *engine_rules(cfg),  # the rollout engine's own (shared/engines.py)
-        *more_rules,
-    ]
-    if rollout.max_new_tokens is not None:
-        rules.append((rollout.max_new_tokens >= 1, "rollout.max_new_tokens must be >= 1"))
-        rules.append(
-            (
-                algo.overlong_buffer < rollout.max_new_tokens,
-                f"algo.overlong_buffer={algo.overlong_buffer} must be < rollout.max_new_tokens",
-            )
-        )
-    try:
-        # optional dependency: its absence is handled below
-        from shared.images import parse_background
-
-        parse_background(cfg.image.background)
-    except UserError as err:
-        rules.append((False, str(err)))
+    rules = [rule for section in SECTION_RULES for rule in section(cfg)]
+    rules += [*task_rules(cfg.task), *engine_rules(cfg), *more_rules]
     errors = [msg for ok, msg in rules if not ok]
     if errors:
         raise ConfigError("invalid config: " + "; ".join(errors))

@@ -10,10 +10,11 @@ import time
 
 from learner.bench.common import BenchContext, png
 from learner.driver.cli import compose_config
-from learner.driver.cluster import VLLM_VENV_PYTHON, create_workers, start_ray
+from learner.driver.cluster import create_workers, start_ray
 from learner.learner import Learner, LearnerSettings
 from learner.models import resolve_model_path
 from shared.artifact import png_to_pil
+from shared.engines import VLLM_VENV_PYTHON
 from shared.images import seed_image
 from shared.messages import RolloutRequest, SamplingConfig
 from shared.prompts import render_prompt

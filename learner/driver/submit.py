@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 from urllib.parse import urlparse
 
+from shared.engines import VLLM_VENV_PYTHON
+from shared.errors import UserError
 from shared.storage import exits_on_storage_errors
 
 REPO = Path(__file__).resolve().parents[2]
@@ -113,7 +115,24 @@ def held_run_folder(cfg) -> str | None:
 @exits_on_storage_errors(
     "art-submit", "nothing was submitted; free space there or set TMPDIR", package_place
 )
-def main(argv: list[str] | None = None) -> int:
+def follow(client, job_id: str, timeout: float) -> int:
+    """Wait for the job's end (stopping it after `timeout` seconds); print its last logs."""
+    deadline = time.monotonic() + timeout
+    status = client.get_job_status(job_id)
+    while str(status.value if hasattr(status, "value") else status) not in TERMINAL:
+        if time.monotonic() > deadline:
+            print(f"job {job_id} still {status} after {timeout:g}s; stopping it", file=sys.stderr)
+            client.stop_job(job_id)
+            return 2
+        time.sleep(2)
+        status = client.get_job_status(job_id)
+    status = str(status.value if hasattr(status, "value") else status)
+    print(client.get_job_logs(job_id)[-4000:])
+    print(f"job {job_id} {status}")
+    return 0 if status == "SUCCEEDED" else 1
+
+
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Submit ART training to a Ray cluster.")
     parser.add_argument(
         "--address",
@@ -137,7 +156,11 @@ def main(argv: list[str] | None = None) -> int:
         "paths, e.g. shared storage)",
     )
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for art-train")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
 
     use_token_if_available()
     # start-up time: a heavy library, loaded when this runs
@@ -152,9 +175,6 @@ def main(argv: list[str] | None = None) -> int:
 
     # start-up time: loaded when this runs, not at import
     from shared.config import validate
-
-    # start-up time: loaded when this runs, not at import
-    from shared.errors import UserError
 
     # start-up time: loaded when this runs, not at import
     from shared.tasks.scoring import check_task_config
@@ -185,9 +205,6 @@ def main(argv: list[str] | None = None) -> int:
     for key in ("MLFLOW_TRACKING_URI", "HF_TOKEN", "ART_VLLM_PYTHON"):
         if key in os.environ and key not in env_vars:
             env_vars[key] = os.environ[key]
-    # start-up time: loaded when this runs, not at import
-    from learner.driver.cluster import VLLM_VENV_PYTHON
-
     if "ART_VLLM_PYTHON" not in env_vars and VLLM_VENV_PYTHON.exists():
         # the job runs from an uploaded copy without .venv-vllm: name this one (right when the
         # cluster is this machine, or shares this path; images set ART_VLLM_PYTHON themselves)
@@ -210,21 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     sys.stdout.flush()
     if not args.wait:
         return 0
-    deadline = time.monotonic() + args.timeout
-    status = client.get_job_status(job_id)
-    while str(status.value if hasattr(status, "value") else status) not in TERMINAL:
-        if time.monotonic() > deadline:
-            print(
-                f"job {job_id} still {status} after {args.timeout:g}s; stopping it", file=sys.stderr
-            )
-            client.stop_job(job_id)
-            return 2
-        time.sleep(2)
-        status = client.get_job_status(job_id)
-    status = str(status.value if hasattr(status, "value") else status)
-    print(client.get_job_logs(job_id)[-4000:])
-    print(f"job {job_id} {status}")
-    return 0 if status == "SUCCEEDED" else 1
+    return follow(client, job_id, args.timeout)
 
 
 if __name__ == "__main__":

@@ -404,39 +404,7 @@ def train_run(cfg: DictConfig, plan: Plan, wall_start: float) -> dict:
         final = train_loop(run)
         artifact = outputs.policy(final)
         tracking = mlflow.flush()  # bounded: what did not reach MLflow is in metrics.jsonl
-        summary = {
-            "steps": cfg.steps,
-            "reward_first5": mean(state.rewards[:5]),
-            "reward_last5": mean(state.rewards[-5:]),
-            "rewards": state.rewards,
-            "wall_time_s": round(time.perf_counter() - wall_start, 2),
-            "method": cfg.method.name,
-            "artifact_path": str(artifact.resolve()),
-            "image_path": str(artifact.resolve()) if cfg.method.name == "art" else None,
-            "adapter_path": str(artifact.resolve()) if cfg.method.name == "lora" else None,
-            "artifact_bytes": artifact_bytes(artifact),
-            "image_version": final.version,
-            "trainable_parameters": learners.num_trainable(),
-            "sync_bytes_mean": mean(state.history.get("sync_bytes", [])),
-            "best_eval_accuracy": state.best_accuracy if state.best_step is not None else None,
-            "best_step": state.best_step,
-            "worker_restarts": pool.restarts,
-            "workers_per_step": [int(n) for n in state.history.get("num_workers", [])],
-            "workers_lost": pool.lost,
-            "learner_replicas": len(replicas),
-            "loop_wall_s": round(state.loop_wall_s, 2),
-            "mean_phase_s": {k: round(mean(state.history.get(k, [])), 4) for k in PHASES},
-            "max_staleness": cfg.algo.max_staleness,
-            "resumed_from": str(plan.checkpoint) if plan.checkpoint else None,
-            "mlflow_run_id": mlflow.run_id,
-            "tracking": tracking,
-            "placement": where,
-            "model": cfg.model.name,
-            "task": cfg.task.name,
-            "reward_functions": reward_summary(state.history, plan.scorer.names),
-            "loss": cfg.algo.loss,
-            **plan.algorithm.summary(state),
-        }
+        summary = run_summary(run, plan, artifact, final, tracking, where, wall_start)
         outputs.summary(summary)
     final_report = mlflow.report()  # after the run's end reached MLflow, or the wait ran out
     if any(final_report[k] != tracking[k] for k in ("unsent_values", "unsent_calls")):
@@ -450,6 +418,45 @@ def train_run(cfg: DictConfig, plan: Plan, wall_start: float) -> dict:
         summary["artifact_path"],
     )
     return summary
+
+
+def run_summary(run: Run, plan: Plan, artifact, final, tracking, where, wall_start) -> dict:
+    """What `summary.json` holds at the end of a run."""
+    cfg, state, pool, learners, mlflow = run.cfg, run.state, run.pool, run.learner, run.mlflow
+    replicas = learners.replicas
+    return {
+        "steps": cfg.steps,
+        "reward_first5": mean(state.rewards[:5]),
+        "reward_last5": mean(state.rewards[-5:]),
+        "rewards": state.rewards,
+        "wall_time_s": round(time.perf_counter() - wall_start, 2),
+        "method": cfg.method.name,
+        "artifact_path": str(artifact.resolve()),
+        "image_path": str(artifact.resolve()) if cfg.method.name == "art" else None,
+        "adapter_path": str(artifact.resolve()) if cfg.method.name == "lora" else None,
+        "artifact_bytes": artifact_bytes(artifact),
+        "image_version": final.version,
+        "trainable_parameters": learners.num_trainable(),
+        "sync_bytes_mean": mean(state.history.get("sync_bytes", [])),
+        "best_eval_accuracy": state.best_accuracy if state.best_step is not None else None,
+        "best_step": state.best_step,
+        "worker_restarts": pool.restarts,
+        "workers_per_step": [int(n) for n in state.history.get("num_workers", [])],
+        "workers_lost": pool.lost,
+        "learner_replicas": len(replicas),
+        "loop_wall_s": round(state.loop_wall_s, 2),
+        "mean_phase_s": {k: round(mean(state.history.get(k, [])), 4) for k in PHASES},
+        "max_staleness": cfg.algo.max_staleness,
+        "resumed_from": str(plan.checkpoint) if plan.checkpoint else None,
+        "mlflow_run_id": mlflow.run_id,
+        "tracking": tracking,
+        "placement": where,
+        "model": cfg.model.name,
+        "task": cfg.task.name,
+        "reward_functions": reward_summary(state.history, plan.scorer.names),
+        "loss": cfg.algo.loss,
+        **plan.algorithm.summary(state),
+    }
 
 
 def train_loop(run: Run):

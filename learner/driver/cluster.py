@@ -25,6 +25,7 @@ from shared.config import learner_gpus
 from shared.engines import engine_spec
 from shared.errors import UserError
 from shared.tasks import task_icon
+from shared.tasks.entrypoints import absolute_entry
 
 logger = logging.getLogger("art.cluster")
 # Quiet, per-process settings every actor inherits.
@@ -289,7 +290,7 @@ def learner_settings(
         loss_agg_mode=cfg.algo.loss_agg_mode,
         norm_adv_by_std=cfg.algo.norm_adv_by_std,
         loss_scale_factor=cfg.algo.loss_scale_factor,
-        adv_estimator=cfg.algo.adv_estimator,
+        adv_estimator=absolute_entry(cfg.algo.adv_estimator),
         distill_direction=cfg.algo.distill.direction,
         **algorithm.learner_settings(cfg),
     )

@@ -14,7 +14,6 @@ run starts, not when it is first called mid-run.
 
 from __future__ import annotations
 
-import importlib
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ import torch
 
 from shared.config import AGG_MODES
 from shared.errors import UserError
+from shared.tasks.entrypoints import load_entry
 
 # logprobs_BT, old_logprobs_BT, advantages_B, mask_BT, settings, weights_BT -> (loss, metrics)
 PolicyLoss = Callable[..., tuple[torch.Tensor, dict[str, float]]]
@@ -92,8 +92,9 @@ def check_signature(fn, name: str) -> None:
 
 
 def get_policy_loss(name: str) -> PolicyLossSpec:
-    """A registered loss, or `package.module:function` (imported, checked and registered under
-    that name; a function it registered itself under another name is found under this one)."""
+    """A registered loss, or `package.module:function` / `path/to/file.py:function` (imported,
+    checked and registered under that name; a function it registered itself under another
+    name is found under this one)."""
     if name in POLICY_LOSSES:
         return POLICY_LOSSES[name]
     if ":" not in name:
@@ -102,13 +103,14 @@ def get_policy_loss(name: str) -> PolicyLossSpec:
             "sft, distill, opd, or a package.module:function of your own (learner/objectives/"
             "registry.py)"
         )
-    module_name, _, attribute = name.partition(":")
-    try:
-        fn = getattr(importlib.import_module(module_name), attribute)
-    except (ImportError, AttributeError) as err:
+    try:  # package.module:function or path/to/file.py:function
+        fn = load_entry(name, "algo.loss")
+    except UserError as err:
+        target, _, attribute = name.rpartition(":")
         raise UserError(
-            f"algo.loss={name!r}: cannot load {attribute!r} from module {module_name!r} ({err}); "
-            "give package.module:function importable on every learner node"
+            f"algo.loss={name!r}: cannot load {attribute!r} from {target!r} ({err}); give "
+            "package.module:function or path/to/file.py:function, importable on every learner "
+            "node"
         ) from err
     own = next((s for s in POLICY_LOSSES.values() if s.fn is fn), None)
     if own is not None:  # registered by its module under its own name: keep its defaults

@@ -387,9 +387,17 @@ async def run_cell(
 # -- the run ----------------------------------------------------------------------------------
 
 
+# The embedded model's folder, shipped with the repository (a file path: the rollout side
+# imports nothing of the learner's).
+EMBEDDED_MODEL = Path(__file__).resolve().parents[2] / "learner" / "models" / "shipped" / "tiny"
+
+
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="art-serve-bench", description=__doc__.splitlines()[0])
-    p.add_argument("--model", required=True, help="the model: hub id or folder")
+    p.add_argument(
+        "--model", default=str(EMBEDDED_MODEL), help="the model: hub id or folder (default: "
+        "the embedded tiny model)",
+    )  # fmt: skip
     p.add_argument("--served-name", help="its name on the server and in the PNGs' metadata")
     p.add_argument("--ks", default="1,4,16", help="task counts K to serve")
     p.add_argument("--loads", default="uniform,skewed", help="request mixes over the K tasks")
@@ -423,7 +431,8 @@ class Run:
         if not set(self.loads) <= set(LOADS) or min(self.ks) < 1:
             raise UserError(f"--loads takes {','.join(LOADS)}; --ks positive integers")
         self.k_max = max(self.ks)
-        self.served = args.served_name or args.model
+        default = args.model == str(EMBEDDED_MODEL)  # served as "tiny", as art-serve names it
+        self.served = args.served_name or ("tiny" if default else args.model)
         self.out = Path(args.out)
         self.out.mkdir(parents=True, exist_ok=True)
         self.cells: list[Cell] = []

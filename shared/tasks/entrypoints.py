@@ -45,6 +45,15 @@ def is_file_target(target: str) -> bool:
     return target.endswith(".py") or "/" in target or os.sep in target
 
 
+def absolute_entry(spec: str) -> str:
+    """`path/to/file.py:name` with the file's absolute path (another process, a Ray actor,
+    may start elsewhere); any other spec or name unchanged."""
+    target, sep, attr = str(spec).rpartition(":")
+    if sep and target and is_file_target(target):
+        return f"{resolve_path(target).resolve()}:{attr}"
+    return str(spec)
+
+
 def shipped_folders() -> list[str]:
     return [f for f in os.environ.get(SHIPPED_ENV, "").split(",") if f]
 

@@ -12,6 +12,7 @@ from omegaconf import open_dict
 from learner.driver.algorithms.base import Algorithm
 from learner.driver.rollouts import StepRollouts, compute_rollouts
 from learner.objectives import get_adv_estimator, get_policy_loss
+from shared.tasks.entrypoints import absolute_entry
 
 
 class PolicyGradient(Algorithm):
@@ -19,7 +20,9 @@ class PolicyGradient(Algorithm):
 
     @property
     def objective(self) -> str:
-        return self.cfg.algo.loss  # the loss itself: learner/objectives/registry.py
+        """The loss itself (learner/objectives/registry.py), a user's file by its absolute
+        path: the learner actor may start in another folder."""
+        return absolute_entry(self.cfg.algo.loss)
 
     def rules(self, cfg: Any) -> list[tuple[bool, str]]:
         spec = get_policy_loss(cfg.algo.loss)  # a user's loss is imported and checked here

@@ -21,6 +21,7 @@ from shared.messages import (
     ImageUpdate,
     RolloutRequest,
     SamplingConfig,
+    WorkerSettings,
 )
 
 
@@ -51,17 +52,12 @@ def _engine_errors_portable(method):
 
 class RolloutWorker:
     @_engine_errors_portable
-    def __init__(
-        self,
-        engine: str,
-        model_path: str,
-        worker_index: int = 0,
-        run_id: str = "",
-        **engine_options,
-    ):
-        self.worker_index, self.engine_name, self.run_id = worker_index, engine, run_id
-        self.metrics = ray_metrics(run=run_id, worker=str(worker_index))
-        self.engine = make_engine(engine, model_path, **engine_options)
+    def __init__(self, settings: WorkerSettings):
+        self.settings = settings
+        self.worker_index, self.engine_name = settings.worker_index, settings.engine
+        self.run_id = settings.run_id
+        self.metrics = ray_metrics(run=settings.run_id, worker=str(settings.worker_index))
+        self.engine = make_engine(settings.engine, settings.model_path, **settings.engine_options)
         self.version: int | None = None
         self.image = None
         self.adapter_version: int | None = None

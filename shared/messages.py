@@ -178,3 +178,16 @@ class AdapterUpdate:
             raise ValueError(f"adapter version must be >= 0, got {self.version}")
         if not self.weights or not self.config.get("peft_type") == "LORA":
             raise ValueError("AdapterUpdate needs safetensors weights and a LoRA adapter config")
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """What a rollout worker is built from. Driver -> RolloutWorker (the actor's constructor).
+
+    `engine_options` are the engine spec's (shared/engines.py) constructor arguments."""
+
+    engine: str  # rollout.engine: a name of shared.engines.ENGINES
+    model_path: str  # the model's folder or hub id (resolved by the driver)
+    worker_index: int = 0  # rollout-worker-<index>
+    run_id: str = ""  # tags the Ray metrics
+    engine_options: dict = field(default_factory=dict)

@@ -16,7 +16,7 @@ from learner.models import resolve_model_path
 from shared.artifact import png_to_pil
 from shared.engines import VLLM_VENV_PYTHON
 from shared.images import seed_image
-from shared.messages import RolloutRequest, SamplingConfig
+from shared.messages import RolloutRequest, SamplingConfig, WorkerSettings
 from shared.prompts import render_prompt
 
 LETTER = "e"
@@ -31,7 +31,7 @@ def bench_rollouts(model: str, size: int, prompts: int, group: int, tokens: int)
     # The worker class from its import path, as the driver creates it (learner/ never
     # imports rollout_worker/); its engine is the HF engine the embedded default runs.
     worker_cls = get_class(compose_config().rollout.worker_cls)
-    engine = worker_cls("hf", resolve_model_path(model)).engine
+    engine = worker_cls(WorkerSettings("hf", resolve_model_path(model))).engine
     image = png_to_pil(png(seed_image("noise", size, size)))
     out = {"model": model}
     for with_image in (True, False):

@@ -24,6 +24,7 @@ from learner.settings import LearnerSettings
 from shared.config import learner_gpus
 from shared.engines import engine_spec
 from shared.errors import UserError
+from shared.messages import WorkerSettings
 from shared.tasks import task_icon
 from shared.tasks.entrypoints import absolute_entry
 
@@ -366,13 +367,7 @@ def worker_factory(cfg, ray, model_path: str, lora_rank: int | None = None, run_
             resources=(dict(rollout.resources) or None) if tp is None else None,  # in the bundles
             runtime_env=runtime_env,
             **placement,
-        ).remote(
-            engine=rollout.engine,
-            model_path=model_path,
-            worker_index=index,
-            run_id=run_id,
-            **options,
-        )
+        ).remote(WorkerSettings(rollout.engine, model_path, index, run_id, options))
         if tp is not None:
             PLACEMENT_GROUPS[actor._actor_id.hex()] = group
         return actor

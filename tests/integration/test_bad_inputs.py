@@ -249,8 +249,9 @@ def test_bad_input_is_one_clear_line(tmp_path, tiny_model_path, case):
 def test_set_image_refuses_what_is_not_a_complete_png(tiny_model_path):
     from rollout_worker.worker import RolloutWorker
     from shared.artifact import encode_png
+    from shared.messages import WorkerSettings  # beside the import of the worker
 
-    worker = RolloutWorker("hf", tiny_model_path)
+    worker = RolloutWorker(WorkerSettings("hf", tiny_model_path))
     png = encode_png(np.random.default_rng(0).integers(0, 256, (64, 64, 3), np.uint8))
     with pytest.raises(ValueError, match="not PNG data .* give the bytes of a PNG file"):
         worker.set_image(1, b"GIF89a....")

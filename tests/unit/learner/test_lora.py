@@ -6,7 +6,13 @@ import torch
 from learner.learner import Learner, LearnerSettings
 from rollout_worker.hf_engine import HFEngine
 from rollout_worker.worker import RolloutWorker
-from shared.messages import AdapterUpdate, RolloutRequest, SamplingConfig, ScoredGroup
+from shared.messages import (
+    AdapterUpdate,
+    RolloutRequest,
+    SamplingConfig,
+    ScoredGroup,
+    WorkerSettings,
+)
 from shared.prompts import render_prompt
 
 LORA = {"rank": 8, "alpha": 16, "dropout": 0.0, "target_modules": ["q_proj", "v_proj", "down_proj"]}
@@ -60,7 +66,7 @@ def test_rollouts_with_the_broadcast_adapter_agree_with_the_learner(
     learner.update(_text_groups(engine, tiny_processor))
     learner.update(_text_groups(engine, tiny_processor, seed=1, version=1))  # B != 0 now
     update = learner.policy_update()
-    worker = RolloutWorker("hf", tiny_model_path)
+    worker = RolloutWorker(WorkerSettings("hf", tiny_model_path))
     assert worker.set_adapter(update.version, update.config, update.weights) == 2
     prompt = render_prompt(tiny_processor, "What letter is it?", with_image=False)
     groups = worker.generate(
@@ -75,7 +81,7 @@ def test_rollouts_with_the_broadcast_adapter_agree_with_the_learner(
         for a, b in zip(c.logprobs, lp, strict=True)
     ]
     assert sum(diffs) / len(diffs) <= 1e-5  # float32 on both sides
-    base = RolloutWorker("hf", tiny_model_path).generate(
+    base = RolloutWorker(WorkerSettings("hf", tiny_model_path)).generate(
         [RolloutRequest(0, prompt, 8, with_image=False)], SamplingConfig(seed=3, max_new_tokens=6)
     )[0]
     assert [c.logprobs for c in base] != [c.logprobs for c in completions]  # it did something
@@ -109,7 +115,7 @@ def test_stale_completions_are_scored_under_the_adapter_they_were_sampled_with(
 def test_an_engine_takes_adapters_of_different_shapes_one_after_another(
     tiny_model_path, tiny_processor
 ):
-    worker = RolloutWorker("hf", tiny_model_path)
+    worker = RolloutWorker(WorkerSettings("hf", tiny_model_path))
     prompt = render_prompt(tiny_processor, "What letter is it?", with_image=False)
     request = [RolloutRequest(0, prompt, 2, with_image=False)]
     for version, rank in ((1, 8), (2, 4)):
@@ -134,7 +140,7 @@ def test_with_dropout_the_old_log_probs_come_from_the_policy_not_the_dropout_for
         lora=dict(LORA, dropout=0.5),
     ))  # fmt: skip
     learner.update(_text_groups(engine, tiny_processor))  # B != 0: dropout now matters
-    worker = RolloutWorker("hf", tiny_model_path)
+    worker = RolloutWorker(WorkerSettings("hf", tiny_model_path))
     update = learner.policy_update()
     worker.set_adapter(update.version, update.config, update.weights)
     prompt = render_prompt(tiny_processor, "What letter is it?", with_image=False)

@@ -3,7 +3,7 @@ import pytest
 from rollout_worker.hf_engine import HFEngine
 from rollout_worker.worker import RolloutWorker
 from shared.artifact import encode_png, png_to_pil
-from shared.messages import RolloutRequest, SamplingConfig
+from shared.messages import RolloutRequest, SamplingConfig, WorkerSettings
 from shared.prompts import render_prompt, suppressed_token_ids
 
 
@@ -49,7 +49,7 @@ def test_vision_special_tokens_are_never_sampled(engine, tiny_processor):
 
 
 def test_worker_tracks_image_versions(tiny_model_path, tiny_processor):
-    worker = RolloutWorker("hf", tiny_model_path, worker_index=0)
+    worker = RolloutWorker(WorkerSettings("hf", tiny_model_path, worker_index=0))
     prompt = render_prompt(tiny_processor, "What letter is it?")
     with pytest.raises(RuntimeError, match="no image yet"):
         worker.generate([RolloutRequest(0, prompt, 2)], SamplingConfig())

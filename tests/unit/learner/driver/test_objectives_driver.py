@@ -39,7 +39,9 @@ def test_impossible_objective_settings_fail_with_what_to_set(overrides, message)
         check_config(compose_config(*overrides))
 
 
-@pytest.mark.parametrize("algo", ["dapo", "grpo", "dr_grpo", "gspo", "cispo", "sft", "distill", "opd"])
+@pytest.mark.parametrize(
+    "algo", ["dapo", "grpo", "dr_grpo", "gspo", "cispo", "sft", "distill", "opd"]
+)
 def test_every_objective_preset_is_a_valid_config(algo):
     cfg = compose_config(f"algo={algo}")
     check_config(cfg)

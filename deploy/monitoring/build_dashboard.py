@@ -2,9 +2,10 @@
 
     python deploy/monitoring/build_dashboard.py        # rewrites art-dashboard.json
 
-Every panel reads the `ray_art_*` series Ray exports (Prometheus data source `${datasource}`),
-filtered by the dashboard's `run` variable. A test checks the JSON is this script's output
-and that every metric of docs/monitoring.md has a panel.
+Every training panel reads the `ray_art_*` series Ray exports (Prometheus data source
+`${datasource}`), filtered by the dashboard's `run` variable; the serving row reads art-serve's
+own `art_serve_*` series (its `/metrics`), filtered by the `task` variable. A test checks the
+JSON is this script's output and that every metric of docs/monitoring.md has a panel.
 """
 
 from __future__ import annotations
@@ -132,6 +133,58 @@ PANELS = [
 ]
 
 
+TASK = 'task=~"$task"'
+# The serving row (art-serve's /metrics, docs/monitoring.md "Serving"), same layout.
+SERVING_PANELS = [
+    (
+        "Serving: requests per second by task and status",
+        "reqps",
+        [(f"sum by (task, status) (rate(art_serve_requests_total{{{TASK}}}[1m]))",
+          "{{task}} {{status}}")],
+        12,
+    ),
+    (
+        "Serving: errors per second by task, status, backend",
+        "reqps",
+        [(f"sum by (task, status, backend) (rate(art_serve_errors_total{{{TASK}}}[5m]))",
+          "{{task}} {{status}} {{backend}}")],
+        12,
+    ),
+    (
+        "Serving: tokens per second by task",
+        "none",
+        [
+            (f"sum by (task) (rate(art_serve_prompt_tokens_total{{{TASK}}}[1m]))", "prompt {{task}}"),
+            (f"sum by (task) (rate(art_serve_completion_tokens_total{{{TASK}}}[1m]))",
+             "completion {{task}}"),
+        ],
+        8,
+    ),
+    (
+        "Serving: latency p50 / p95",
+        "s",
+        [
+            (f"histogram_quantile(0.5, sum by (task, le) (rate(art_serve_request_seconds_bucket{{{TASK}}}[5m])))",
+             "p50 {{task}}"),
+            (f"histogram_quantile(0.95, sum by (task, le) (rate(art_serve_request_seconds_bucket{{{TASK}}}[5m])))",
+             "p95 {{task}}"),
+        ],
+        8,
+    ),
+    (
+        "Serving: time to first token p50 / p95",
+        "s",
+        [
+            (f"histogram_quantile(0.5, sum by (task, le) (rate(art_serve_time_to_first_token_seconds_bucket{{{TASK}}}[5m])))",
+             "p50 {{task}}"),
+            (f"histogram_quantile(0.95, sum by (task, le) (rate(art_serve_time_to_first_token_seconds_bucket{{{TASK}}}[5m])))",
+             "p95 {{task}}"),
+        ],
+        8,
+    ),
+]  # fmt: skip
+
+
 def panel(index: int, title: str, unit: str, targets: list, width: int, x: int, y: int):
     stacked = title.startswith("Step time")
     return {
@@ -164,6 +217,16 @@ def dashboard() -> dict:
             x, y = 0, y + 8
         panels.append(panel(i, title, unit, targets, width, x, y))
         x += width
+    y += 8
+    panels.append({"id": len(panels) + 1, "type": "row", "title": "Serving (art-serve)",
+                   "collapsed": False, "gridPos": {"h": 1, "w": 24, "x": 0, "y": y},
+                   "panels": [], "targets": []})  # fmt: skip
+    x, y = 0, y + 1
+    for title, unit, targets, width in SERVING_PANELS:
+        if x + width > 24:
+            x, y = 0, y + 8
+        panels.append(panel(len(panels), title, unit, targets, width, x, y))
+        x += width
     return {
         "uid": "art-training",
         "title": "ART training",
@@ -186,6 +249,17 @@ def dashboard() -> dict:
                     "label": "run",
                     "datasource": {"type": "prometheus", "uid": "${datasource}"},
                     "query": "label_values(ray_art_step, run)",
+                    "refresh": 2,
+                    "includeAll": True,
+                    "multi": True,
+                    "current": {"text": "All", "value": "$__all"},
+                },
+                {
+                    "name": "task",
+                    "type": "query",
+                    "label": "served task",
+                    "datasource": {"type": "prometheus", "uid": "${datasource}"},
+                    "query": "label_values(art_serve_requests_total, task)",
                     "refresh": 2,
                     "includeAll": True,
                     "multi": True,

@@ -14,6 +14,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import signal
 import sys
 import urllib.request
 
@@ -62,7 +63,31 @@ def parser() -> argparse.ArgumentParser:
         default=600.0,
         help="seconds a backend may stay silent before the request fails with 504",
     )
-    p.add_argument("--access-log", action="store_true", help="log every request")
+    p.add_argument(
+        "--access-log",
+        action="store_true",
+        help="one log line per request: task, status, tokens, seconds (never the key)",
+    )
+    p.add_argument(
+        "--api-key",
+        action="append",
+        default=[],
+        metavar="KEY",
+        help="a client key that may use every task (repeatable); with keys, every route but "
+        "/health wants `Authorization: Bearer <key>`",
+    )
+    p.add_argument(
+        "--api-keys-file",
+        metavar="FILE",
+        help='a JSON/YAML file {key: [tasks] or "*"}: each key sees and uses only its tasks; '
+        "read again when it changes",
+    )
+    p.add_argument(
+        "--max-body-mb",
+        type=float,
+        default=16.0,
+        help="the largest request body in MiB (413 beyond; default 16, a long chat)",
+    )
     p.add_argument(
         "--ray", action="store_true", help="deploy on a Ray cluster as a Ray Serve application"
     )
@@ -127,6 +152,8 @@ def serve(args: argparse.Namespace, extra: list[str]) -> int:
         )
     if args.replicas < 1:
         raise UserError(f"--replicas {args.replicas}: set >= 1")
+    if args.max_body_mb <= 0:
+        raise UserError(f"--max-body-mb {args.max_body_mb}: set > 0")
     image_size = parse_image_size(args.image_size) if args.image_size else None
 
     def config(backends: list[str], model: str | None) -> GatewayConfig:
@@ -138,6 +165,10 @@ def serve(args: argparse.Namespace, extra: list[str]) -> int:
             png_name=args.png_name,
             rescan_interval_s=args.rescan_s,
             request_timeout_s=args.timeout_s,
+            api_keys=tuple(args.api_key),
+            api_keys_file=args.api_keys_file,
+            max_body_bytes=int(args.max_body_mb * 2**20),
+            access_log=args.access_log,
         )
 
     if args.ray:
@@ -159,9 +190,25 @@ def serve(args: argparse.Namespace, extra: list[str]) -> int:
     model = args.model or args.launch
     server = VllmServer(args.launch, served_model_name=model, extra_args=launch_args(python, extra))
     print(f"art-serve: starting vLLM ({python}) on {server.url}: {' '.join(server.cmd[1:])}")
-    with server.start():
+    exit_on_signals()  # SIGTERM, SIGHUP (and SIGINT) end this process through `finally`
+    try:
+        server.spawn().wait()
         print(f"art-serve: vLLM up in {server.start_s:.0f}s")
         return run_uvicorn(config([server.url], model), args)
+    finally:  # however art-serve ends, the engine it launched ends with it
+        print("art-serve: stopping the vLLM server it launched", file=sys.stderr)
+        server.stop(grace_s=15)
+
+
+def exit_on_signals() -> None:
+    """SIGTERM and SIGHUP raise SystemExit(128 + signal), so that `finally` runs (uvicorn
+    handles SIGTERM while it serves and raises it again once it stopped, through this)."""
+
+    def handler(signum, frame):
+        raise SystemExit(128 + signum)
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, handler)
 
 
 def ask_model(url: str) -> str:
@@ -204,7 +251,7 @@ def run_uvicorn(config, args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         log_level="info",
-        access_log=args.access_log,
+        access_log=False,  # the gateway's own lines (--access-log): task, status, tokens
     )
     return 0
 

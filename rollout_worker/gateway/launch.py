@@ -33,6 +33,17 @@ def vllm_python() -> str:
     return str(venv) if venv.exists() else sys.executable
 
 
+def die_with_parent() -> None:
+    """In the child, before exec (Linux): SIGTERM when the process that started it dies, even
+    by SIGKILL, so that no engine outlives its gateway or benchmark."""
+    try:
+        import ctypes  # Linux's prctl; elsewhere the process group's stop has to do
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -145,7 +156,12 @@ class VllmServer:
         self._started = time.perf_counter()
         out = open(self.log_path, "w") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         self.proc = subprocess.Popen(
-            self.cmd, stdout=out, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
+            self.cmd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=self.env,
+            start_new_session=True,  # its own process group: stopped as a whole
+            preexec_fn=die_with_parent,
         )
         if out is not subprocess.DEVNULL:
             out.close()
@@ -194,19 +210,21 @@ class VllmServer:
         except urllib.error.HTTPError as e:
             return e.code, e.read().decode()
 
-    def stop(self) -> None:
+    def stop(self, grace_s: float = 30.0) -> None:
         """SIGTERM to the server's process group (its engine core and workers too), then
-        SIGKILL after 30 s."""
-        if self.proc is None or self.proc.poll() is not None:
+        SIGKILL after `grace_s`; whatever of the group is left (a worker that outlived the
+        server) is killed too."""
+        if self.proc is None:
             return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
+        if self.proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=30)
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=grace_s)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)  # the group's stragglers, if any
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=grace_s)
 
     def __enter__(self) -> VllmServer:
         return self

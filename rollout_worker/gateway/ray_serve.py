@@ -53,13 +53,16 @@ def deployment(config: GatewayConfig, replicas: int = 1, max_ongoing_requests: i
 def app_builder(args: dict[str, str]):
     """For `serve run rollout_worker.gateway.ray_serve:app_builder key=value ...` and Serve
     config files: tasks, backends (comma separated), and optionally model, image_size (N or
-    HxW), png_name, replicas."""
+    HxW), png_name, replicas, api_keys_file (the keys file: keys stay out of the Serve
+    config), max_body_mb."""
     config = GatewayConfig(
         tasks=args["tasks"],
         backends=tuple(u for u in args["backends"].split(",") if u),
         model=args.get("model"),
         image_size=parse_image_size(args["image_size"]) if args.get("image_size") else None,
         png_name=args.get("png_name", "art.png"),
+        api_keys_file=args.get("api_keys_file"),
+        max_body_bytes=int(float(args.get("max_body_mb", 16)) * 2**20),
     )
     return deployment(config, int(args.get("replicas", 1)))
 

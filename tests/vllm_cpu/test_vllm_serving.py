@@ -243,3 +243,34 @@ def test_the_serving_benchmark_runs_on_a_real_engine_and_checks_every_answer(
     assert cells[("art", 2)]["mm_cache_hit_rate"] == 1.0  # each task's image processed once
     assert report["add_a_task"]["mismatches"] == [] and report["add_a_task"]["png_first_s"]
     assert (tmp_path / "serve-bench.png").stat().st_size > 10_000
+
+
+def test_a_stream_cut_by_a_dying_engine_ends_with_an_error_event(
+    vllm_python, tiny_model_path, tasks_dir, tmp_path
+):
+    """A real engine killed (SIGKILL to its process group) in the middle of a streamed answer:
+    the client's stream ends with OpenAI's error object, not a quiet end that looks whole."""
+    import signal
+
+    from rollout_worker.gateway.launch import MM_LIMITS, VllmServer, cpu_server_args
+
+    extra = [*MM_LIMITS, *cpu_server_args()]
+    server = VllmServer(tiny_model_path, "tiny", extra_args=extra, log_path=tmp_path / "v.log",
+                        python=vllm_python)  # fmt: skip
+    with server.start(timeout_s=300):
+        args = ["--tasks", str(tasks_dir), "--backend", server.url, "--timeout-s", "20"]
+        with art_serve(*args, log=tmp_path / "art-serve.log") as url:
+            request = body("red", stream=True, max_tokens=480, temperature=1.0, ignore_eos=True)
+            events = []
+            with httpx.stream("POST", url + "/v1/chat/completions", json=request, timeout=60) as r:
+                for line in r.iter_lines():
+                    if not line:
+                        continue
+                    events.append(line)
+                    if len(events) == 2:
+                        os.killpg(server.proc.pid, signal.SIGKILL)  # the engine dies mid-answer
+            log = (tmp_path / "art-serve.log").read_text()
+    assert len(events) < 480 and events[-1] != "data: [DONE]", events[-3:]
+    last = json.loads(events[-1][len("data: ") :])
+    assert last["error"]["code"] in (502, 504), last
+    assert "task red: the stream from" in log and "broke off" in log

@@ -87,8 +87,9 @@ ray-down:
 dashboard-shot: install
 	$(PY) deploy/monitoring/dashboard_shot.py
 
-# Evaluates the text-only baseline, the seed image and the newest outputs/*/art.png (if any).
-LATEST_ART := $(lastword $(sort $(wildcard outputs/*/art.png)))
+# Evaluates the text-only baseline, the seed image and the most recently written
+# outputs/*/art.png (if any; by time, whatever the folders' names).
+LATEST_ART := $(shell ls -td outputs/*/art.png 2>/dev/null | head -1)
 eval: install
 	$(VENV)/bin/art-eval 'eval.conditions=[none,seed$(if $(LATEST_ART),$(comma)$(LATEST_ART))]' $(ARGS)
 
@@ -105,7 +106,7 @@ bench: install
 
 # art-serve: every run under $(TASKS) (<run>/art.png) served by name (model=<run>) on
 # 127.0.0.1:8080, in front of a stock vLLM server (.venv-vllm) of the embedded model. Another
-# model: .venv/bin/art-serve --tasks outputs --launch Qwen/Qwen3.5-0.8B (README, Serving).
+# model: .venv/bin/art-serve --tasks outputs --launch Qwen/Qwen3.5-0.8B (docs/serving.md).
 TASKS ?= outputs
 serve: install install-vllm
 	$(VENV)/bin/art-serve --tasks $(TASKS) --model tiny --launch $(CURDIR)/learner/models/shipped/tiny $(ARGS)

@@ -86,8 +86,8 @@ def report_kernel_paths(model, device: torch.device) -> dict[str, float]:
     if slow:
         logger.warning(
             "the learner runs on cuda with the torch reference for %s (much slower): install "
-            "flash-linear-attention and causal-conv1d in the learner's environment (README, "
-            "'On a GPU')",
+            "flash-linear-attention and causal-conv1d in the learner's environment (`make "
+            "install-cuda-kernels`, docs/gpus-and-engines.md)",
             " and ".join(slow),
         )
     return {"linear_attention_reference": float(bool(slow))}

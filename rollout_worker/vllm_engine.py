@@ -159,7 +159,7 @@ def import_vllm():
             f"rollout.engine=vllm: this rollout worker's Python ({sys.executable}) cannot import "
             f"vLLM ({err}). On a CPU machine run `make install-vllm` (it builds .venv-vllm, "
             "which rollout.python=auto finds); on a GPU machine the environment of "
-            "deploy/vllm/requirements-gpu.txt (README, 'On a GPU'); or set "
+            "deploy/vllm/requirements-gpu.txt (docs/gpus-and-engines.md); or set "
             "rollout.python to an interpreter that has vLLM"
         ) from err
     return LLM

@@ -18,7 +18,8 @@ from shared.sampling import MAX_ROUNDS_PER_STEP
 
 @dataclass
 class ModelConfig:
-    # "tiny" builds the embedded offline model; otherwise a hub id or a local directory.
+    # "tiny" (or "tiny_hint"): the embedded offline model shipped with the repository;
+    # otherwise a model preset's hub id, a hub id or a local directory.
     name: str = "tiny"
     # Torch dtype of the learner's differentiable copy (float32 on CPU, bfloat16 on GPU).
     dtype: str = "float32"
@@ -171,6 +172,9 @@ class AlgoConfig:
     filter_metric: str = "acc"
     # With filter_metric=reward: the smallest reward std (population) a kept group has.
     min_reward_std: float = 0.0
+    # Steps in a row without one informative group (every group's accuracies equal: nothing
+    # to learn from) that stop the run with one line saying why (0: never stop).
+    max_uninformative_steps: int = 10
     # Overlong shaping buffer in tokens before max_new_tokens (0 disables the penalty).
     overlong_buffer: int = 0
     # Optimizer steps per rollout batch (the batch is split into this many minibatches).
@@ -236,6 +240,7 @@ def algo_rules(cfg: Any) -> list[tuple[bool, str]]:
             f"algo.filter_metric={algo.filter_metric!r}: use 'acc', 'reward' or 'none'",
         ),
         (algo.min_reward_std >= 0, "algo.min_reward_std must be >= 0"),
+        (algo.max_uninformative_steps >= 0, "algo.max_uninformative_steps must be >= 0"),
         (
             algo.rollout_correction in ("off", "token", "sequence"),
             f"algo.rollout_correction={algo.rollout_correction!r}: use off, token or sequence",

@@ -115,8 +115,8 @@ class VLLMEngineSpec(EngineSpec):
             raise UserError(
                 "rollout.engine=vllm needs vLLM, and neither .venv-vllm nor this Python has it: "
                 "run `make install-vllm` (vLLM's CPU build, in its own environment) or, on a GPU "
-                "machine, the environment of deploy/vllm/requirements-gpu.txt (README, 'On a "
-                "GPU'); or set rollout.python=<python with vLLM>"
+                "machine, the environment of deploy/vllm/requirements-gpu.txt "
+                "(docs/gpus-and-engines.md); or set rollout.python=<python with vLLM>"
             )
         return None
 

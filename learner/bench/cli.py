@@ -26,6 +26,7 @@ from pathlib import Path
 
 from learner.bench.common import BenchContext, measure, synthetic_groups
 from shared.atomic import write_text_atomic
+from shared.errors import UserError
 from shared.storage import ATOMIC_NOTE, exits_on_storage_errors
 
 __all__ = ["SECTIONS", "main", "measure", "synthetic_groups"]  # tests import the helpers here
@@ -99,9 +100,6 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = Path(args.out).resolve()
     # start-up time: loaded when this runs, not at import
     from learner.driver.tracking import ensure_writable
-
-    # start-up time: loaded when this runs, not at import
-    from shared.errors import UserError
 
     try:
         ensure_writable(out_dir, "--out")

@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import difflib
 import gc
 import logging
 import secrets
@@ -29,16 +30,19 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from shared.config import register_configs
+from shared.config import TrainConfig, register_configs, resolve
 from shared.errors import RunStoppedError, Terminated, UserError
+from shared.storage import ATOMIC_NOTE, describe, storage_error
 
 CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 
 register_configs()  # the structured schema `conf/config.yaml` builds on
 
 
-def compose_config(*overrides: str, run_dir: str = "unused"):
-    """The `conf/` config with Hydra overrides, outside the CLI (tests, notebooks)."""
+def compose_config(*overrides: str, run_dir: str | None = None):
+    """The `conf/` config with Hydra overrides, outside the CLI (tests, notebooks); its run
+    folder is `run_dir`, or the one the command line would choose (a new dated folder under
+    `output_dir`, `run_name`'s, or with `resume=auto` the newest run's)."""
     # start-up time: a heavy library, loaded when this runs
     from hydra import compose, initialize_config_dir
 
@@ -48,11 +52,10 @@ def compose_config(*overrides: str, run_dir: str = "unused"):
     if GlobalHydra.instance().is_initialized():  # inside an app (art-compare composes per method)
         GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose("config", overrides=list(rewrite_model_override(list(overrides))))
+        argv = add_mapping_keys(rewrite_model_override(list(overrides)))
+        cfg = compose("config", overrides=argv)
     OmegaConf.set_struct(cfg, False)
-    cfg.run_dir = run_dir
-    # start-up time: loaded when this runs, not at import
-    from shared.config import resolve
+    cfg.run_dir = str(run_dir) if run_dir is not None else str(choose_run_dir(cfg))
 
     resolve(cfg)
     return cfg
@@ -96,6 +99,49 @@ def rewrite_model_override(argv: list[str]) -> list[str]:
     return out
 
 
+# Fields that are mappings: a key a preset lacks is added (`++`), as the docs write them
+# (`task.options.scoring=lenient`), instead of Hydra's "key not in struct" refusal.
+MAPPING_FIELDS = (
+    "task.options.",
+    "task.reward_ranges.",
+    "rollout.resources.",
+    "learner.resources.",
+)
+
+
+def add_mapping_keys(argv: list[str]) -> list[str]:
+    return [
+        f"++{a}" if a.startswith(MAPPING_FIELDS) and "=" in a.split("[", 1)[0] else a for a in argv
+    ]
+
+
+def check_flags(argv: list[str], prog: str) -> None:
+    """`--help`, `--version` answered here; `--steps 10` (argparse's style) refused with what
+    to write instead."""
+    from learner.driver.help import help_text, version  # start-up time: only for these flags
+
+    if any(a in ("-h", "--help") for a in argv):
+        print(help_text(prog))
+        sys.exit(0)
+    if "--version" in argv:
+        print(f"{prog} {version()}")
+        sys.exit(0)
+    for i, arg in enumerate(argv):
+        if arg.startswith("--") and arg not in ("--hydra-help", "--cfg", "--resolve", "--info"):
+            if arg.startswith(("--config-dir", "--config-name", "--config-path", "-cd", "-cn")):
+                continue
+            key = arg[2:].split("=", 1)[0]
+            value = (
+                arg.split("=", 1)[1]
+                if "=" in arg
+                else (argv[i + 1] if i + 1 < len(argv) else "<value>")
+            )
+            fail(
+                prog,
+                f"{arg}: {prog} takes key=value overrides, not flags: write `{key}={value}` (--help lists them)",
+            )
+
+
 def check_overrides(argv: list[str]) -> None:
     """Compose the config once with the command line's overrides; a composition error becomes
     a `UserError` that names the override and says what to do."""
@@ -128,15 +174,27 @@ def describe_override_error(err: BaseException) -> str:
             if any(ln.startswith("Available") for ln in lines)
             else []
         )
-        return f"{group}={option}: no such option; {group} is one of: {', '.join(options)}"
+        close = difflib.get_close_matches(option, options, n=1)
+        hint = f" (did you mean `{group}={close[0]}`?)" if close else ""
+        return f"{group}={option}: no such option; {group} is one of: {', '.join(options)}{hint}"
     cause: BaseException | None = err
     while cause is not None and not getattr(cause, "full_key", None):
         cause = cause.__cause__ or cause.__context__
     if isinstance(cause, ConfigAttributeError | ConfigKeyError):
-        parent = cause.full_key.rsplit(".", 1)[0] if "." in cause.full_key else "the config"
+        parent = cause.full_key.rsplit(".", 1)[0] if "." in cause.full_key else ""
         fields = _fields_of(cause.full_key)
-        hint = f"; {parent} has: {', '.join(fields)}" if fields else ""
-        return f"unknown config key {cause.full_key!r}{hint} (every field: shared/config.py)"
+        close = difflib.get_close_matches(cause.full_key.rsplit(".", 1)[-1], fields, n=1)
+        if close:
+            nearest = f"{parent}.{close[0]}" if parent else close[0]
+            return (
+                f"unknown config key {cause.full_key!r}: did you mean `{nearest}`? (every "
+                "field: shared/config.py; `+key=value` adds a key of your own)"
+            )
+        hint = f"; {parent or 'the config'} has: {', '.join(fields)}" if fields else ""
+        return (
+            f"unknown config key {cause.full_key!r}{hint} (every field: shared/config.py; "
+            "`+key=value` adds a key of your own)"
+        )
     if isinstance(cause, OmegaConfBaseException):
         first = str(cause).splitlines()[0]
         return f"{cause.full_key}: {first}; give a value of the field's type (shared/config.py)"
@@ -145,9 +203,6 @@ def describe_override_error(err: BaseException) -> str:
 
 
 def _fields_of(full_key: str) -> list[str]:
-
-    # start-up time: loaded when this runs, not at import
-    from shared.config import TrainConfig
 
     node = TrainConfig
     for part in full_key.split(".")[:-1]:
@@ -234,8 +289,6 @@ def handle_sigterm() -> None:
 
 def stop_message(prog: str, err: BaseException, run_dir: str) -> tuple[int, str]:
     """(exit status, the one line) for an error that ends a command."""
-    # start-up time: loaded when this runs, not at import
-    from shared.storage import ATOMIC_NOTE, describe, storage_error
 
     if isinstance(err, UserError):
         return 2, f"{prog}: error: {err}"
@@ -245,7 +298,11 @@ def stop_message(prog: str, err: BaseException, run_dir: str) -> tuple[int, str]
         what = "terminated (SIGTERM)" if isinstance(err, Terminated) else "interrupted"
         saved = getattr(err, "saved", None)  # (run folder, step, whether last.pt exists)
         if saved is None:
-            where = f"nothing of the run was saved; {run_dir} holds what was written"
+            where = (
+                f"nothing of the run was saved; {run_dir} holds what was written"
+                if Path(run_dir).is_dir()
+                else "nothing of the run was saved (no run folder was left)"
+            )
         elif saved[2]:
             where = (
                 f"art.png and checkpoints/last.pt of step {saved[1]} are in {saved[0]}; resume "
@@ -269,7 +326,8 @@ def run_hydra_app(app, prog: str) -> None:
     # start-up time: a heavy library, loaded when this runs
     from omegaconf import DictConfig
 
-    sys.argv[1:] = rewrite_model_override(sys.argv[1:])
+    check_flags(sys.argv[1:], prog)
+    sys.argv[1:] = add_mapping_keys(rewrite_model_override(sys.argv[1:]))
     try:
         check_overrides(sys.argv[1:])
     except UserError as err:

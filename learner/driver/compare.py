@@ -18,18 +18,28 @@ reward curve). `<name>:key=value` overrides one run only.
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from pathlib import Path
 
 from omegaconf import DictConfig
 
-from learner.driver.cli import compose_config, run_hydra_app
+from learner.driver.card import strict_json
+from learner.driver.cli import (
+    CONF_DIR,
+    check_flags,
+    compose_config,
+    describe_override_error,
+    fail,
+    run_hydra_app,
+)
 from learner.driver.observer import Tracker, parent_run
 from learner.driver.plots import comparison_figure
 from learner.driver.tracking import run_params
 from shared.atomic import write_bytes_atomic
+from shared.config import validate
+from shared.errors import UserError
+from shared.tasks.scoring import open_task
 
 logger = logging.getLogger("art.compare")
 METHODS = ("art", "lora")
@@ -45,8 +55,6 @@ OBJECTIVES: list[str] = []
 
 def split_objectives(argv: list[str]) -> tuple[list[str], list[str]]:
     """`objectives=[dapo,grpo,sft]` taken out of the command line: (the rest, the names)."""
-    # start-up time: loaded when this runs, not at import
-    from shared.errors import UserError
 
     rest, names = [], []
     for arg in argv:
@@ -69,8 +77,6 @@ def split_method_overrides(
     """`lora:learner.lr=1e-3` applies to LoRA only; a plain `learner.lr=` is refused: the two
     methods need learning rates 25x apart (ART 0.05 on pixel logits, LoRA 2e-3). Comparing
     objectives (`names` the objectives) a plain `learner.lr=` applies to all."""
-    # start-up time: loaded when this runs, not at import
-    from shared.errors import UserError
 
     common, per = [], {m: [] for m in names}
     for arg in argv:
@@ -89,8 +95,6 @@ def split_method_overrides(
 
 def objective_override(name: str) -> str:
     """`algo=<name>` where conf/algo has the preset, else `algo.loss=<name>` (a user's loss)."""
-    # start-up time: loaded when this runs, not at import
-    from learner.driver.cli import CONF_DIR
 
     return (
         f"algo={name}"
@@ -112,12 +116,6 @@ def compare(
 
     # start-up time: loaded when this runs, not at import
     from learner.driver.train import train
-
-    # start-up time: loaded when this runs, not at import
-    from shared.config import validate
-
-    # start-up time: loaded when this runs, not at import
-    from shared.tasks.scoring import open_task
 
     run_dir = Path(run_dir)
     base = compose_config(*overrides, run_dir=str(run_dir))
@@ -143,7 +141,7 @@ def compare(
         with parent_run(mlflow):
             results = evaluate(eval_cfg)
         report = build_report(base, summaries, results, conditions, bool(objectives))
-        write_bytes_atomic(run_dir / "compare.json", json.dumps(report, indent=2).encode())
+        write_bytes_atomic(run_dir / "compare.json", strict_json(report))  # NaN as null
         write_bytes_atomic(run_dir / "compare.md", format_markdown(report).encode())
         accuracy = {name: report["conditions"][name]["accuracy"] for name in report["conditions"]}
         rewards = {  # objectives that sample no reward (sft) have no reward curve
@@ -287,26 +285,19 @@ def compare_app(cfg: DictConfig) -> None:
 
 
 def main() -> None:
+    from learner.driver.algorithms import check_config  # start-up time: after the flags
 
-    # start-up time: loaded when this runs, not at import
-    from learner.driver.cli import fail
-
-    # start-up time: loaded when this runs, not at import
-    from shared.errors import UserError
-
+    check_flags(sys.argv[1:], "art-compare")
     try:
         argv, objectives = split_objectives(sys.argv[1:])
         sys.argv[1:], per = split_method_overrides(argv, objectives or METHODS)
-        for method, extra in per.items():  # each checked as the run's own config
-            if extra:
-                selector = objective_override(method) if objectives else f"method={method}"
-                compose_config(selector, *extra)
+        common = [a for a in sys.argv[1:] if "=" in a and not a.startswith("-")]
+        for method, extra in per.items():  # every arm checked as its run's own config, first
+            selector = objective_override(method) if objectives else f"method={method}"
+            check_config(compose_config(*common, selector, *extra))
     except UserError as err:
         fail("art-compare", str(err))
-    except Exception as err:
-        # optional dependency: its absence is handled below
-        from learner.driver.cli import describe_override_error
-
+    except Exception as err:  # a composition error: one line naming the override
         fail("art-compare", describe_override_error(err))
     PER_METHOD.clear()
     PER_METHOD.update(per)

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from learner.driver.card import record_evaluation, strict_json
 from learner.driver.cli import run_hydra_app
 from learner.driver.cluster import run_scope, start_actors, worker_python
 from learner.driver.observer import Tracker
@@ -31,12 +32,15 @@ from learner.driver.rollouts import WorkerPool, prompt_builder
 from learner.driver.tracking import RunOutputs, check_tracking_uri, ensure_writable, run_params
 from learner.driver.validation import eval_sampling, evaluate_condition
 from learner.models import resolve_model_path
-from shared.artifact import art_metadata, check_metadata, decode_png, sha256
+from shared.artifact import art_metadata, check_metadata, decode_png, encode_png, sha256
 from shared.config import validate
 from shared.errors import UserError
+from shared.images import seed_image
 from shared.messages import AdapterUpdate, ImageUpdate
 from shared.prompts import PROMPT_LAYOUT
 from shared.storage import room_problem
+from shared.tasks import task_icon
+from shared.tasks.scoring import open_task
 
 logger = logging.getLogger("art.eval")
 EVAL_ROOM_BYTES = 1 << 20  # what art-eval asks of its output folder at start
@@ -47,15 +51,6 @@ def condition_image(cfg, condition: str) -> bytes | None:
     if condition == "none":
         return None
     if condition == "seed":
-        # start-up time: loaded when this runs, not at import
-        from shared.artifact import encode_png
-
-        # start-up time: loaded when this runs, not at import
-        from shared.images import seed_image
-
-        # start-up time: loaded when this runs, not at import
-        from shared.tasks import task_icon
-
         height, width = cfg.image.height, cfg.image.width
         pixels = seed_image(
             cfg.image.init, height, width, cfg.seed, task_icon(cfg.task.name), cfg.image.background
@@ -71,8 +66,9 @@ def condition_image(cfg, condition: str) -> bytes | None:
     try:
         _, metadata = decode_png(png)
     except Exception as err:  # not an image, or a truncated one
+        why = "" if " object at 0x" in str(err) else f" ({err})"  # no reader's repr: the file
         raise UserError(
-            f"eval condition {path} cannot be read as a PNG ({err}); give the art.png of a run"
+            f"eval condition {path} cannot be read as a PNG{why}; give the art.png of a run"
         ) from err
     check_metadata(
         metadata,
@@ -146,8 +142,6 @@ def evaluate(cfg: DictConfig) -> dict:
     problem = room_problem(run_dir, EVAL_ROOM_BYTES, "an evaluation (eval.json, metrics)")
     if problem:
         raise UserError(problem)
-    # start-up time: loaded when this runs, not at import
-    from shared.tasks.scoring import open_task
 
     task, examples, scorer = open_task(cfg.task, cfg.eval.split, cfg.eval.limit)
     if not examples:
@@ -190,7 +184,7 @@ def evaluate(cfg: DictConfig) -> dict:
                 presence_penalty=sampling.presence_penalty,
             )
             results[condition] = metrics
-            outputs.write("eval.json", json.dumps(results, indent=2).encode())  # as they come
+            outputs.write("eval.json", strict_json(results))  # as they come
             key = _metric_key(condition)
             mlflow.log_metrics(
                 {
@@ -198,8 +192,10 @@ def evaluate(cfg: DictConfig) -> dict:
                     for m in ("accuracy", "format_rate", "mean_completion_tokens", "tokens_per_s")
                 }
             )
-        outputs.write("eval.json", json.dumps(results, indent=2).encode(), log=True)
+        outputs.write("eval.json", strict_json(results), log=True)
     scorer.close()
+    for card in record_evaluation(results):  # each evaluated run's README.md gets its table
+        logger.info("updated %s", card)
     print(format_table(results))
     return results
 

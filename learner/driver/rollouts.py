@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from learner.dapo import keep_informative_groups, overlong_penalty
 from learner.driver.actors import stop_worker
 from learner.driver.checkpoint import _tuples
-from shared.errors import UserError
+from shared.errors import RunStoppedError, UserError
 from shared.messages import (
     AdapterUpdate,
     Completion,
@@ -448,8 +448,11 @@ def _std(xs) -> float:
     return (sum((x - mu) ** 2 for x in xs) / len(xs)) ** 0.5 if xs else float("nan")
 
 
-class RewardFunctionError(UserError):
-    """The task's score or reward failed on too many completions of a step."""
+class RewardFunctionError(RunStoppedError):
+    """The task's score or reward failed on too many completions of a step: the run stops
+    (status 1, `stopped:`) with what it has saved."""
+
+    needs_hint = True  # the driver adds what is kept and how to resume
 
 
 def score_groups(

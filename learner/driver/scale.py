@@ -24,6 +24,8 @@ import subprocess
 import sys
 import time
 
+from shared.errors import UserError
+
 logger = logging.getLogger("art.scale")
 NAMESPACE = "art"
 PREFIX = "art-scale-"
@@ -77,9 +79,6 @@ class Elastic:
     def __init__(self, ray, pool, run_name: str, workers: int, max_workers: int):
         # start-up time: a heavy library, loaded when this runs
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-        # start-up time: loaded when this runs, not at import
-        from shared.errors import UserError
 
         self.ray, self.pool = ray, pool
         self.wanted = workers  # as last read from the control (checkpoints keep it)

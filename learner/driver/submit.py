@@ -19,9 +19,17 @@ import time
 from pathlib import Path
 from urllib.parse import urlparse
 
+from learner.driver.cli import (
+    check_overrides,
+    choose_run_dir,
+    compose_config,
+    rewrite_model_override,
+)
+from shared.config import validate
 from shared.engines import VLLM_VENV_PYTHON
 from shared.errors import UserError
 from shared.storage import exits_on_storage_errors
+from shared.tasks.scoring import check_task_config
 
 REPO = Path(__file__).resolve().parents[2]
 # Never uploaded with the job: environments, outputs, local stores, caches.
@@ -76,14 +84,21 @@ def dashboard_problem(address: str, timeout_s: float = 5.0) -> str | None:
 
 
 def submit_with_retry(client, retry_s: float = 90.0, **job) -> str:
-    """A fresh head node's job agent needs a few seconds: retry 'no available agent' only."""
+    """A fresh head node's job agent needs a few seconds: retry 'no available agent' only, for
+    `retry_s` (`--agent-wait-s`), then one line that says what to do."""
     deadline = time.monotonic() + retry_s
     while True:
         try:
             return client.submit_job(**job)
         except RuntimeError as err:
-            if "No available agent" not in str(err) or time.monotonic() > deadline:
+            if "No available agent" not in str(err):
                 raise
+            if time.monotonic() > deadline:
+                raise UserError(
+                    f"the head node's job agent did not answer in {retry_s:g}s (a loaded or "
+                    "freshly started head node); wait and submit again, or give it longer "
+                    "with --agent-wait-s"
+                ) from err
             time.sleep(3)
 
 
@@ -96,8 +111,6 @@ def held_run_folder(cfg) -> str | None:
     """Why the run folder the job would use is in use by a live driver, as far as this machine
     can tell (None: free, or not a folder it sees). The job's driver checks it again where it
     runs (learner/driver/runlock.py); this check answers before the job is queued."""
-    # start-up time: loaded when this runs, not at import
-    from learner.driver.cli import choose_run_dir
 
     # start-up time: loaded when this runs, not at import
     from learner.driver.runlock import busy_message, live_holder
@@ -143,6 +156,12 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--wait", action="store_true", help="follow the job until it ends")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait with --wait")
     parser.add_argument(
+        "--agent-wait-s",
+        type=float,
+        default=90.0,
+        help="seconds to wait for a fresh head node's job agent before giving up",
+    )
+    parser.add_argument(
         "--env",
         action="append",
         default=[],
@@ -167,17 +186,9 @@ def main(argv: list[str] | None = None) -> int:
     from ray.job_submission import JobSubmissionClient
 
     address = args.address if "://" in args.address else f"http://{args.address}"
-    # start-up time: loaded when this runs, not at import
-    from learner.driver.cli import check_overrides, compose_config, rewrite_model_override
 
     # start-up time: loaded when this runs, not at import
     from learner.driver.shipping import Shipment, plan_shipment
-
-    # start-up time: loaded when this runs, not at import
-    from shared.config import validate
-
-    # start-up time: loaded when this runs, not at import
-    from shared.tasks.scoring import check_task_config
 
     try:  # the job's config and run folder, checked here before any cluster is contacted
         overrides = rewrite_model_override(list(args.overrides))
@@ -213,12 +224,17 @@ def main(argv: list[str] | None = None) -> int:
     job_overrides = shipment.rewrite(args.overrides)  # paths as they land on the cluster
     entrypoint = f"{args.python} -m learner.driver.train {shlex.join(job_overrides)}".strip()
     client = JobSubmissionClient(address)
-    job_id = submit_with_retry(
-        client,
-        entrypoint=entrypoint,
-        runtime_env=build_runtime_env(env_vars, shipment.py_modules),
-        metadata={"project": "art", "overrides": " ".join(args.overrides)[:500]},
-    )
+    try:
+        job_id = submit_with_retry(
+            client,
+            args.agent_wait_s,
+            entrypoint=entrypoint,
+            runtime_env=build_runtime_env(env_vars, shipment.py_modules),
+            metadata={"project": "art", "overrides": " ".join(args.overrides)[:500]},
+        )
+    except UserError as err:
+        print(f"art-submit: error: {err}", file=sys.stderr)
+        return 2
     print(f"submitted job: {job_id}")
     print(f"entrypoint:    {entrypoint}")
     print(f"dashboard:     {address}/#/jobs/{job_id}")

@@ -15,6 +15,7 @@ from urllib.parse import urlparse
 
 from omegaconf import OmegaConf
 
+from learner.driver.card import strict_json
 from learner.driver.plots import evolution_grid, training_curves
 from shared.atomic import write_bytes_atomic, write_folder_atomic
 from shared.errors import UserError
@@ -114,7 +115,7 @@ class RunOutputs:
         self.write("config.yaml", OmegaConf.to_yaml(cfg, resolve=True).encode())
 
     def summary(self, summary: dict) -> None:
-        self.write("summary.json", json.dumps(summary, indent=2).encode(), log=True)
+        self.write("summary.json", strict_json(summary), log=True)  # NaN as null: strict JSON
         if self.mlflow is not None:
             path = Path(summary["artifact_path"])
             if path.is_dir():

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from learner.driver.algorithms import Algorithm, check_config
+from learner.driver.card import strict_json, write_card
 from learner.driver.checkpoint import (
     DriverState,
     capture_rng,
@@ -80,7 +80,9 @@ from learner.driver.validation import eval_sampling, evaluate_condition
 from learner.metrics import ray_metrics
 from learner.models import resolve_model_path
 from shared.errors import RunStoppedError, UserError
-from shared.storage import describe, mib, room_problem, storage_error
+from shared.images import seed_image
+from shared.storage import describe, free_bytes, mib, room_problem, storage_error
+from shared.tasks.scoring import open_task
 
 logger = logging.getLogger("art.train")
 # Per-step metrics kept in the checkpoint (the summary's rewards and the run's curves).
@@ -137,6 +139,7 @@ class Run:
     ahead: object | None = None  # the next step's rollouts, sampled during the update
     lock: RunLock | None = None  # the run folder's; lost to another driver: stop, write nothing
     algorithm: Algorithm | None = None  # the step's batch, its figures, the summary's fields
+    uninformative: int = 0  # steps in a row without an informative group
 
 
 def prepare(cfg: DictConfig) -> Plan:
@@ -154,11 +157,6 @@ def prepare(cfg: DictConfig) -> Plan:
         from learner.driver.single_gpu import apply_plan
 
         logger.info("cluster=single_gpu: %s", apply_plan(cfg).describe())
-    # start-up time: loaded when this runs, not at import
-    from shared.images import seed_image
-
-    # start-up time: loaded when this runs, not at import
-    from shared.tasks.scoring import open_task
 
     task, train_examples, scorer = open_task(cfg.task, cfg.task.split)  # rewards checked
     max_new = cfg.rollout.max_new_tokens or task.max_new_tokens
@@ -292,8 +290,6 @@ def check_room(
     """Refuse a run whose output folder has no room for a few checkpoints (the size of the one
     it resumes from, or an estimate from the config); `warn` when all it would keep do not
     fit."""
-    # start-up time: loaded when this runs, not at import
-    from shared.storage import free_bytes
 
     size = checkpoint.stat().st_size if checkpoint else estimate_checkpoint_bytes(cfg, model_path)
     size += 6 * cfg.image.height * cfg.image.width  # the step's PNGs beside it
@@ -406,10 +402,12 @@ def train_run(cfg: DictConfig, plan: Plan, wall_start: float) -> dict:
         tracking = mlflow.flush()  # bounded: what did not reach MLflow is in metrics.jsonl
         summary = run_summary(run, plan, artifact, final, tracking, where, wall_start)
         outputs.summary(summary)
+        write_card(plan.run_dir)  # README.md: what the run is, how it did, how to serve it
     final_report = mlflow.report()  # after the run's end reached MLflow, or the wait ran out
     if any(final_report[k] != tracking[k] for k in ("unsent_values", "unsent_calls")):
         summary["tracking"], summary["mlflow_run_id"] = final_report, mlflow.run_id
-        outputs.write("summary.json", json.dumps(summary, indent=2).encode())
+        outputs.write("summary.json", strict_json(summary))
+        write_card(plan.run_dir)
     logger.info(
         "done: reward %.3f -> %.3f in %.1fs; %s",
         summary["reward_first5"],
@@ -418,6 +416,29 @@ def train_run(cfg: DictConfig, plan: Plan, wall_start: float) -> dict:
         summary["artifact_path"],
     )
     return summary
+
+
+def check_uninformative(run: Run, step: int, rounds: int) -> None:
+    """A step without one informative group took no update: say why at the first, and stop
+    (one line, status 1) after `algo.max_uninformative_steps` in a row: a run whose groups all
+    score alike cannot learn (dynamic sampling keeps no group)."""
+    run.uninformative += 1
+    limit = run.cfg.algo.max_uninformative_steps
+    why = (
+        f"every group's strict accuracies were equal (all right or all wrong) in {rounds} "
+        "round(s), so dynamic sampling (algo.filter_metric=acc) kept none and the image did not "
+        "change; check the strict score (task.score; by default 1 when every rewarding "
+        "function reaches its maximum), or set algo.filter_metric=reward"
+    )
+    if run.uninformative == 1:
+        logger.warning("step %d: no informative group: %s", step, why)
+    if limit and run.uninformative >= limit:
+        stop = RunStoppedError(
+            f"no informative group in {run.uninformative} steps in a row "
+            f"(algo.max_uninformative_steps={limit}): {why}"
+        )
+        stop.needs_hint = True
+        raise stop
 
 
 def run_summary(run: Run, plan: Plan, artifact, final, tracking, where, wall_start) -> dict:
@@ -491,10 +512,11 @@ def train_loop(run: Run):
                 if cfg.rollout.sleep_mode:  # one GPU: the engine frees it for the update
                     run.pool.sleep()
                 learn_metrics, update = learner_call(run, step, "update", rollouts.kept)
+                run.uninformative = 0
                 if cfg.rollout.sleep_mode:
                     run.pool.wake_up()
             else:
-                logger.warning("step %d: no informative group in %d rounds", step, rollouts.rounds)
+                check_uninformative(run, step, rollouts.rounds)
             if isinstance(run.ahead, Prefetch):
                 run.ahead = run.ahead.result()
             t2 = time.perf_counter()  # 5. broadcast
@@ -544,8 +566,6 @@ def train_loop(run: Run):
             raise
         if fault is not None:
             raise storage_stop(fault, run.outputs.run_dir, run.outputs.saved) from err
-        if isinstance(err, UserError | RunStoppedError):
-            raise
         last = run.outputs.checkpoints / "last.pt"
         hint = (
             f"{run.outputs.run_dir} holds the outputs and checkpoints/last.pt of step "
@@ -554,6 +574,10 @@ def train_loop(run: Run):
             else f"no step completed, so there is nothing to resume; {run.outputs.run_dir} "
             "holds the seed outputs"
         )
+        if isinstance(err, RunStoppedError) and getattr(err, "needs_hint", False):
+            raise RunStoppedError(f"{err}; {hint}") from err  # rewards failed, nothing learned
+        if isinstance(err, UserError | RunStoppedError):
+            raise
         raise RunStoppedError(
             f"training stopped in step {step} ({short_error(err)}); {hint}"
         ) from err

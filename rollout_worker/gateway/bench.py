@@ -50,6 +50,7 @@ from pathlib import Path
 import numpy as np
 
 from shared.artifact import art_metadata, encode_png
+from shared.config import LoraSettings
 from shared.errors import UserError
 from shared.serving import png_data_url
 
@@ -97,9 +98,6 @@ def write_random_adapters(model: str, folder: Path, names: list[str], scale: flo
 
     # start-up time: a heavy library, loaded when this runs
     from transformers import AutoConfig, AutoModelForImageTextToText
-
-    # start-up time: loaded when this runs, not at import
-    from shared.config import LoraSettings
 
     lora = LoraSettings()
     with torch.device("meta"):

@@ -346,9 +346,11 @@ class Scorer:
 
     def _combine(self, out: Scores) -> None:
         """The weighted reward (a failed function counts its fallback) and, without a strict
-        score function, the accuracy: 1 where the reward reaches its maximum."""
+        score function, the accuracy: 1 where every rewarding function reaches its maximum
+        (penalties, functions whose best is 0 or below, are left out: a length penalty never
+        reaches 0, and would make every completion wrong)."""
         for i in range(len(out.rewards)):
-            total, best, scored = 0.0, 0.0, 0
+            total, best, scored, rewarding, rewarding_best = 0.0, 0.0, 0, 0.0, 0.0
             for fn in self.functions:
                 v = out.values[fn.name][i]
                 if v is None:
@@ -358,11 +360,16 @@ class Scorer:
                 total += fn.weight * v
                 best += fn.weight * fn.best()
                 scored += 1
+                if fn.weight * fn.best() > 0:  # a penalty (at best 0: a length cost) does not count
+                    rewarding += fn.weight * v
+                    rewarding_best += fn.weight * fn.best()
             out.rewards[i] = total
             if self.own or self.score_function is not None:
                 if out.failed[i]:
                     out.accuracies[i] = 0.0
                 continue
+            if rewarding_best > 0:  # the strict score asks the rewarding functions only
+                total, best = rewarding, rewarding_best
             reached = scored and not out.failed[i] and total >= best - 1e-9 * max(1.0, abs(best))
             out.accuracies[i] = 1.0 if reached else 0.0
 

@@ -1,5 +1,5 @@
-"""The README's "Your own task" example, run exactly as written: its commands are read from
-README.md (so the two cannot drift) and run in bash in a fresh folder with `.venv` and a home
+"""The "Your own task" example of docs/tasks.md, run exactly as written: its commands are read
+from the doc (so the two cannot drift) and run in bash in a fresh folder with `.venv` and a home
 of its own. The task it writes outside the repository trains on the embedded default model,
 and art-eval takes it."""
 
@@ -16,8 +16,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def readme_example() -> str:
-    """The one bash block of the README's "Your own task" section."""
-    section = (REPO / "README.md").read_text().split("\n## Your own task\n", 1)[1]
+    """The one bash block of docs/tasks.md's "Your own task" section."""
+    section = (REPO / "docs" / "tasks.md").read_text().split("\n## Your own task\n", 1)[1]
     section = section.split("\n## ", 1)[0]
     (block,) = re.findall(r"```bash\n(.*?)```", section, flags=re.S)
     return block
@@ -26,6 +26,7 @@ def readme_example() -> str:
 def test_the_example_writes_its_task_outside_the_repository():
     block = readme_example()
     assert "~/art-letters/rows.jsonl" in block and "$HOME/art-letters/reward.py:letter" in block
+    assert "reward.py:concise]" in block and "task.reward_weights=[1,0.2]" in block
     assert ".venv/bin/art-train task=custom" in block and ".venv/bin/art-eval task=custom" in block
     written = set(re.findall(r"cat > ~/(\S+) <<", block))
     used = set(re.findall(r"\$HOME/([\w./-]+?\.(?:jsonl|py))", block))
@@ -57,15 +58,17 @@ def test_the_readme_example_runs_as_written(tmp_path, tiny_model_path):
     assert summary["task"] == "custom" and summary["steps"] == 40
     assert summary["reward_last5"] > summary["reward_first5"] + 0.3  # it learns
     assert summary["reward_functions"]["letter"]["failures"] == 0
-    # the rewards are the README function's: its 0.1 for another letter shows as reward above
-    # the strict accuracy (the task's own exact match would give reward == accuracy)
+    assert summary["reward_functions"]["concise"]["failures"] == 0
+    # the reward is the doc's: letter + 0.2 concise (a penalty, so below letter's own), and the
+    # strict accuracy is letter's reaching its maximum, the penalty left out (else always 0)
     import torch
 
     last = checkout / "outputs" / "letters" / "checkpoints" / "last.pt"
     history = torch.load(last, weights_only=True)["driver"]["history"]
-    partial = [r - a for r, a in zip(history["reward_mean"], history["accuracy"], strict=True)]
-    assert max(partial) > 0.05 and min(partial) >= 0
-    assert history["rewards/letter/mean"] == history["reward_mean"]
+    letter, concise = history["rewards/letter/mean"], history["rewards/concise/mean"]
+    for total, a, b in zip(history["reward_mean"], letter, concise, strict=True):
+        assert total == pytest.approx(a + 0.2 * b, abs=1e-6)
+    assert max(concise) < 0 and max(history["accuracy"]) > 0.5
     (eval_json,) = (checkout / "outputs").glob("*/eval.json")
     results = json.loads(eval_json.read_text())
     print({c: m["accuracy"] for c, m in results.items()})

@@ -156,3 +156,28 @@ def test_gsm8k_pipeline_takes_real_data(ray_local, tmp_path, fixtures_dir, make_
     per_step = [[r for _, _, r in calls[i : i + 4]] for i in (0, 4)]
     assert summary["rewards"] == pytest.approx([sum(r) / 4 for r in per_step])
     assert (tmp_path / "run" / "art.png").exists()
+
+
+@pytest.mark.slow
+def test_a_run_that_cannot_learn_stops_with_one_line(tmp_path):
+    """Every group all wrong (a reward that never rewards): a warning at the first step that
+    says why, then `stopped:` and status 1 after algo.max_uninformative_steps in a row."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    cmd = [
+        str(Path(sys.executable).parent / "art-train"),
+        f"task.rewards=[{repo}/tests/fixtures/extensions/zero_reward.py:zero]",
+        "algo.max_uninformative_steps=3", "steps=20", "eval.every=0", f"output_dir={tmp_path}",
+        f"logging.tracking_uri=sqlite:///{tmp_path}/mlflow.db", "run_name=flat",
+    ]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    stopped = [ln for ln in done.stderr.splitlines() if ln.startswith("art-train: stopped:")]
+    print(stopped)
+    assert done.returncode == 1 and len(stopped) == 1, done.stderr[-3000:]
+    assert "no informative group in 3 steps in a row" in stopped[0]
+    assert "algo.filter_metric=reward" in stopped[0] and "Resume with" in stopped[0]
+    assert "step 1: no informative group: every group's strict accuracies" in done.stderr
+    assert "Traceback" not in done.stderr

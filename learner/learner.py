@@ -28,6 +28,7 @@ from learner.policy_gradient_update import PolicyGradient, PolicyGradientSteps
 from learner.preprocess import validate_image_size
 from learner.settings import LearnerSettings
 from learner.supervised import TARGET_OBJECTIVES
+from learner.task_slots import TaskSlots
 from learner.trained import make_trained
 from shared.artifact import art_metadata
 from shared.images import seed_image
@@ -57,7 +58,7 @@ def make_objective(settings: LearnerSettings):
     return TARGET_OBJECTIVES.get(settings.loss, PolicyGradient)(settings)
 
 
-class Learner(PolicyGradientSteps):
+class Learner(PolicyGradientSteps, TaskSlots):
     """The learner process: the frozen model, what is trained (`learner/trained.py`: ART's
     pixels or the LoRA baseline's adapter) and its optimizer.
 

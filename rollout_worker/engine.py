@@ -20,7 +20,11 @@ class Engine(Protocol):
         image: Image.Image,
         image_version: int,
         sampling: SamplingConfig,
-    ) -> list[list[Completion]]: ...
+        images: dict | None = None,
+    ) -> list[list[Completion]]:
+        """`images` ({image_key: (image, version)}) only in a multi-task run: each request
+        names its task's image (`RolloutRequest.image_key`; `rollout_worker/images.py`) and
+        may carry its own seed base (`shared.sampling.seed_of`)."""
 
     def set_adapter(self, version: int, config: dict, weights: bytes) -> None:
         """Apply a LoRA adapter (safetensors bytes, PEFT config) to every later request."""

@@ -16,9 +16,10 @@ import warnings
 import torch
 from PIL import Image
 
+from rollout_worker.images import pick_image
 from shared.messages import Completion, RolloutRequest, SamplingConfig
 from shared.prompts import suppressed_token_ids
-from shared.sampling import request_seed
+from shared.sampling import seed_of
 
 
 def presence_penalty(
@@ -140,17 +141,22 @@ class HFEngine:
         image: Image.Image,
         image_version: int,
         sampling: SamplingConfig,
+        images: dict | None = None,
     ) -> list[list[Completion]]:
+        """`images`: {image_key: (image, version)} of a multi-task batch (each request names its
+        own); `image` and `image_version` serve requests of key "" (one task)."""
         # start-up time: a heavy library, loaded when this runs
         from transformers import LogitsProcessorList
 
         temperature = 1.0 if sampling.greedy else sampling.temperature
         results = []
         for request in requests:
-            if sampling.seed is not None:
-                torch.manual_seed(request_seed(sampling.seed, request.request_id, request.n))
-            images = [image] if request.with_image else None
-            inputs = self.processor(text=[request.prompt], images=images, return_tensors="pt")
+            seed = seed_of(request, sampling)
+            if seed is not None:
+                torch.manual_seed(seed)
+            own, version = pick_image(request, image, image_version, images)
+            attached = [own] if request.with_image else None
+            inputs = self.processor(text=[request.prompt], images=attached, return_tensors="pt")
             inputs = inputs.to(self.device)
             prompt_ids = tuple(inputs["input_ids"][0].tolist())
             prompt_len = len(prompt_ids)
@@ -183,7 +189,7 @@ class HFEngine:
                         logprobs=tuple(logprobs_BT[i, :length].tolist()),
                         finish_reason=finish,
                         text=self.tokenizer.decode(token_ids, skip_special_tokens=True),
-                        image_version=image_version,
+                        image_version=version,
                         prompt_token_ids=prompt_ids,
                     )
                 )

@@ -36,9 +36,10 @@ from pathlib import Path
 
 from PIL import Image
 
+from rollout_worker.images import pick_image
 from shared.messages import Completion, RolloutRequest, SamplingConfig
 from shared.prompts import suppressed_token_ids
-from shared.sampling import request_seed
+from shared.sampling import seed_of
 
 # vLLM finish reasons that mean the completion is whole; anything else is an engine failure.
 _FINISHED = {"stop": "stop", "length": "length"}
@@ -141,9 +142,7 @@ def sampling_kwargs(request: RolloutRequest, sampling: SamplingConfig, suppress:
         "max_tokens": sampling.max_new_tokens,
         "logprobs": 0,
         "logit_bias": dict(suppress),
-        "seed": None
-        if sampling.seed is None
-        else request_seed(sampling.seed, request.request_id, request.n),
+        "seed": seed_of(request, sampling),
         "skip_special_tokens": True,
     }
 
@@ -270,17 +269,22 @@ class VLLMEngine:
         image: Image.Image,
         image_version: int,
         sampling: SamplingConfig,
+        images: dict | None = None,
     ) -> list[list[Completion]]:
+        """`images`: {image_key: (image, version)} of a multi-task batch (each request names its
+        own); `image` and `image_version` serve requests of key "" (one task)."""
         # optional: vLLM exists only in the rollout workers' environment
         from vllm import SamplingParams
 
         if self.sleeping:  # the driver owns sleep and wake-up (the learner may hold the GPU)
             raise RuntimeError("the vLLM engine is asleep: call wake_up before generate")
-        prompts, params = [], []
+        prompts, params, versions = [], [], []
         for request in requests:
+            own, version = pick_image(request, image, image_version, images)
+            versions.append(version)
             prompt = {"prompt": request.prompt}
             if request.with_image:
-                prompt["multi_modal_data"] = {"image": image}
+                prompt["multi_modal_data"] = {"image": own}
             prompts.append(prompt)
             kwargs = sampling_kwargs(request, sampling, self.suppress)
             if not self.seeded:  # vLLM's engine seed only: its faster batched sampling path
@@ -288,7 +292,7 @@ class VLLMEngine:
             params.append(SamplingParams(**kwargs))
         outputs = self.llm.generate(prompts, params, use_tqdm=False, lora_request=self.lora_request)
         results = []
-        for request, output in zip(requests, outputs, strict=True):
+        for request, output, version in zip(requests, outputs, versions, strict=True):
             group = []
             for sample in output.outputs:
                 if sample.finish_reason not in _FINISHED:
@@ -308,7 +312,7 @@ class VLLMEngine:
                         logprobs=logprobs,
                         finish_reason=_FINISHED[sample.finish_reason],
                         text=sample.text,
-                        image_version=image_version,
+                        image_version=version,
                         prompt_token_ids=tuple(output.prompt_token_ids),
                     )
                 )

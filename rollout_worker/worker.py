@@ -60,6 +60,7 @@ class RolloutWorker:
         self.engine = make_engine(settings.engine, settings.model_path, **settings.engine_options)
         self.version: int | None = None
         self.image = None
+        self.images: dict[str, tuple] = {}  # a multi-task run: task -> (image, version)
         self.adapter_version: int | None = None
         self.served = {"requests": 0, "completions": 0, "tokens": 0}
         # a process Ray restarted counts again from here: Prometheus reads it as a restart
@@ -72,12 +73,15 @@ class RolloutWorker:
         index, engine = getattr(self, "worker_index", "?"), getattr(self, "engine_name", "?")
         return f"rollout-worker-{index} ({engine} engine, run {getattr(self, 'run_id', '')})"
 
-    def set_image(self, version: int, png: bytes) -> int:
+    def set_image(self, version: int, png: bytes, key: str = "") -> int:
+        """The image requests are sampled with from now on: the run's (`key` ""), or a task's
+        of a multi-task run (requests name it: `RolloutRequest.image_key`)."""
         update = ImageUpdate(version=version, png=png)  # checks the PNG signature
-        if self.version is not None and version < self.version:
+        current = self.images.get(key, (None, None))[1] if key else self.version
+        if current is not None and version < current:
             raise ValueError(
-                f"set_image: image version went back from {self.version} to {version}; "
-                "versions only increase (a new run needs new workers)"
+                f"set_image: image version{f' of task {key!r}' if key else ''} went back from "
+                f"{current} to {version}; versions only increase (a new run needs new workers)"
             )
         try:
             image = png_to_pil(update.png)  # decodes every pixel: a truncated file fails here
@@ -86,9 +90,16 @@ class RolloutWorker:
                 f"set_image(version={version}): the PNG cannot be decoded ({err}); broadcast "
                 "the bytes of a complete PNG file"
             ) from err
+        if key:
+            self.images[key] = (image, version)
+            return version
         self.image, self.version = image, version
         self.metrics.set("art_worker_image_version", version, "image version this worker serves")
         return version
+
+    def drop_image(self, key: str) -> None:
+        """Forget a task's image (a task that left a multi-task run)."""
+        self.images.pop(key, None)
 
     @_engine_errors_portable
     def set_adapter(self, version: int, config: dict, weights: bytes) -> int:
@@ -113,7 +124,9 @@ class RolloutWorker:
     def generate(
         self, requests: list[RolloutRequest], sampling: SamplingConfig
     ) -> list[list[Completion]]:
-        if any(r.with_image for r in requests) and (self.image is None or self.version is None):
+        if any(r.with_image and not r.image_key for r in requests) and (
+            self.image is None or self.version is None
+        ):
             raise RuntimeError(
                 f"rollout-worker-{self.worker_index} has no image yet: call set_image first"
             )
@@ -122,7 +135,8 @@ class RolloutWorker:
         version = self.adapter_version if self.adapter_version is not None else self.version
         version = -1 if version is None else version
         start = time.perf_counter()
-        groups = self.engine.generate(requests, self.image, version, sampling)
+        keyed = {"images": dict(self.images)} if self.images else {}  # a multi-task run's
+        groups = self.engine.generate(requests, self.image, version, sampling, **keyed)
         seconds = time.perf_counter() - start
         tokens = sum(len(c.token_ids) for g in groups for c in g)
         self.served["requests"] += len(requests)

@@ -636,6 +636,12 @@ class TrainConfig:
     # A run folder's lock (driver.lock) not renewed for this many seconds is taken over (a
     # driver on another machine that is gone); on this machine a dead holder's lock at once.
     lock_stale_s: float = 120.0
+    # Several tasks in one run (learner/driver/multitask.py, docs/multi-task.md): task name ->
+    # its task fields (name, options, rewards, ...) and steps, weight, init, seed,
+    # stop_at_accuracy; a preset of conf/tasks/ (tasks=letters4). Empty: the one `task`.
+    tasks: dict[str, Any] = field(default_factory=dict)
+    # A YAML file of more such tasks (merged into `tasks`).
+    tasks_file: str | None = None
     # Set by Hydra: the run directory.
     run_dir: str = MISSING
 

@@ -40,13 +40,18 @@ class RolloutRequest:
     `prompt` is the chat-rendered text with a single image placeholder
     (`<|vision_start|><|image_pad|><|vision_end|>`); each engine expands it for the image.
     With `with_image=False` (the text-only baseline of evaluation) the prompt has none and
-    the worker's image is not attached.
+    the worker's image is not attached. Several tasks in one batch (a multi-task run): each
+    request names its task's image (`image_key`, "" for the run's one image) and may carry its
+    own seed base (`seed`, instead of the batch's `SamplingConfig.seed`), so that a task
+    samples what it would sample alone.
     """
 
     request_id: int
     prompt: str
     n: int
     with_image: bool = True
+    image_key: str = ""
+    seed: int | None = None
 
     def __post_init__(self) -> None:
         if self.n < 1:

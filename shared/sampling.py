@@ -32,3 +32,10 @@ def completion_seeds(base_seed: int, request_id: int, n: int) -> list[int]:
     """Every child's seed, as vLLM derives them from `request_seed`."""
     first = request_seed(base_seed, request_id, n)
     return [first + j for j in range(n)]
+
+
+def seed_of(request, sampling) -> int | None:
+    """The seed of a request's first child: its own seed base (a multi-task batch) or the
+    batch's, spread by its id; None: unseeded."""
+    base = request.seed if getattr(request, "seed", None) is not None else sampling.seed
+    return None if base is None else request_seed(base, request.request_id, request.n)

@@ -7,7 +7,8 @@ c. `learner/bench/broadcast.py`: the PNG vs full weights to workers on another R
 d. `learner/bench/end_to_end.py`: synchronous vs overlapped training;
 e. `learner/bench/rollouts.py`: rollout throughput with and without the image;
 f. `learner/bench/scaling.py`: gradient all-reduce sizes, 1 vs 2 learner replicas;
-g. `learner/bench/shared_prefix.py`: the shared-prefix vs the padded learner forward.
+g. `learner/bench/shared_prefix.py`: the shared-prefix vs the padded learner forward;
+h. `learner/bench/multitask.py`: K tasks in one run vs K solo runs (wall, memory).
 Each module has `LETTER`, `TITLE`, `run(ctx) -> dict` (its part of the report), `format_lines
 (report) -> list[str]` and `targets(report) -> dict`; a new section is a new module and one
 line here. Prints a table (ratios next to figures: these machines are noisy) and writes
@@ -40,6 +41,7 @@ SECTIONS = {
     "e": "learner.bench.rollouts",
     "f": "learner.bench.scaling",
     "g": "learner.bench.shared_prefix",
+    "h": "learner.bench.multitask",
 }
 
 

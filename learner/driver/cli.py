@@ -248,6 +248,7 @@ def last_activity(run_dir: Path) -> float | None:
 
     folder = run_dir / "checkpoints"
     files = [folder / "last.pt", *step_files(folder)[:1], run_dir / LOCK_NAME]
+    files += list(run_dir.glob("tasks/*/checkpoints/last.pt"))  # a multi-task run's
     times = []
     for path in files:
         try:

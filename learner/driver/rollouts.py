@@ -9,7 +9,7 @@ import random
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from learner.dapo import keep_informative_groups, overlong_penalty
 from learner.driver.actors import stop_worker
@@ -155,6 +155,7 @@ class WorkerPool:
         self.pending: list[tuple[object, object]] = []  # (actor, ready ref): still starting
         self.next_index = len(workers)
         self.image: tuple | None = None  # (ImageUpdate, ObjectRef of the PNG)
+        self.task_images: dict[str, tuple] = {}  # a multi-task run: task -> (update, ref)
         self.adapter: tuple | None = None  # (AdapterUpdate, ObjectRef of the weights)
         self.update = None  # the last policy broadcast (what the learner trains)
         self.restarts = 0  # worker processes Ray restarted
@@ -191,6 +192,19 @@ class WorkerPool:
         self.update, self.sync_bytes = update, len(payload)
         self._each(lambda w, sent=sent: self._send(w, *sent))
 
+    def broadcast_task(self, key: str, update: ImageUpdate) -> None:
+        """A task's image of a multi-task run (requests name it by `key`): one copy into the
+        object store, every worker keeps it beside the other tasks'."""
+        sent = (update, self.ray.put(update.png))
+        self.task_images[key] = sent
+        self.sync_bytes = len(update.png)
+        self._each(lambda w, sent=sent: w.set_image.remote(sent[0].version, sent[1], key))
+
+    def drop_task(self, key: str) -> None:
+        """A task that left the run: the workers forget its image."""
+        if self.task_images.pop(key, None) is not None:
+            self._each(lambda w: w.drop_image.remote(key))
+
     def clear_adapter(self) -> None:
         """Back to the base model on every worker (evaluating conditions one after another)."""
         self.adapter = None
@@ -209,6 +223,8 @@ class WorkerPool:
         for sent in (self.image, self.adapter):  # the image, then the adapter, as they are
             if sent is not None:
                 self.ray.get(self._send(worker, *sent))
+        for key, (update, ref) in self.task_images.items():  # every task's, of a multi-task run
+            self.ray.get(worker.set_image.remote(update.version, ref, key))
 
     # ---- sampling ----------------------------------------------------------------------
     def launch(self, requests: list[RolloutRequest], sampling: SamplingConfig) -> Pending:
@@ -490,28 +506,56 @@ def score_groups(
 MAX_REWARD_ERROR_FRAC = 0.10
 
 
-def compute_rollouts(cfg, pool: WorkerPool, task, sampler, prompt_for, step: int) -> StepRollouts:
-    """Sample, score and filter (dynamic sampling) until the batch is full or the extra
-    rounds are spent. `task`: the run's Scorer (or a plain task, scored by its own methods)."""
+class RolloutRounds:
+    """One step's sample/score/filter rounds of one task, as steps a caller drives: `next()`
+    gives the next round's requests and sampling (None once the batch is full or the extra
+    rounds are spent), `accept(groups)` scores and filters what the engines sampled for them.
+    `compute_rollouts` runs one task's rounds alone; a multi-task run sends every task's round
+    to the engines in one batch (learner/driver/multitask.py). Each request carries the task's
+    image key and the round's seed, so a task samples the same in a batch as alone.
+    `task`: the run's Scorer (or a plain task, scored by its own methods)."""
 
-    scorer = as_scorer(task)
-    algo = cfg.algo
-    max_new = cfg.rollout.max_new_tokens or scorer.task.max_new_tokens
-    out = StepRollouts(step=step, num_workers=len(pool))
-    while len(out.kept) < algo.prompts_per_step and out.rounds <= algo.max_extra_rounds:
+    def __init__(self, cfg, task, sampler, prompt_for, step: int, num_workers: int = 0,
+                 image_key: str = "", prompts: int | None = None):  # fmt: skip
+        self.cfg, self.scorer, self.sampler, self.prompt_for = (
+            cfg,
+            as_scorer(task),
+            sampler,
+            prompt_for,
+        )
+        self.step, self.image_key = step, image_key
+        self.prompts = prompts or cfg.algo.prompts_per_step  # groups this step wants
+        self.max_new = cfg.rollout.max_new_tokens or self.scorer.task.max_new_tokens
+        self.out = StepRollouts(step=step, num_workers=num_workers)
+        self.examples: list = []
+        self.requests: list[RolloutRequest] = []
+
+    def next(self) -> tuple[list[RolloutRequest], SamplingConfig] | None:
+        algo, out = self.cfg.algo, self.out
+        if len(out.kept) >= self.prompts or out.rounds > algo.max_extra_rounds:
+            return None
+        seed = round_seed(self.cfg.seed, self.step, out.rounds)
         sampling = SamplingConfig(
             temperature=algo.temperature,
-            max_new_tokens=max_new,
-            top_p=cfg.rollout.top_p,
-            seed=round_seed(cfg.seed, step, out.rounds),
+            max_new_tokens=self.max_new,
+            top_p=self.cfg.rollout.top_p,
+            seed=seed,
         )
-        examples = sampler.take(algo.prompts_per_step)
-        requests = rollout_requests(examples, prompt_for, algo.group_size, uses_image(cfg))
-        groups = pool.generate(requests, sampling)
+        self.examples = self.sampler.take(self.prompts)
+        self.requests = rollout_requests(
+            self.examples, self.prompt_for, algo.group_size, uses_image(self.cfg)
+        )
+        if self.image_key:  # in a batch of several tasks: its own image and seeds
+            self.requests = [replace(r, image_key=self.image_key, seed=seed) for r in self.requests]
+        return self.requests, sampling
+
+    def accept(self, groups) -> None:
+        algo, out, step = self.cfg.algo, self.out, self.step
         start = time.perf_counter()
         scored, scores = score_groups(
-            scorer, examples, requests, groups, max_new, algo.overlong_buffer, step
-        )
+            self.scorer, self.examples, self.requests, groups, self.max_new,
+            algo.overlong_buffer, step,
+        )  # fmt: skip
         out.score_s += time.perf_counter() - start
         out.reward_errors += sum(scores.failed)
         for name, count in scores.failures.items():
@@ -542,8 +586,19 @@ def compute_rollouts(cfg, pool: WorkerPool, task, sampler, prompt_for, step: int
         out.kept.extend(scored[i] for i in keep)
         out.groups_seen += len(scored)
         out.rounds += 1
-    out.kept = out.kept[: algo.prompts_per_step]
-    return out
+
+    def result(self) -> StepRollouts:
+        self.out.kept = self.out.kept[: self.prompts]
+        return self.out
+
+
+def compute_rollouts(cfg, pool: WorkerPool, task, sampler, prompt_for, step: int) -> StepRollouts:
+    """Sample, score and filter (dynamic sampling) until the batch is full or the extra
+    rounds are spent. `task`: the run's Scorer (or a plain task, scored by its own methods)."""
+    rounds = RolloutRounds(cfg, task, sampler, prompt_for, step, len(pool))
+    while (round_ := rounds.next()) is not None:
+        rounds.accept(pool.generate(*round_))
+    return rounds.result()
 
 
 class Prefetch:

@@ -54,6 +54,7 @@ from learner.driver.cluster import (
     worker_python,
 )
 from learner.driver.learners import LearnerGroup
+from learner.driver.multitask import is_multitask_run, train_tasks
 from learner.driver.observer import Tracker
 from learner.driver.rollouts import (
     Prefetch,
@@ -331,6 +332,8 @@ def train(cfg: DictConfig) -> dict:
     """Run ART end to end; returns the summary written to `summary.json`. The run folder is
     this driver's from `prepare` to the end; a write that fails ends the run in one line."""
     wall_start = time.perf_counter()
+    if cfg.get("tasks") or cfg.get("tasks_file") or is_multitask_run(cfg):  # multitask.py
+        return train_tasks(cfg, check_config(cfg))
     plan = prepare(cfg)
     try:
         return train_run(cfg, plan, wall_start)

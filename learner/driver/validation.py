@@ -13,11 +13,13 @@ from shared.tasks.scoring import as_scorer
 logger = logging.getLogger("art.eval")
 
 
-def eval_requests(examples, prompt_for, with_image: bool) -> list[RolloutRequest]:
+def eval_requests(examples, prompt_for, with_image: bool, image_key: str = "") -> list:
+    """One greedy request per example (`image_key`: a task's image in a multi-task run)."""
     return [
-        RolloutRequest(request_id=i, prompt=prompt_for(ex, with_image), n=1, with_image=with_image)
+        RolloutRequest(request_id=i, prompt=prompt_for(ex, with_image), n=1,
+                       with_image=with_image, image_key=image_key if with_image else "")
         for i, ex in enumerate(examples)
-    ]
+    ]  # fmt: skip
 
 
 def eval_sampling(cfg, task) -> SamplingConfig:
@@ -32,13 +34,13 @@ def eval_sampling(cfg, task) -> SamplingConfig:
 
 
 def evaluate_condition(
-    pool, task, examples, prompt_for, with_image, sampling, label: str = ""
+    pool, task, examples, prompt_for, with_image, sampling, label: str = "", image_key: str = ""
 ) -> dict:
     """Greedy completions for every example on the workers' current image (or none), in
     batches with a progress line each. `task`: the run's Scorer (the strict score of
     `task.score` or of the reward functions), or a plain task scored by its own methods."""
     scorer = as_scorer(task)
-    requests = eval_requests(examples, prompt_for, with_image)
+    requests = eval_requests(examples, prompt_for, with_image, image_key)
     batch = max(len(pool.workers) * 32, 1)
     start, completions, accuracies, failures = time.perf_counter(), [], [], 0
     for first in range(0, len(requests), batch):

@@ -52,9 +52,11 @@ from learner.driver.runlock import RunLock
 from learner.driver.tracking import RunOutputs, compute_step_metrics, mean, run_params
 from learner.driver.validation import eval_sampling, evaluate_condition
 from learner.models import resolve_model_path
+from learner.preprocess import VisionSpec, validate_image_size
 from shared.atomic import write_bytes_atomic
 from shared.config import TaskConfig
 from shared.errors import UserError
+from shared.images import seed_image
 from shared.tasks import task_icon
 from shared.tasks.scoring import open_task
 
@@ -98,6 +100,17 @@ def check_entry(name: str, entry) -> None:
             f"and {', '.join(sorted(ENTRY_FIELDS))}; the model, the image size and the algorithm "
             "are the run's, one for every task in a batch"
         )
+    number = (int, float)
+    kinds = {  # key: (holds, what to give)
+        "steps": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1, "an integer >= 1"),
+        "seed": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+        "weight": (lambda v: isinstance(v, number) and not isinstance(v, bool) and v > 0, "a number > 0"),
+        "init": (lambda v: isinstance(v, str) and v, "a seed picture (gray, noise, icon:..., a file)"),
+        "stop_at_accuracy": (lambda v: v is None or isinstance(v, number) and 0 <= v <= 1, "a number in [0, 1]"),
+    }  # fmt: skip
+    for key, (holds, what) in kinds.items():
+        if key in entry and not holds(entry[key]):
+            raise UserError(f"tasks.{name}.{key}={entry[key]!r}: give {what}")
 
 
 def task_config(cfg, name: str, entry: dict) -> DictConfig:
@@ -153,6 +166,8 @@ def check_multitask(cfg, algorithm) -> None:
          "algo.max_staleness=0"),
         (type(algorithm).__name__ == "PolicyGradient", f"algo.loss={cfg.algo.loss}: a multi-task "
          "run trains policy-gradient objectives (dapo, grpo, ...)"),
+        (not cfg.cluster.single_gpu and not cfg.rollout.sleep_mode, "a multi-task run keeps its "
+         "engines awake beside the learner: not with cluster=single_gpu or rollout.sleep_mode"),
     ]  # fmt: skip
     for ok, message in problems:
         if not ok:
@@ -162,6 +177,13 @@ def check_multitask(cfg, algorithm) -> None:
 def open_task_run(cfg, name: str, entry: dict, model_path: str, parent: Tracker) -> TaskRun:
     own = task_config(cfg, name, entry)
     task, examples, scorer = open_task(own.task, own.task.split)
+    # the seed picture read here: a bad one is this task's one-line error, not the learner's
+    seed_image(own.image.init, own.image.height, own.image.width, own.seed,
+               task_icon(own.task.name), own.image.background)  # fmt: skip
+    max_new = own.rollout.max_new_tokens or task.max_new_tokens
+    if own.algo.overlong_buffer >= max_new:
+        raise UserError(f"tasks.{name}: algo.overlong_buffer={own.algo.overlong_buffer} must be < "
+                        f"its completion limit {max_new}")  # fmt: skip
     held_out = []
     if own.eval.every:
         examples, held_out = split_validation(examples, own.eval.val_size, own.seed)
@@ -192,12 +214,28 @@ def train_tasks(cfg, algorithm) -> dict:
     model_path = resolve_model_path(cfg.model.name)
     lock = RunLock(run_dir, cfg.lock_stale_s).acquire()
     try:
-        return train_tasks_locked(cfg, entries, run_dir, model_path, lock, start)
+        return train_tasks_locked(cfg, algorithm, entries, run_dir, model_path, lock, start)
     finally:
         lock.release()
 
 
-def train_tasks_locked(cfg, entries, run_dir: Path, model_path: str, lock, start: float) -> dict:
+def resolve_shared(cfg, algorithm, tasks: dict[str, TaskRun]) -> None:
+    """What every task shares, filled and checked once: the algorithm's defaults (one learner:
+    one completion limit where the loss's aggregation needs it) and the image size."""
+    limits = {t.cfg.rollout.max_new_tokens or t.task.max_new_tokens for t in tasks.values()}
+    if len(limits) > 1 and cfg.algo.loss_scale_factor is None:
+        with open_dict(cfg):  # seq-mean-token-sum-norm divides by a constant: one for the run
+            cfg.algo.loss_scale_factor = max(limits)
+    algorithm.resolve(cfg, max(limits))
+    for t in tasks.values():
+        with open_dict(t.cfg):
+            t.cfg.algo = copy.deepcopy(cfg.algo)
+    processor = next(iter(tasks.values())).prompt_for.processor
+    validate_image_size(cfg.image.height, cfg.image.width,
+                        VisionSpec.from_image_processor(processor.image_processor), cfg.model.name)  # fmt: skip
+
+
+def train_tasks_locked(cfg, algorithm, entries, run_dir, model_path, lock, start) -> dict:
     resuming = cfg.resume == "auto" or bool(cfg.resume_from)
     ended: dict = {}
     if resuming and (run_dir / ENTRIES).is_file():  # the tasks it had, then any new ones
@@ -205,13 +243,14 @@ def train_tasks_locked(cfg, entries, run_dir: Path, model_path: str, lock, start
         if (run_dir / MANIFEST).is_file():
             ended = {n: t["ended"] for n, t in json.loads((run_dir / MANIFEST).read_text()).items()
                      if t.get("ended") and t["ended"] != "done"}  # fmt: skip
-    run_outputs = RunOutputs(run_dir, with_image=False)
-    run_outputs.config(cfg)
-    run_outputs.write(ENTRIES, strict_json(entries))
     parent = Tracker(cfg, run_dir, run_dir.name, params=run_params(cfg))
     tasks: dict[str, TaskRun] = {}
     for name, entry in entries.items():
         tasks[name] = open_task_run(cfg, name, entry, model_path, parent)
+    resolve_shared(cfg, algorithm, tasks)
+    run_outputs = RunOutputs(run_dir, with_image=False)
+    run_outputs.config(cfg)
+    run_outputs.write(ENTRIES, strict_json(entries))
     ray, owns_ray, learner, workers = start_actors(cfg, model_path, run_id=run_dir.name)
     made: dict = {}
 
@@ -229,8 +268,7 @@ def train_tasks_locked(cfg, entries, run_dir: Path, model_path: str, lock, start
             lock.check()
             step += 1
             for name, entry in control.requests():  # art-tasks add / remove, between steps
-                apply_request(cfg, ray, learner, pool, tasks, name, entry, model_path, parent)
-                if entry is not None and name in tasks:
+                if apply_request(cfg, ray, learner, pool, tasks, name, entry, model_path, parent):
                     entries[name] = entry
                     run_outputs.write(ENTRIES, strict_json(entries))
             run_step(cfg, ray, learner, pool, [t for t in tasks.values() if t.active], step)
@@ -402,9 +440,10 @@ class Control:
     where the last read stopped, at step boundaries."""
 
     def __init__(self, run_dir: Path):
-        self.path, self.offset = run_dir / CONTROL, 0
-        if self.path.is_file():
-            self.offset = self.path.stat().st_size  # requests before this driver started: done
+        self.path, self.saved = run_dir / CONTROL, run_dir / (CONTROL + ".offset")
+        # where the last driver of this run folder stopped reading (a resumed run takes the
+        # requests made while it was down)
+        self.offset = int(self.saved.read_text()) if self.saved.is_file() else 0
 
     def requests(self) -> list[tuple[str, dict | None]]:
         if not self.path.is_file():
@@ -414,10 +453,16 @@ class Control:
             data = f.read()
         complete = data[: data.rfind(b"\n") + 1]  # a line being written waits for the next step
         self.offset += len(complete)
+        if complete:
+            write_bytes_atomic(self.saved, str(self.offset).encode())
         out = []
         for line in complete.decode().splitlines():
             try:
                 request = json.loads(line)
+                if request["op"] not in ("add", "remove") or (
+                    request["op"] == "add" and not isinstance(request.get("entry"), dict)
+                ):
+                    raise ValueError(request)
                 out.append(
                     (request["name"], request.get("entry") if request["op"] == "add" else None)
                 )
@@ -426,24 +471,29 @@ class Control:
         return out
 
 
-def apply_request(cfg, ray, learner, pool, tasks, name, entry, model_path, parent) -> None:
+def apply_request(cfg, ray, learner, pool, tasks, name, entry, model_path, parent) -> bool:
+    """One `art-tasks` request; True when it added a task. A bad request is refused alone (one
+    warning line); the run goes on."""
     if entry is None:  # remove
         t = tasks.get(name)
         if t is None or not t.active:
             logger.warning("art-tasks remove %s: no such task training", name)
-            return
+            return False
         stop_task(t, "removed (art-tasks remove)")
         checkpoint(ray, learner, t)
         pool.drop_task(name)
-        return
+        return False
     if name in tasks:
         logger.warning("art-tasks add %s: the run has a task of that name already", name)
-        return
+        return False
     try:
         check_entry(name, entry)
         t = open_task_run(cfg, name, entry, model_path, parent)
-    except UserError as err:  # a bad task is refused alone; the run goes on
-        logger.warning("art-tasks add %s refused: %s", name, err)
-        return
+        t.cfg.algo = copy.deepcopy(cfg.algo)
+        join(ray, learner, pool, t)
+    except Exception as err:  # a bad task (its data, rewards, seed picture) is refused alone
+        logger.warning("art-tasks add %s refused: %s", name, str(err).splitlines()[0][:300])
+        ray.get(learner.drop_task.remote(name))
+        return False
     tasks[name] = t
-    join(ray, learner, pool, t)
+    return True

@@ -362,9 +362,9 @@ class Gateway:
             )  # fmt: skip
             message = f"the engine's stream broke off ({type(e).__name__}: {e}); retry"
             yield error_event(message, status)
-        finally:
-            await stack.aclose()
+        finally:  # recorded first: a client that hung up cancels what follows
             self.record(name, status, start, url, usage, first)
+            await stack.aclose()
 
     def failed(self, name: str, start: float, status: int, message: str, url: str = ""):
         self.record(name, status, start, url)
@@ -501,7 +501,10 @@ def create_app(config: GatewayConfig, transport: httpx.AsyncBaseTransport | None
         return {"status": "ok", "tasks": sum(t.servable for t in gateway.registry.tasks())}
 
     @app.get("/metrics")
-    async def metrics():
+    async def metrics(request: Request):
+        if not request.state.access.everything:  # it names every task: keys of every task only
+            return error(403, "/metrics needs a key of every task (\"*\")",
+                         "invalid_request_error", "forbidden")  # fmt: skip
         return Response(gateway.metrics.render(), media_type="text/plain; version=0.0.4")
 
     @app.get("/v1/models")

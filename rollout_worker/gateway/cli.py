@@ -196,6 +196,8 @@ def serve(args: argparse.Namespace, extra: list[str]) -> int:
         print(f"art-serve: vLLM up in {server.start_s:.0f}s")
         return run_uvicorn(config([server.url], model), args)
     finally:  # however art-serve ends, the engine it launched ends with it
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # a second one: not now
+            signal.signal(sig, signal.SIG_IGN)
         print("art-serve: stopping the vLLM server it launched", file=sys.stderr)
         server.stop(grace_s=15)
 

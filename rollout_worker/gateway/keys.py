@@ -7,7 +7,8 @@ may use, `*` for all, and is read again when it changes (rotate keys without a r
 
 A request carries its key as OpenAI clients send it, `Authorization: Bearer <key>`. Keys are
 compared in constant time (every known key's digest against the given one's, no early exit),
-never logged, and never forwarded to the engine (the engine's own key is the gateway's
+never logged, and never forwarded to the engine. A keys file that is deleted revokes its keys;
+one that does not parse keeps the previous ones (a warning says why) (the engine's own key is the gateway's
 `backend_headers`).
 """
 
@@ -17,7 +18,6 @@ import hashlib
 import hmac
 import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,7 +81,7 @@ class KeyRing:
         self.fixed = {_digest(k): Access(True) for k in keys if k}
         self.path = Path(keys_file).expanduser() if keys_file else None
         self.from_file: dict[bytes, Access] = {}
-        self.stamp: tuple[int, int] | None = None
+        self.stamp: bytes | None = None  # the file's sha256: an edit of the same size is seen
         if self.path is not None:
             if not self.path.is_file():
                 raise UserError(f"--api-keys-file {self.path} does not exist")
@@ -93,15 +93,28 @@ class KeyRing:
 
     def _reload(self, strict: bool = False) -> None:
         try:
-            stat = os.stat(self.path)
-            stamp = (stat.st_mtime_ns, stat.st_size)
-            if stamp == self.stamp:
-                return
-            keys = parse_keys_file(self.path)
-        except (OSError, UserError) as err:
+            data = self.path.read_bytes()
+        except FileNotFoundError as err:  # deleted: its keys are revoked (fail closed)
             if strict:
-                raise UserError(str(err)) from err
+                raise UserError(f"--api-keys-file {self.path} does not exist") from err
+            if self.from_file:
+                logger.warning("art-serve: %s is gone: its keys are revoked", self.path)
+            self.from_file, self.stamp = {}, None
+            return
+        except OSError as err:
+            if strict:
+                raise UserError(f"--api-keys-file {self.path}: {err}") from err
+            return
+        stamp = hashlib.sha256(data).digest()
+        if stamp == self.stamp:
+            return
+        try:
+            keys = parse_keys_file(self.path)
+        except UserError as err:
+            if strict:
+                raise
             logger.warning("art-serve: keeping the previous keys: %s", err)
+            self.stamp = stamp  # said once per version of the file
             return
         self.from_file = {_digest(k): a for k, a in keys.items()}
         self.stamp = stamp

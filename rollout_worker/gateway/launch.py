@@ -33,15 +33,22 @@ def vllm_python() -> str:
     return str(venv) if venv.exists() else sys.executable
 
 
-def die_with_parent() -> None:
-    """In the child, before exec (Linux): SIGTERM when the process that started it dies, even
-    by SIGKILL, so that no engine outlives its gateway or benchmark."""
-    try:
-        import ctypes  # Linux's prctl; elsewhere the process group's stop has to do
+def die_with_parent(parent: int):
+    """For the child, before exec (Linux): SIGTERM when `parent` (the process that started it)
+    dies, even by SIGKILL, so that no engine outlives its gateway or benchmark; a parent that
+    died before this ran is seen at once."""
 
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
+    def arm() -> None:
+        try:
+            import ctypes  # Linux's prctl; elsewhere the process group's stop has to do
+
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PDEATHSIG
+        except OSError:
+            return
+        if os.getppid() != parent:  # the parent is gone already: the signal would never come
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return arm
 
 
 def free_port() -> int:
@@ -161,7 +168,7 @@ class VllmServer:
             stderr=subprocess.STDOUT,
             env=self.env,
             start_new_session=True,  # its own process group: stopped as a whole
-            preexec_fn=die_with_parent,
+            preexec_fn=die_with_parent(os.getpid()),
         )
         if out is not subprocess.DEVNULL:
             out.close()

@@ -90,12 +90,17 @@ def test_tasks_join_and_leave_a_running_run_and_a_failing_task_stops_alone(tmp_p
         assert added.returncode == 0, added.stderr
         removed = subprocess.run([*tasks, "remove", str(run), "b"], capture_output=True, text=True)
         assert removed.returncode == 0, removed.stderr
+        broken = subprocess.run([*tasks, "add", str(run), "broken", "name=synthetic",
+                                 f"init={tmp_path}/no-such.png"], capture_output=True, text=True)  # fmt: skip
+        assert broken.returncode == 0, broken.stderr  # accepted here, refused by the run alone
         assert proc.wait(timeout=600) == 0, (tmp_path / "train.log").read_text()[-3000:]
     finally:
         if proc.poll() is None:
             proc.kill()
     manifest = json.loads((run / "tasks.json").read_text())
     print(manifest)
+    assert "broken" not in manifest  # refused in one line; the run went on
+    assert "art-tasks add broken refused" in (tmp_path / "train.log").read_text()
     assert manifest["f"]["ended"] == "done" and manifest["f"]["step"] == 12
     assert manifest["b"]["ended"].startswith("removed") and 2 <= manifest["b"]["step"] < 12
     assert manifest["c"]["ended"] == "done" and manifest["c"]["step"] == 3

@@ -131,6 +131,8 @@ def test_a_key_sees_and_uses_only_its_tasks_and_is_never_forwarded_or_logged(
             assert "tasks in" in reply.json()["error"]["message"] and "(red)" in reply.text
         assert c.get("/v1/models/blue", headers=team).status_code == 404
         assert chat(c, MODEL, KEY).status_code == 200  # the served model: for keys of every task
+        assert c.get("/metrics", headers=team).status_code == 403  # it names every task
+        assert c.get("/metrics", headers={"Authorization": f"Bearer {KEY}"}).status_code == 200
         forwarded = [r.headers.get("authorization", "") for r in c.engine.seen]
         assert forwarded and not any(TEAM_KEY in h or KEY in h for h in forwarded)
     logged = "\n".join(r.getMessage() for r in caplog.records)
@@ -150,6 +152,8 @@ def test_a_keys_file_is_read_again_when_it_changes(tasks_dir, tmp_path):
         keys.write_text("not: [a, mapping")  # a broken file keeps the last good keys
         os.utime(keys, ns=(time.time_ns(), time.time_ns() + 2 * 10**9))
         assert chat(c, "blue", "sk-rotated").status_code == 200
+        keys.unlink()  # a deleted file revokes its keys
+        assert chat(c, "blue", "sk-rotated").status_code == 401
 
 
 def test_a_body_over_the_limit_is_413_declared_or_streamed(tasks_dir):

@@ -123,7 +123,7 @@ test: install
 # Every CPU test: adds the slow ones (full training runs, the two-node cluster) and real vLLM on
 # the CPU (installs .venv-vllm first). CI runs this.
 test-all: install install-vllm
-	$(VENV)/bin/pytest -m "not gpu" $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -m "not gpu" --durations=25 $(PYTEST_ARGS)
 
 # Real vLLM (the CPU build) only: engine, agreement with the learner, LoRA, restarts, training,
 # evaluation and a stock OpenAI-compatible server.

@@ -213,7 +213,7 @@ def test_the_worker_count_set_by_art_scale_is_what_a_stopped_run_resumes_with(
 
     common = ("eval.every=0", "algo.group_size=4", "rollout.num_cpus_per_worker=0.5")
     common += ("rollout.num_workers=1", "rollout.max_workers=2", "logging.checkpoint_every=100")
-    cfg = make_cfg("steps=40", *common)
+    cfg = make_cfg("steps=1000", *common)  # ended by the interrupt, however late the scale comes
     run = Path(cfg.run_dir)
 
     def scale_then_stop():

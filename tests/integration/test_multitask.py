@@ -42,14 +42,14 @@ def test_a_tasks_entry_sets_task_fields_only_and_art_tasks_parses_settings():
 
 @pytest.mark.slow
 def test_every_task_learns_and_each_image_is_its_solo_runs(ray_local, tmp_path):
-    """letters4 for 40 steps: every task's reward rises; task f's art.png equals, byte for
+    """letters4 for 30 steps: every task's reward rises; task f's art.png equals, byte for
     byte, a run of the synthetic task with target F alone (same seed, same settings)."""
-    multi = train(_cfg(tmp_path, "multi", "tasks=letters4", "steps=40"))
+    multi = train(_cfg(tmp_path, "multi", "tasks=letters4", "steps=30"))
     for name, task in multi["tasks"].items():
         print(f"\n{name}: {task['reward_first5']:.3f} -> {task['reward_last5']:.3f}")
-        assert task["ended"] == "done" and task["steps"] == 40
+        assert task["ended"] == "done" and task["steps"] == 30
         assert task["reward_last5"] >= task["reward_first5"] + 0.3, name
-    solo = train(_cfg(tmp_path, "solo", "steps=40"))
+    solo = train(_cfg(tmp_path, "solo", "steps=30"))
     f = json.loads((tmp_path / "multi/tasks/f/summary.json").read_text())
     assert f["rewards"] == solo["rewards"]  # the same samples, step for step
     assert (tmp_path / "multi/tasks/f/art.png").read_bytes() == (
@@ -59,7 +59,7 @@ def test_every_task_learns_and_each_image_is_its_solo_runs(ray_local, tmp_path):
         folder = tmp_path / "multi/tasks" / name
         assert (folder / "art.png").is_file() and (folder / "README.md").is_file()
     manifest = json.loads((tmp_path / "multi/tasks.json").read_text())
-    assert {n: t["step"] for n, t in manifest.items()} == {"f": 40, "b": 40, "d": 40, "h": 40}
+    assert {n: t["step"] for n, t in manifest.items()} == {"f": 30, "b": 30, "d": 30, "h": 30}
 
 
 @pytest.mark.slow

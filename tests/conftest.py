@@ -62,10 +62,22 @@ def data_dir() -> Path:
     return path
 
 
+RAY_LOCAL = {"num_cpus": 4, "include_dashboard": False, "log_to_driver": False}
+
+
 @pytest.fixture(scope="session")
 def ray_local():
     import ray
 
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    ray.init(**RAY_LOCAL)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture
+def fresh_ray(ray_local):
+    """ray_local restarted: a cluster with nothing of the earlier tests' left on it (for a test
+    that counts on the cluster's free CPUs or its named actors); later tests get it too."""
+    ray_local.shutdown()
+    ray_local.init(**RAY_LOCAL)
+    return ray_local

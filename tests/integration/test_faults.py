@@ -203,7 +203,7 @@ def test_resume_auto_skips_an_unreadable_last_pt(scenario):
 
 @pytest.mark.slow
 def test_the_worker_count_set_by_art_scale_is_what_a_stopped_run_resumes_with(
-    ray_local, make_cfg, tmp_path
+    fresh_ray, make_cfg, tmp_path
 ):
     """An interrupt (what SIGTERM raises) after art-scale asked for 2 workers: last.pt keeps 2,
     and the resumed run (same command: rollout.num_workers=1) starts with 2."""
@@ -216,18 +216,25 @@ def test_the_worker_count_set_by_art_scale_is_what_a_stopped_run_resumes_with(
     cfg = make_cfg("steps=1000", *common)  # ended by the interrupt, however late the scale comes
     run = Path(cfg.run_dir)
 
+    failed = []  # what went wrong in the thread: the run is interrupted either way
+
     def scale_then_stop():
-        control = _wait_for(
-            lambda: _actor(ray_local, control_name(run.name), NAMESPACE), 300, "the control"
-        )
-        ray_local.get(control.request.remote(2))
-        _wait_for(lambda: ray_local.get(control.status.remote())["serving"] == 2, 300, "2 serve")
-        time.sleep(1.0)
+        try:
+            control = _wait_for(
+                lambda: _actor(fresh_ray, control_name(run.name), NAMESPACE), 120, "the control"
+            )
+            fresh_ray.get(control.request.remote(2))
+            status = control.status.remote
+            _wait_for(lambda: fresh_ray.get(status())["serving"] == 2, 120, "2 serving")
+            time.sleep(1.0)
+        except BaseException as err:
+            failed.append(f"{err!r}; free on the cluster: {fresh_ray.available_resources()}")
         _thread.interrupt_main()
 
     threading.Thread(target=scale_then_stop, daemon=True).start()
     with pytest.raises(KeyboardInterrupt):
         driver.train(cfg)
+    assert not failed, failed
     saved = _load_driver(run / "checkpoints" / "last.pt")
     assert saved["workers_wanted"] == 2 and saved["workers_config"] == 1
     resumed = make_cfg(f"steps={saved['step'] + 1}", "resume=auto", *common)
